@@ -1,0 +1,293 @@
+//! Byte ranges, block indices and sets of ranges.
+
+use std::{collections::BTreeMap, fmt, ops::Range};
+
+use crate::BLOCK_SIZE;
+
+/// Index of a [`BLOCK_SIZE`] block within a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockIndex(pub u64);
+
+impl BlockIndex {
+    /// Byte offset of the block's first byte.
+    pub const fn offset(self) -> u64 {
+        self.0 * BLOCK_SIZE
+    }
+}
+
+impl From<u64> for BlockIndex {
+    fn from(index: u64) -> Self {
+        Self(index)
+    }
+}
+
+impl fmt::Display for BlockIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A half-open byte range `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ByteRange {
+    /// First byte in the range.
+    pub start: u64,
+    /// One past the last byte in the range.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// A range `[start, end)`; an `end` below `start` gives an empty range at `start`.
+    pub const fn new(start: u64, end: u64) -> Self {
+        Self {
+            start,
+            end: if end < start { start } else { end },
+        }
+    }
+
+    /// A range of `len` bytes from `offset`, saturating at `u64::MAX`.
+    pub const fn from_offset_len(offset: u64, len: u64) -> Self {
+        Self::new(offset, offset.saturating_add(len))
+    }
+
+    /// Number of bytes in the range.
+    pub const fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// True when the range holds no byte.
+    pub const fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// The overlap of two ranges (empty when they are disjoint).
+    pub fn intersect(&self, other: &Self) -> Self {
+        Self::new(self.start.max(other.start), self.end.min(other.end))
+    }
+
+    /// The blocks that hold at least one byte of this range (empty for an empty range).
+    pub fn blocks(&self) -> Range<u64> {
+        if self.is_empty() {
+            return 0..0;
+        }
+        self.start / BLOCK_SIZE..self.end.div_ceil(BLOCK_SIZE)
+    }
+}
+
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.start, self.end)
+    }
+}
+
+/// A set of `u64` values stored as sorted, disjoint, non-adjacent half-open runs.
+///
+/// Used for byte ranges ("which bytes does the caller want") and for block indices ("which
+/// blocks are still missing"). Every operation keeps the runs normalised, so two sets with the
+/// same members compare equal.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RangeSet {
+    /// start -> end of each run.
+    runs: BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `[start, end)`.
+    pub fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut new_start, mut new_end) = (start, end);
+        // Runs that overlap or touch [start, end) are merged into it.
+        let touching: Vec<(u64, u64)> = self
+            .runs
+            .range(..=end)
+            .rev()
+            .take_while(|&(_, &e)| e >= start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            self.runs.remove(&s);
+            new_start = new_start.min(s);
+            new_end = new_end.max(e);
+        }
+        self.runs.insert(new_start, new_end);
+    }
+
+    /// Removes `[start, end)`.
+    pub fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let overlapping: Vec<(u64, u64)> = self
+            .runs
+            .range(..end)
+            .rev()
+            .take_while(|&(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.runs.remove(&s);
+            if s < start {
+                self.runs.insert(s, start);
+            }
+            if e > end {
+                self.runs.insert(end, e);
+            }
+        }
+    }
+
+    /// True when `value` is in the set.
+    pub fn contains(&self, value: u64) -> bool {
+        self.runs
+            .range(..=value)
+            .next_back()
+            .is_some_and(|(_, &e)| e > value)
+    }
+
+    /// True when every value of `[start, end)` is in the set.
+    pub fn contains_range(&self, start: u64, end: u64) -> bool {
+        start >= end
+            || self
+                .runs
+                .range(..=start)
+                .next_back()
+                .is_some_and(|(_, &e)| e >= end)
+    }
+
+    /// Number of values in the set.
+    pub fn count(&self) -> u64 {
+        self.runs.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// True when the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// The runs, in increasing order.
+    pub fn runs(&self) -> impl DoubleEndedIterator<Item = Range<u64>> + '_ {
+        self.runs.iter().map(|(&s, &e)| s..e)
+    }
+
+    /// The smallest value, if any.
+    pub fn first(&self) -> Option<u64> {
+        self.runs.keys().next().copied()
+    }
+
+    /// The part of the set inside `[start, end)`.
+    pub fn clipped(&self, start: u64, end: u64) -> Self {
+        let mut out = Self::new();
+        for run in self.runs() {
+            out.insert(run.start.max(start), run.end.min(end));
+        }
+        out
+    }
+
+    /// Every value in the set, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.runs().flatten()
+    }
+}
+
+impl fmt::Debug for RangeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.runs()).finish()
+    }
+}
+
+impl FromIterator<Range<u64>> for RangeSet {
+    fn from_iter<I: IntoIterator<Item = Range<u64>>>(iter: I) -> Self {
+        let mut set = Self::new();
+        for r in iter {
+            set.insert(r.start, r.end);
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u64, u64),
+        Remove(u64, u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        (any::<bool>(), 0u64..200, 0u64..40).prop_map(|(ins, s, l)| {
+            if ins {
+                Op::Insert(s, s + l)
+            } else {
+                Op::Remove(s, s + l)
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn range_set_matches_a_btree_set_model(ops in proptest::collection::vec(op(), 0..60)) {
+            let mut set = RangeSet::new();
+            let mut model = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Insert(s, e) => { set.insert(s, e); model.extend(s..e); }
+                    Op::Remove(s, e) => { set.remove(s, e); for v in s..e { model.remove(&v); } }
+                }
+            }
+            prop_assert_eq!(set.count(), model.len() as u64);
+            prop_assert_eq!(set.iter().collect::<Vec<_>>(), model.iter().copied().collect::<Vec<_>>());
+            for v in 0..250 {
+                prop_assert_eq!(set.contains(v), model.contains(&v));
+            }
+            // Normalised: runs are disjoint and never adjacent.
+            let runs: Vec<_> = set.runs().collect();
+            for pair in runs.windows(2) {
+                prop_assert!(pair[0].end < pair[1].start);
+            }
+            let rebuilt: RangeSet = runs.iter().cloned().collect();
+            prop_assert_eq!(rebuilt, set);
+        }
+
+        #[test]
+        fn contains_range_agrees_with_contains(
+            ops in proptest::collection::vec(op(), 0..30), s in 0u64..200, l in 0u64..50,
+        ) {
+            let mut set = RangeSet::new();
+            for op in ops {
+                if let Op::Insert(a, b) = op { set.insert(a, b) } else if let Op::Remove(a, b) = op { set.remove(a, b) }
+            }
+            prop_assert_eq!(set.contains_range(s, s + l), (s..s + l).all(|v| set.contains(v)));
+            let clipped = set.clipped(s, s + l);
+            prop_assert_eq!(clipped.iter().collect::<Vec<_>>(), set.iter().filter(|v| (s..s + l).contains(v)).collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn byte_range_blocks_cover_exactly(start in 0u64..1_000_000, len in 0u64..1_000_000) {
+            let r = ByteRange::from_offset_len(start, len);
+            let blocks = r.blocks();
+            if len == 0 {
+                prop_assert!(blocks.is_empty());
+            } else {
+                prop_assert!(blocks.start * BLOCK_SIZE <= r.start);
+                prop_assert!(blocks.end * BLOCK_SIZE >= r.end);
+                prop_assert!((blocks.start + 1) * BLOCK_SIZE > r.start);
+                prop_assert!((blocks.end - 1) * BLOCK_SIZE < r.end);
+            }
+            let other = ByteRange::from_offset_len(start / 2, len * 2);
+            let both = r.intersect(&other);
+            prop_assert!(both.start >= r.start.max(other.start) && both.end <= r.end.min(other.end) || both.is_empty());
+        }
+    }
+}
