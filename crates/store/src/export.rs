@@ -1,0 +1,116 @@
+//! Making cached bytes visible as an output file, atomically.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+};
+
+use do_content::ByteRange;
+
+use crate::{EntryId, Error, Store};
+
+/// How an export produced its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Export {
+    /// A hard link to the cache's data file: no byte copied.
+    Linked,
+    /// A copy (another file system, or only some ranges of the file).
+    Copied,
+}
+
+impl Store {
+    /// Makes entry `id`'s bytes visible at `dest`: the whole file, or the given `ranges`
+    /// concatenated in order (BITS semantics). The output appears at once, complete, or not at
+    /// all: it is built under a temporary name in `dest`'s directory and then renamed (or
+    /// hard-linked) into place. Without `overwrite`, an existing `dest` is left alone and
+    /// [`Error::AlreadyExists`] returned.
+    ///
+    /// The caller must have verified the entry's bytes: export copies, it does not check.
+    pub fn export(
+        &self,
+        id: EntryId,
+        dest: &Path,
+        ranges: Option<&[ByteRange]>,
+        overwrite: bool,
+    ) -> Result<Export, Error> {
+        let data = self.data_path(id);
+        if ranges.is_none() {
+            let linked = if overwrite {
+                let tmp = temp_name(dest);
+                fs::hard_link(&data, &tmp).and_then(|()| {
+                    fs::rename(&tmp, dest).inspect_err(|_| drop(fs::remove_file(&tmp)))
+                })
+            } else {
+                fs::hard_link(&data, dest)
+            };
+            match linked {
+                Ok(()) => return Ok(Export::Linked),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(Error::AlreadyExists(dest.to_path_buf()));
+                }
+                // Another file system, or one without hard links: copy instead.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::EPERM | libc::EMLINK)
+                    ) => {}
+                Err(e) => return Err(Error::io(dest, e)),
+            }
+        }
+        let tmp = temp_name(dest);
+        let result = write_copy(&data, &tmp, ranges).and_then(|()| place(&tmp, dest, overwrite));
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|()| Export::Copied)
+    }
+}
+
+fn write_copy(data: &Path, tmp: &Path, ranges: Option<&[ByteRange]>) -> Result<(), Error> {
+    let src = File::open(data).map_err(|e| Error::io(data, e))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| Error::io(tmp, e))?;
+    match ranges {
+        None => {
+            let mut src = src;
+            io::copy(&mut src, &mut out).map_err(|e| Error::io(tmp, e))?;
+        }
+        Some(ranges) => {
+            let mut buf = vec![0u8; 1 << 20];
+            for r in ranges {
+                let mut at = r.start;
+                while at < r.end {
+                    let n = ((r.end - at) as usize).min(buf.len());
+                    src.read_exact_at(&mut buf[..n], at)
+                        .map_err(|e| Error::io(data, e))?;
+                    out.write_all(&buf[..n]).map_err(|e| Error::io(tmp, e))?;
+                    at += n as u64;
+                }
+            }
+        }
+    }
+    out.sync_all().map_err(|e| Error::io(tmp, e))
+}
+
+/// Moves the finished temporary file into place; without `overwrite` it never replaces an
+/// existing file (link, then unlink the temporary name).
+fn place(tmp: &Path, dest: &Path, overwrite: bool) -> Result<(), Error> {
+    if overwrite {
+        fs::rename(tmp, dest).map_err(|e| Error::io(dest, e))
+    } else {
+        fs::hard_link(tmp, dest).map_err(|e| Error::io(dest, e))?;
+        fs::remove_file(tmp).map_err(|e| Error::io(tmp, e))
+    }
+}
+
+fn temp_name(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    dest.with_file_name(format!(".{name}.donode-{}.tmp", std::process::id()))
+}

@@ -1,0 +1,207 @@
+use std::fs;
+
+use do_content::{BLOCK_SIZE, BlockIndex, ByteRange, Manifest, block_range};
+
+use super::*;
+
+fn sample(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes()[0])
+        .collect()
+}
+
+/// Writes and commits every block of `data` into a new entry for `url`.
+fn fill(store: &Store, url: &str, data: &[u8]) -> EntryId {
+    let id = store
+        .create_entry(EntryMeta::new(
+            url,
+            data.len() as u64,
+            Some("\"e\"".into()),
+            None,
+        ))
+        .unwrap();
+    let manifest = Manifest::from_bytes(data);
+    let writer = store.writer(id).unwrap();
+    writer.write_at(0, data).unwrap();
+    let blocks: Vec<_> = manifest
+        .blocks()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (BlockIndex(i as u64), *h))
+        .collect();
+    store.commit_blocks(id, &blocks).unwrap();
+    store.finish(id, &manifest).unwrap();
+    id
+}
+
+#[test]
+fn verified_blocks_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample(3 * BLOCK_SIZE as usize + 5);
+    let id = {
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        let id = store
+            .create_entry(EntryMeta::new(
+                "http://x/a",
+                data.len() as u64,
+                Some("1".into()),
+                None,
+            ))
+            .unwrap();
+        let m = Manifest::from_bytes(&data);
+        let w = store.writer(id).unwrap();
+        let r = block_range(m.len(), BlockIndex(1));
+        w.write_at(r.start, &data[r.start as usize..r.end as usize])
+            .unwrap();
+        store
+            .commit_blocks(id, &[(BlockIndex(1), m.blocks()[1])])
+            .unwrap();
+        id
+    };
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let (found, meta) = store.lookup_url("http://x/a").unwrap().unwrap();
+    assert_eq!(found, id);
+    assert!(!meta.complete);
+    assert_eq!(
+        store.verified(id).unwrap().iter().collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(
+        store.recheck(id).unwrap().iter().collect::<Vec<_>>(),
+        vec![1]
+    );
+}
+
+#[test]
+fn recheck_forgets_blocks_changed_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let data = sample(4 * BLOCK_SIZE as usize);
+    let id = fill(&store, "http://x/b", &data);
+    let path = store.data_path(id);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[2 * BLOCK_SIZE as usize + 3] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    let good = store.recheck(id).unwrap();
+    assert_eq!(good.iter().collect::<Vec<_>>(), vec![0, 1, 3]);
+    assert_eq!(store.verified(id).unwrap(), good);
+    assert!(!store.meta(id).unwrap().complete);
+}
+
+#[test]
+fn a_garbage_index_is_moved_aside_and_orphans_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("data")).unwrap();
+    fs::write(
+        dir.path().join("index.redb"),
+        b"this is not a database at all",
+    )
+    .unwrap();
+    fs::write(dir.path().join("data/7.data"), b"stray").unwrap();
+    fs::write(dir.path().join("data/junk"), b"stray").unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    assert!(store.entries().unwrap().is_empty());
+    assert!(dir.path().join("index.redb.corrupt").exists());
+    assert_eq!(fs::read_dir(dir.path().join("data")).unwrap().count(), 0);
+}
+
+#[test]
+fn eviction_is_lru_under_quota_and_spares_pins() {
+    let dir = tempfile::tempdir().unwrap();
+    let quota = 3 * BLOCK_SIZE;
+    let store = Store::open(
+        dir.path(),
+        Config {
+            quota_bytes: quota,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let a = fill(&store, "http://x/a", &sample(BLOCK_SIZE as usize));
+    let b = fill(&store, "http://x/b", &sample(BLOCK_SIZE as usize));
+    let c = fill(&store, "http://x/c", &sample(BLOCK_SIZE as usize));
+    // Make `a` the oldest and pin it; `b` is then the least recently used unpinned entry.
+    store.update_meta(a, |m| m.accessed_unix = 10).unwrap();
+    store.update_meta(b, |m| m.accessed_unix = 20).unwrap();
+    let pin = store.pin(a);
+    let freed = store.evict(BLOCK_SIZE).unwrap();
+    assert_eq!(freed, BLOCK_SIZE);
+    let left: Vec<_> = store
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, vec![a, c]);
+    assert!(!store.data_path(b).exists());
+    drop(pin);
+    store.evict(2 * BLOCK_SIZE).unwrap();
+    let left: Vec<_> = store
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(left, vec![c]);
+}
+
+#[test]
+fn entries_past_the_maximum_age_are_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let a = fill(&store, "http://x/a", &sample(100));
+    let b = fill(&store, "http://x/b", &sample(100));
+    store.update_meta(a, |m| m.accessed_unix = 1).unwrap();
+    store.evict(0).unwrap();
+    assert!(store.lookup_url("http://x/a").unwrap().is_none());
+    assert_eq!(store.lookup_url("http://x/b").unwrap().unwrap().0, b);
+    let cid = ContentId::of(&sample(100));
+    assert_eq!(store.lookup_content(&cid).unwrap().unwrap().0, b);
+}
+
+#[test]
+fn export_links_whole_files_copies_ranges_and_never_clobbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let data = sample(200_000);
+    let id = fill(&store, "http://x/a", &data);
+    let whole = out.path().join("whole");
+    assert_eq!(
+        store.export(id, &whole, None, false).unwrap(),
+        Export::Linked
+    );
+    assert_eq!(fs::read(&whole).unwrap(), data);
+    assert!(matches!(
+        store.export(id, &whole, None, false),
+        Err(Error::AlreadyExists(_))
+    ));
+    let parts = out.path().join("parts");
+    let ranges = [ByteRange::new(150_000, 150_010), ByteRange::new(5, 7)];
+    assert_eq!(
+        store.export(id, &parts, Some(&ranges), false).unwrap(),
+        Export::Copied
+    );
+    let mut expected = data[150_000..150_010].to_vec();
+    expected.extend_from_slice(&data[5..7]);
+    assert_eq!(fs::read(&parts).unwrap(), expected);
+    let replaced = out.path().join("replaced");
+    fs::write(&replaced, b"old").unwrap();
+    store.export(id, &replaced, Some(&ranges), true).unwrap();
+    assert_eq!(fs::read(&replaced).unwrap(), expected);
+    store.export(id, &replaced, None, true).unwrap();
+    assert_eq!(fs::read(&replaced).unwrap(), data);
+    // No temporary file is left behind.
+    assert_eq!(fs::read_dir(out.path()).unwrap().count(), 3);
+}
+
+#[test]
+fn delete_removes_index_rows_and_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let id = fill(&store, "http://x/a", &sample(70_000));
+    store.delete(id).unwrap();
+    assert!(store.lookup_url("http://x/a").unwrap().is_none());
+    assert!(store.blocks(id).unwrap().is_empty());
+    assert!(matches!(store.meta(id), Err(Error::NoSuchEntry(_))));
+}

@@ -1,0 +1,25 @@
+//! Test-support library for donode's integration tests.
+//!
+//! Everything here binds to loopback only, creates its state in fresh
+//! temporary directories, picks its own free ports and cleans up on drop, so
+//! tests using it can run in parallel (and as root).
+//!
+//! * [`Nginx`] — a private nginx instance serving a directory, with
+//!   range/no-range/slow/status locations and a parseable access log.
+//! * [`FaultServer`] — a tiny threaded HTTP/1.1 server serving one in-memory
+//!   body with injectable faults (truncation, resets, stalls, error statuses,
+//!   ignored ranges).
+//! * [`http`] — a minimal raw HTTP/1.1 client over `std::net::TcpStream`.
+//! * Helpers: [`donode_bin`], [`write_random_file`], [`random_bytes`],
+//!   [`b3sum`], [`temp_dir`], [`free_port`].
+
+mod fault;
+pub mod http;
+mod nginx;
+mod util;
+
+pub use fault::{DEFAULT_ETAG, Fault, FaultHandle, FaultServer};
+pub use nginx::{LogLine, Nginx, NginxOptions};
+pub use util::{
+    b3sum, donode_bin, fill_random, free_port, random_bytes, temp_dir, write_random_file,
+};
