@@ -1,0 +1,213 @@
+//! One download's bookkeeping: what is wanted, held and in flight.
+
+use std::{
+    collections::BTreeMap,
+    ops::Range,
+    time::{Duration, Instant},
+};
+
+use do_content::{BlockIndex, ByteRange, ContentId, RangeSet, block_count, block_range};
+
+use crate::{CommandError, FileInfo, RequestId, Spec, State, Status};
+
+/// The origin's answer, once known.
+pub(crate) struct Known {
+    pub(crate) len: u64,
+    pub(crate) accepts_ranges: bool,
+}
+
+pub(crate) struct Download {
+    pub(crate) spec: Spec,
+    pub(crate) state: State,
+    pub(crate) error: u32,
+    pub(crate) extended_error: u32,
+    /// Paused by the caller (no automatic retry), as opposed to paused by a transient error.
+    pub(crate) user_paused: bool,
+    /// Requested byte ranges (clipped to the file once its length is known); `None` = whole.
+    pub(crate) ranges: Option<Vec<ByteRange>>,
+    pub(crate) info: Option<Known>,
+    /// Blocks verified and in the cache.
+    have: RangeSet,
+    /// Blocks the requested bytes touch.
+    needed: RangeSet,
+    /// Blocks each fetch still owes.
+    pub(crate) fetches: BTreeMap<RequestId, RangeSet>,
+    pub(crate) retry_at: Option<Instant>,
+    pub(crate) last_progress: Instant,
+    pub(crate) no_progress_timeout: Duration,
+    /// Transient failures since the last progress.
+    pub(crate) failures: u32,
+    /// Times the origin's file changed under this download.
+    pub(crate) restarts: u32,
+    pub(crate) stat_pending: bool,
+    pub(crate) assembling: bool,
+    pub(crate) content_id: Option<ContentId>,
+    bytes_total: u64,
+    bytes_transferred: u64,
+}
+
+impl Download {
+    pub(crate) fn new(spec: Spec, no_progress_timeout: Duration, now: Instant) -> Self {
+        Self {
+            spec,
+            state: State::Created,
+            error: 0,
+            extended_error: 0,
+            user_paused: false,
+            ranges: None,
+            info: None,
+            have: RangeSet::new(),
+            needed: RangeSet::new(),
+            fetches: BTreeMap::new(),
+            retry_at: None,
+            last_progress: now,
+            no_progress_timeout,
+            failures: 0,
+            restarts: 0,
+            stat_pending: false,
+            assembling: false,
+            content_id: None,
+            bytes_total: 0,
+            bytes_transferred: 0,
+        }
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        Status {
+            bytes_total: self.bytes_total,
+            bytes_transferred: self.bytes_transferred,
+            state: self.state,
+            error: self.error,
+            extended_error: self.extended_error,
+        }
+    }
+
+    /// True while the download should be moving: the no-progress clock runs.
+    pub(crate) fn is_waiting_for_progress(&self) -> bool {
+        self.state == State::Transferring
+            || (self.state == State::Paused && !self.user_paused && self.error == 0)
+    }
+
+    pub(crate) fn set_info(&mut self, info: FileInfo) {
+        self.stat_pending = false;
+        let blocks = block_count(info.len);
+        self.have = info.cached.clipped(0, blocks);
+        self.info = Some(Known {
+            len: info.len,
+            accepts_ranges: info.accepts_ranges,
+        });
+        self.refresh_needed();
+    }
+
+    /// Recomputes the needed blocks and byte counts from the ranges and the file length.
+    pub(crate) fn refresh_needed(&mut self) {
+        let Some(info) = &self.info else { return };
+        let len = info.len;
+        if let Some(ranges) = &mut self.ranges {
+            for r in ranges.iter_mut() {
+                r.end = r.end.min(len);
+            }
+        }
+        let wanted = self.wanted_bytes(len);
+        self.needed = RangeSet::new();
+        for run in wanted.runs() {
+            let blocks = ByteRange::new(run.start, run.end).blocks();
+            self.needed.insert(blocks.start, blocks.end);
+        }
+        self.bytes_total = wanted.count();
+        self.bytes_transferred = self
+            .have
+            .iter()
+            .map(|b| overlap(&wanted, block_range(len, BlockIndex(b))))
+            .sum();
+    }
+
+    /// Blocks still needed that no fetch is bringing.
+    pub(crate) fn missing(&self) -> RangeSet {
+        let mut missing = self.needed.clone();
+        for held in self.have.runs() {
+            missing.remove(held.start, held.end);
+        }
+        for owed in self.fetches.values() {
+            for run in owed.runs() {
+                missing.remove(run.start, run.end);
+            }
+        }
+        missing
+    }
+
+    /// The next span of missing blocks for one origin request: a share of what is missing
+    /// per connection, clamped to `[min, max]` blocks, from the first missing run.
+    pub(crate) fn next_span(&self, connections: usize, min: u64, max: u64) -> Option<Range<u64>> {
+        let missing = self.missing();
+        let first = missing.runs().next()?;
+        let share = (missing.count() / connections as u64).clamp(min.max(1), max.max(1));
+        Some(first.start..first.end.min(first.start + share))
+    }
+
+    pub(crate) fn begin_fetch(&mut self, request: RequestId, blocks: Range<u64>) {
+        self.fetches
+            .insert(request, std::iter::once(blocks).collect());
+    }
+
+    pub(crate) fn end_fetch(&mut self, request: RequestId) {
+        self.fetches.remove(&request);
+    }
+
+    /// Records a block written by `request`; true if it is new.
+    pub(crate) fn add_block(&mut self, request: RequestId, block: BlockIndex) -> bool {
+        if let Some(owed) = self.fetches.get_mut(&request) {
+            owed.remove(block.0, block.0 + 1);
+        }
+        let Some(info) = &self.info else { return false };
+        if block.0 >= block_count(info.len) || self.have.contains(block.0) {
+            return false;
+        }
+        self.have.insert(block.0, block.0 + 1);
+        let len = info.len;
+        self.bytes_transferred += overlap(&self.wanted_bytes(len), block_range(len, block));
+        true
+    }
+
+    /// The origin's file changed: everything known about the old version goes.
+    pub(crate) fn forget_file(&mut self) {
+        self.info = None;
+        self.have = RangeSet::new();
+        self.needed = RangeSet::new();
+        self.fetches.clear();
+        self.bytes_total = 0;
+        self.bytes_transferred = 0;
+    }
+
+    fn wanted_bytes(&self, len: u64) -> RangeSet {
+        match &self.ranges {
+            Some(ranges) => ranges.iter().map(|r| r.start..r.end.min(len)).collect(),
+            None => std::iter::once(0..len).collect(),
+        }
+    }
+}
+
+/// Checks requested ranges: at least one, none empty, none overlapping, and (when the length
+/// is known) none starting at or past the end. A range may run to `u64::MAX` ("to the end").
+pub(crate) fn check_ranges(ranges: &[ByteRange], len: Option<u64>) -> Result<(), CommandError> {
+    if ranges.is_empty() || ranges.iter().any(ByteRange::is_empty) {
+        return Err(CommandError::InvalidRange);
+    }
+    let mut sorted = ranges.to_vec();
+    sorted.sort();
+    if sorted.windows(2).any(|w| w[0].end > w[1].start) {
+        return Err(CommandError::OverlappingRanges);
+    }
+    if let Some(len) = len
+        && sorted
+            .iter()
+            .any(|r| r.start >= len || (r.end > len && r.end != u64::MAX))
+    {
+        return Err(CommandError::InvalidRange);
+    }
+    Ok(())
+}
+
+fn overlap(wanted: &RangeSet, block: ByteRange) -> u64 {
+    wanted.clipped(block.start, block.end).count()
+}

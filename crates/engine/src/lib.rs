@@ -1,0 +1,806 @@
+//! The sans-IO download engine of donode.
+//!
+//! The [`Engine`] holds every download's state in DO's vocabulary (Created, Transferring,
+//! Transferred, Finalized, Aborted, Paused) and decides what to fetch next, when to retry and
+//! when to give up. It does no I/O, never reads the clock and never spawns a task: the real
+//! node's tokio driver and the simulator both drive the very same engine.
+//!
+//! # Driving contract
+//!
+//! 1. Feed it what happened: [`Engine::handle_command`] for API calls, [`Engine::handle_input`]
+//!    for outcomes of earlier actions (a stat answered, a block written and hashed, a fetch
+//!    ended or failed, a file assembled), and [`Engine::handle_timeout`] when the instant from
+//!    [`Engine::poll_timeout`] has come.
+//! 2. Then drain [`Engine::poll_action`] and carry out every action. Each action that expects
+//!    an answer carries a [`RequestId`]; the matching [`Input`] echoes it. Inputs for requests
+//!    the engine has cancelled are ignored, so a driver never has to race a cancellation.
+//! 3. Then drain [`Engine::poll_event`] (state changes and progress, for subscribers).
+//! 4. Re-arm the timer from [`Engine::poll_timeout`].
+//!
+//! Inputs are *outcomes*, not bytes: the driver hashes blocks with `do-content`, so a simulator
+//! can model a fleet without hashing gigabytes.
+//!
+//! # What it does not do
+//!
+//! No sockets, files or HTTP; no verification arithmetic (that is `do-content`); no storage
+//! policy (that is `do-store`).
+#![warn(missing_docs)]
+
+mod download;
+pub mod hresult;
+mod rng;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+    time::{Duration, Instant},
+};
+
+use do_content::{BlockIndex, ByteRange, ContentId, RangeSet};
+use tracing::{debug, info};
+
+use crate::{download::Download, rng::SplitMix64};
+
+/// Engine configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Parallel origin connections per download. Default 4: enough to hide per-connection
+    /// stalls on a fast LAN origin; more only adds load on the origin.
+    pub origin_connections: usize,
+    /// Smallest span asked of the origin in one request, in blocks. Default 16 (1 MiB):
+    /// smaller spans cost a round trip each.
+    pub min_span_blocks: u64,
+    /// Largest span asked of the origin in one request, in blocks. Default 1024 (64 MiB):
+    /// larger spans lose more work when a connection drops.
+    pub max_span_blocks: u64,
+    /// First retry delay after a transient failure. Default 500 ms; doubles per failure.
+    pub retry_base: Duration,
+    /// Longest retry delay. Default 30 s.
+    pub retry_max: Duration,
+    /// Default no-progress timeout (DO's `NoProgressTimeoutSeconds`). Default 120 s.
+    pub no_progress_timeout: Duration,
+    /// How often the origin's file may change under a download before it fails. Default 3.
+    pub max_restarts: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            origin_connections: 4,
+            min_span_blocks: 16,
+            max_span_blocks: 1024,
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            no_progress_timeout: Duration::from_secs(120),
+            max_restarts: 3,
+        }
+    }
+}
+
+/// Identifier of a download (DO's download `Id`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DownloadId(pub u64);
+
+/// Identifier of one action that expects an answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// DO's download states (`DODownloadState`, same numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Created, not started.
+    Created = 0,
+    /// Bytes are moving.
+    Transferring = 1,
+    /// Every requested byte is in place; `Start` may ask for more ranges.
+    Transferred = 2,
+    /// Finished for good.
+    Finalized = 3,
+    /// Cancelled for good.
+    Aborted = 4,
+    /// Paused on demand, or by an error: a fatal error sets `error`, a transient one sets
+    /// `extended_error` and is retried automatically.
+    Paused = 5,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A snapshot of one download (DO's `DO_DOWNLOAD_STATUS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// Bytes to transfer (the file, or the sum of the requested ranges); 0 while unknown.
+    pub bytes_total: u64,
+    /// Bytes of those already verified and in place.
+    pub bytes_transferred: u64,
+    /// The state.
+    pub state: State,
+    /// The fatal error, 0 if none.
+    pub error: u32,
+    /// The transient error being retried, or the detail of `error`; 0 if none.
+    pub extended_error: u32,
+}
+
+/// What a download is asked to fetch, set when it is created.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The origin URL.
+    pub url: String,
+    /// The content id the finished bytes must hash to, if the caller knows it.
+    pub content_id: Option<ContentId>,
+    /// Fail after this long without progress; `None` uses the engine's default.
+    pub no_progress_timeout: Option<Duration>,
+}
+
+/// A call from the API.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Create a download in state `Created`.
+    Create {
+        /// Its id (chosen by the caller, unique).
+        id: DownloadId,
+        /// What to fetch.
+        spec: Spec,
+    },
+    /// Start or resume: the whole file (`ranges: None`) or the given byte ranges.
+    Start {
+        /// The download.
+        id: DownloadId,
+        /// Byte ranges (offset order, no overlaps), or `None` for the whole file.
+        ranges: Option<Vec<ByteRange>>,
+    },
+    /// Pause; verified blocks are kept and a later `Start` continues from them.
+    Pause {
+        /// The download.
+        id: DownloadId,
+    },
+    /// Abort for good.
+    Abort {
+        /// The download.
+        id: DownloadId,
+    },
+    /// Finish for good (only once Transferred).
+    Finalize {
+        /// The download.
+        id: DownloadId,
+    },
+}
+
+/// An error answered synchronously to a [`Command`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// No download with this id.
+    #[error("no download {}", .0.0)]
+    UnknownDownload(DownloadId),
+    /// A download with this id exists already.
+    #[error("download {} exists already", .0.0)]
+    DuplicateId(DownloadId),
+    /// Not allowed in the current state (`DO_E_INVALID_STATE`).
+    #[error("not allowed while the download is {0}")]
+    InvalidState(State),
+    /// A range is empty or ends past the end of the file (`DO_E_INVALID_RANGE`).
+    #[error("invalid byte range (empty, or past the end of the file)")]
+    InvalidRange,
+    /// Ranges overlap (`DO_E_OVERLAPPING_RANGES`).
+    #[error("byte ranges overlap")]
+    OverlappingRanges,
+}
+
+impl CommandError {
+    /// The DO HRESULT for this error (`E_NOT_SET`-style unknown ids use DO's `0x80070490`).
+    pub fn hresult(&self) -> u32 {
+        match self {
+            Self::UnknownDownload(_) => 0x8007_0490,
+            Self::DuplicateId(_) | Self::InvalidState(_) => hresult::DO_E_INVALID_STATE,
+            Self::InvalidRange => hresult::DO_E_INVALID_RANGE,
+            Self::OverlappingRanges => hresult::DO_E_OVERLAPPING_RANGES,
+        }
+    }
+}
+
+/// Why a fetch or stat failed, as the driver classified it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth retrying (network trouble, 5xx, a truncated body).
+    Transient(u32),
+    /// Not worth retrying (4xx, local disk errors): the download pauses with this error.
+    Fatal(u32),
+    /// The origin's file changed (If-Range answered with the whole new file).
+    ContentChanged,
+    /// The origin ignored a Range request: fetch the whole file in one request instead.
+    RangeNotSupported,
+}
+
+/// What the origin said about the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Length in bytes.
+    pub len: u64,
+    /// True when the origin honours Range requests.
+    pub accepts_ranges: bool,
+    /// Blocks of this exact version the cache already holds, verified.
+    pub cached: RangeSet,
+}
+
+/// An outcome reported by the driver.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Answer to [`Action::Stat`].
+    Stat {
+        /// The request.
+        request: RequestId,
+        /// The file, or why it could not be reached.
+        result: Result<FileInfo, Failure>,
+    },
+    /// A block of a [`Action::Fetch`] was written and hashed (and is now served from cache).
+    Block {
+        /// The request that carried it.
+        request: RequestId,
+        /// The block.
+        block: BlockIndex,
+    },
+    /// A fetch ended: every block it covered was reported, or it failed.
+    FetchEnded {
+        /// The request.
+        request: RequestId,
+        /// `Ok` when complete.
+        result: Result<(), Failure>,
+    },
+    /// Answer to [`Action::Assemble`].
+    Assembled {
+        /// The request.
+        request: RequestId,
+        /// The root of the file, or why assembly failed (a fatal failure, or `ContentChanged`
+        /// when the bytes did not hash to the expected id).
+        result: Result<ContentId, Failure>,
+    },
+}
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Ask the origin for the file's size and validators, and the cache for what it holds.
+    Stat {
+        /// Echo in [`Input::Stat`].
+        request: RequestId,
+        /// The download.
+        id: DownloadId,
+        /// The URL.
+        url: String,
+    },
+    /// Fetch `range` (block aligned) from the origin, reporting each block; `whole` means the
+    /// origin does not do ranges: GET the whole file without a Range header.
+    Fetch {
+        /// Echo in [`Input::Block`] and [`Input::FetchEnded`].
+        request: RequestId,
+        /// The download.
+        id: DownloadId,
+        /// Bytes to fetch.
+        range: ByteRange,
+        /// GET without a Range header.
+        whole: bool,
+    },
+    /// Stop a fetch; its later inputs are ignored.
+    Cancel {
+        /// The fetch.
+        request: RequestId,
+    },
+    /// Every requested block is in the cache: check the root (against `content_id` if given)
+    /// and make the output visible.
+    Assemble {
+        /// Echo in [`Input::Assembled`].
+        request: RequestId,
+        /// The download.
+        id: DownloadId,
+        /// The ranges asked for, `None` for the whole file.
+        ranges: Option<Vec<ByteRange>>,
+        /// The content id the bytes must hash to.
+        content_id: Option<ContentId>,
+    },
+    /// The origin's file changed: forget every block of the old version.
+    Restart {
+        /// The download.
+        id: DownloadId,
+    },
+}
+
+/// A change subscribers may want to know about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The status changed (state, error, or progress).
+    Status {
+        /// The download.
+        id: DownloadId,
+        /// Its new status.
+        status: Status,
+    },
+}
+
+/// The engine. See the crate documentation for the driving contract.
+pub struct Engine {
+    config: Config,
+    rng: SplitMix64,
+    downloads: BTreeMap<DownloadId, Download>,
+    /// Which download each outstanding request belongs to.
+    requests: BTreeMap<RequestId, DownloadId>,
+    next_request: u64,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+}
+
+impl Engine {
+    /// A new engine; all randomness (retry jitter) comes from `rng_seed`.
+    pub fn new(config: Config, rng_seed: [u8; 32]) -> Self {
+        Self {
+            config,
+            rng: SplitMix64::from_seed(rng_seed),
+            downloads: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            next_request: 1,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Applies an API call. Errors leave the engine unchanged.
+    pub fn handle_command(&mut self, now: Instant, command: Command) -> Result<(), CommandError> {
+        match command {
+            Command::Create { id, spec } => {
+                if self.downloads.contains_key(&id) {
+                    return Err(CommandError::DuplicateId(id));
+                }
+                let timeout = spec
+                    .no_progress_timeout
+                    .unwrap_or(self.config.no_progress_timeout);
+                info!(download = id.0, url = %spec.url, "download created");
+                self.downloads.insert(id, Download::new(spec, timeout, now));
+            }
+            Command::Start { id, ranges } => self.start(now, id, ranges)?,
+            Command::Pause { id } => {
+                let d = self.download_mut(id)?;
+                match d.state {
+                    State::Transferring | State::Paused => {
+                        d.user_paused = true;
+                        d.retry_at = None;
+                        self.cancel_all(id);
+                        self.set_state(id, State::Paused);
+                    }
+                    state => return Err(CommandError::InvalidState(state)),
+                }
+            }
+            Command::Abort { id } => {
+                let state = self.download_mut(id)?.state;
+                if matches!(state, State::Finalized | State::Aborted) {
+                    return Err(CommandError::InvalidState(state));
+                }
+                self.cancel_all(id);
+                self.set_state(id, State::Aborted);
+            }
+            Command::Finalize { id } => {
+                let state = self.download_mut(id)?.state;
+                if state != State::Transferred {
+                    return Err(CommandError::InvalidState(state));
+                }
+                self.set_state(id, State::Finalized);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an outcome reported by the driver.
+    pub fn handle_input(&mut self, now: Instant, input: Input) {
+        let request = match &input {
+            Input::Stat { request, .. }
+            | Input::Block { request, .. }
+            | Input::FetchEnded { request, .. }
+            | Input::Assembled { request, .. } => *request,
+        };
+        let Some(&id) = self.requests.get(&request) else {
+            debug!(request = request.0, "input for a cancelled request ignored");
+            return;
+        };
+        match input {
+            Input::Stat { result, .. } => {
+                self.requests.remove(&request);
+                self.on_stat(now, id, result);
+            }
+            Input::Block { block, .. } => self.on_block(now, id, request, block),
+            Input::FetchEnded { result, .. } => {
+                self.requests.remove(&request);
+                self.on_fetch_ended(now, id, request, result);
+            }
+            Input::Assembled { result, .. } => {
+                self.requests.remove(&request);
+                self.on_assembled(now, id, result);
+            }
+        }
+        self.schedule(now, id);
+    }
+
+    /// Handles timers: retries that are due and no-progress timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
+        for id in ids {
+            let d = self.downloads.get_mut(&id).expect("listed above");
+            if d.is_waiting_for_progress() && now >= d.last_progress + d.no_progress_timeout {
+                info!(download = id.0, "no progress within the timeout");
+                d.retry_at = None;
+                self.cancel_all(id);
+                self.fail(id, hresult::DO_E_DOWNLOAD_NO_PROGRESS, 0);
+                continue;
+            }
+            if d.retry_at.is_some_and(|t| now >= t) {
+                d.retry_at = None;
+                self.schedule(now, id);
+            }
+        }
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event for subscribers, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.downloads
+            .values()
+            .flat_map(|d| {
+                let deadline = d
+                    .is_waiting_for_progress()
+                    .then(|| d.last_progress + d.no_progress_timeout);
+                [d.retry_at, deadline]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// The status of a download.
+    pub fn status(&self, id: DownloadId) -> Option<Status> {
+        self.downloads.get(&id).map(Download::status)
+    }
+
+    /// Forgets a download in a final state (Finalized or Aborted); returns true if it did.
+    pub fn remove(&mut self, id: DownloadId) -> bool {
+        let removable = self
+            .downloads
+            .get(&id)
+            .is_some_and(|d| matches!(d.state, State::Finalized | State::Aborted));
+        if removable {
+            self.downloads.remove(&id);
+        }
+        removable
+    }
+
+    fn start(
+        &mut self,
+        now: Instant,
+        id: DownloadId,
+        ranges: Option<Vec<ByteRange>>,
+    ) -> Result<(), CommandError> {
+        let d = self.download_mut(id)?;
+        match d.state {
+            State::Created | State::Paused | State::Transferred => {}
+            state => return Err(CommandError::InvalidState(state)),
+        }
+        if let Some(ranges) = &ranges {
+            download::check_ranges(ranges, d.info.as_ref().map(|i| i.len))?;
+        }
+        if d.state == State::Transferred && ranges.is_none() && d.ranges.is_none() {
+            return Err(CommandError::InvalidState(State::Transferred));
+        }
+        if ranges.is_some() || d.state != State::Paused {
+            d.ranges = ranges;
+        }
+        d.user_paused = false;
+        d.error = 0;
+        d.extended_error = 0;
+        d.failures = 0;
+        d.last_progress = now;
+        if d.state == State::Transferred {
+            d.refresh_needed();
+        }
+        self.set_state(id, State::Transferring);
+        self.schedule(now, id);
+        Ok(())
+    }
+
+    fn on_stat(&mut self, now: Instant, id: DownloadId, result: Result<FileInfo, Failure>) {
+        let d = self
+            .downloads
+            .get_mut(&id)
+            .expect("request maps to a live download");
+        d.stat_pending = false;
+        match result {
+            Ok(info) => {
+                if let Some(ranges) = &d.ranges
+                    && download::check_ranges(ranges, Some(info.len)).is_err()
+                {
+                    self.fail(id, hresult::DO_E_INVALID_RANGE, 0);
+                    return;
+                }
+                debug!(
+                    download = id.0,
+                    len = info.len,
+                    cached = info.cached.count(),
+                    "stat"
+                );
+                d.set_info(info);
+                d.last_progress = now;
+                self.emit_status(id);
+            }
+            Err(failure) => self.on_failure(now, id, failure),
+        }
+    }
+
+    fn on_block(&mut self, now: Instant, id: DownloadId, request: RequestId, block: BlockIndex) {
+        let d = self
+            .downloads
+            .get_mut(&id)
+            .expect("request maps to a live download");
+        if d.add_block(request, block) {
+            d.last_progress = now;
+            d.failures = 0;
+            if d.state == State::Paused && !d.user_paused && d.error == 0 {
+                d.extended_error = 0;
+                self.set_state(id, State::Transferring);
+            } else {
+                self.emit_status(id);
+            }
+        }
+    }
+
+    fn on_fetch_ended(
+        &mut self,
+        now: Instant,
+        id: DownloadId,
+        request: RequestId,
+        result: Result<(), Failure>,
+    ) {
+        let d = self
+            .downloads
+            .get_mut(&id)
+            .expect("request maps to a live download");
+        d.end_fetch(request);
+        if let Err(failure) = result {
+            self.on_failure(now, id, failure);
+        }
+    }
+
+    fn on_assembled(&mut self, now: Instant, id: DownloadId, result: Result<ContentId, Failure>) {
+        let d = self
+            .downloads
+            .get_mut(&id)
+            .expect("request maps to a live download");
+        d.assembling = false;
+        match result {
+            Ok(root) => {
+                info!(download = id.0, content_id = %root, "transferred");
+                d.content_id = Some(root);
+                self.set_state(id, State::Transferred);
+            }
+            Err(Failure::ContentChanged) => self.fail(id, hresult::DO_E_BAD_PIECE_HASH_NO_BAN, 0),
+            Err(failure) => self.on_failure(now, id, failure),
+        }
+    }
+
+    /// Reacts to a failed stat, fetch or assembly.
+    fn on_failure(&mut self, now: Instant, id: DownloadId, failure: Failure) {
+        let d = self
+            .downloads
+            .get_mut(&id)
+            .expect("request maps to a live download");
+        match failure {
+            Failure::Fatal(code) => {
+                self.cancel_all(id);
+                self.fail(id, code, 0);
+            }
+            Failure::Transient(code) => {
+                d.failures += 1;
+                let failures = d.failures;
+                let delay = self.backoff(failures);
+                let d = self.downloads.get_mut(&id).expect("live");
+                d.retry_at = Some(now + delay);
+                debug!(
+                    download = id.0,
+                    code = format_args!("{code:#x}"),
+                    ?delay,
+                    "transient failure; retrying"
+                );
+                if d.fetches.is_empty() && d.state == State::Transferring {
+                    d.extended_error = code;
+                    self.set_state(id, State::Paused);
+                }
+            }
+            Failure::ContentChanged => {
+                d.restarts += 1;
+                if d.restarts > self.config.max_restarts {
+                    self.cancel_all(id);
+                    self.fail(id, hresult::HTTP_E_STATUS_PRECOND_FAILED, 0);
+                    return;
+                }
+                info!(download = id.0, "origin file changed; restarting");
+                self.cancel_all(id);
+                let d = self.downloads.get_mut(&id).expect("live");
+                d.forget_file();
+                self.actions.push_back(Action::Restart { id });
+            }
+            Failure::RangeNotSupported => {
+                info!(
+                    download = id.0,
+                    "origin ignores Range; fetching the whole file"
+                );
+                self.cancel_all(id);
+                if let Some(info) = &mut self.downloads.get_mut(&id).expect("live").info {
+                    info.accepts_ranges = false;
+                }
+            }
+        }
+    }
+
+    /// Issues whatever the download needs next.
+    fn schedule(&mut self, _now: Instant, id: DownloadId) {
+        let Some(d) = self.downloads.get_mut(&id) else {
+            return;
+        };
+        if d.state != State::Transferring
+            && !(d.state == State::Paused && !d.user_paused && d.error == 0)
+        {
+            return;
+        }
+        if d.retry_at.is_some() || d.assembling || d.stat_pending {
+            return;
+        }
+        let Some(info) = &d.info else {
+            d.stat_pending = true;
+            let url = d.spec.url.clone();
+            let request = self.new_request(id);
+            self.actions.push_back(Action::Stat { request, id, url });
+            return;
+        };
+        if d.missing().is_empty() {
+            if d.fetches.is_empty() {
+                d.assembling = true;
+                let (ranges, content_id) = (d.ranges.clone(), d.spec.content_id);
+                let request = self.new_request(id);
+                self.actions.push_back(Action::Assemble {
+                    request,
+                    id,
+                    ranges,
+                    content_id,
+                });
+            }
+            return;
+        }
+        if !info.accepts_ranges {
+            if d.fetches.is_empty() {
+                let range = ByteRange::new(0, info.len);
+                let request = self.new_request(id);
+                let d = self.downloads.get_mut(&id).expect("live");
+                d.begin_fetch(request, 0..do_content::block_count(range.end));
+                self.actions.push_back(Action::Fetch {
+                    request,
+                    id,
+                    range,
+                    whole: true,
+                });
+            }
+            return;
+        }
+        let connections = self.config.origin_connections.max(1);
+        while self.downloads[&id].fetches.len() < connections {
+            let d = &self.downloads[&id];
+            let Some(span) = d.next_span(
+                connections,
+                self.config.min_span_blocks,
+                self.config.max_span_blocks,
+            ) else {
+                break;
+            };
+            let len = d.info.as_ref().expect("info checked above").len;
+            let range = ByteRange::new(
+                span.start * do_content::BLOCK_SIZE,
+                (span.end * do_content::BLOCK_SIZE).min(len),
+            );
+            let request = self.new_request(id);
+            self.downloads
+                .get_mut(&id)
+                .expect("live")
+                .begin_fetch(request, span);
+            self.actions.push_back(Action::Fetch {
+                request,
+                id,
+                range,
+                whole: false,
+            });
+        }
+    }
+
+    fn backoff(&mut self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(16);
+        let full = self
+            .config
+            .retry_base
+            .saturating_mul(1 << exp)
+            .min(self.config.retry_max);
+        // Jitter in [1/2, 1) of the full delay, from the seeded generator.
+        let fraction = 0.5 + 0.5 * self.rng.next_f64();
+        full.mul_f64(fraction)
+    }
+
+    fn fail(&mut self, id: DownloadId, error: u32, extended_error: u32) {
+        let d = self.downloads.get_mut(&id).expect("live");
+        d.error = error;
+        d.extended_error = extended_error;
+        d.retry_at = None;
+        info!(
+            download = id.0,
+            error = format_args!("{error:#x}"),
+            "download failed"
+        );
+        self.set_state(id, State::Paused);
+    }
+
+    fn cancel_all(&mut self, id: DownloadId) {
+        let d = self.downloads.get_mut(&id).expect("live");
+        d.stat_pending = false;
+        d.assembling = false;
+        let cancelled: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|&(_, &owner)| owner == id)
+            .map(|(&r, _)| r)
+            .collect();
+        for request in cancelled {
+            self.requests.remove(&request);
+            if self
+                .downloads
+                .get_mut(&id)
+                .expect("live")
+                .fetches
+                .remove(&request)
+                .is_some()
+            {
+                self.actions.push_back(Action::Cancel { request });
+            }
+        }
+    }
+
+    fn set_state(&mut self, id: DownloadId, state: State) {
+        let d = self.downloads.get_mut(&id).expect("live");
+        if d.state != state {
+            debug!(download = id.0, from = %d.state, to = %state, "state");
+            d.state = state;
+        }
+        self.emit_status(id);
+    }
+
+    fn emit_status(&mut self, id: DownloadId) {
+        let status = self.downloads[&id].status();
+        self.events.push_back(Event::Status { id, status });
+    }
+
+    fn new_request(&mut self, id: DownloadId) -> RequestId {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.requests.insert(request, id);
+        request
+    }
+
+    fn download_mut(&mut self, id: DownloadId) -> Result<&mut Download, CommandError> {
+        self.downloads
+            .get_mut(&id)
+            .ok_or(CommandError::UnknownDownload(id))
+    }
+}
+
+#[cfg(test)]
+mod tests;
