@@ -99,7 +99,11 @@ pub enum ParseContentIdError {
 
 /// Number of blocks of a file of `len` bytes (an empty file has one empty block).
 pub const fn block_count(len: u64) -> u64 {
-    if len == 0 { 1 } else { len.div_ceil(BLOCK_SIZE) }
+    if len == 0 {
+        1
+    } else {
+        len.div_ceil(BLOCK_SIZE)
+    }
 }
 
 /// The byte range that block `index` covers in a file of `len` bytes.

@@ -2,7 +2,9 @@
 
 use std::{fmt, fs::File, io, path::Path};
 
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 use crate::{BLOCK_SIZE, BlockIndex, ContentId, block_count, block_range};
 
@@ -172,7 +174,9 @@ impl Manifest {
     /// Decodes what [`Manifest::encode`] produced, rejecting anything malformed.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
         let rest = bytes.strip_prefix(MAGIC).ok_or(ManifestError::Malformed)?;
-        let (len_bytes, hashes) = rest.split_first_chunk::<8>().ok_or(ManifestError::Malformed)?;
+        let (len_bytes, hashes) = rest
+            .split_first_chunk::<8>()
+            .ok_or(ManifestError::Malformed)?;
         let len = u64::from_le_bytes(*len_bytes);
         if hashes.len() % 32 != 0 || (hashes.len() / 32) as u64 != block_count(len) {
             return Err(ManifestError::Malformed);
@@ -280,9 +284,26 @@ mod tests {
     #[test]
     fn root_equals_blake3_at_block_boundaries() {
         let b = BLOCK_SIZE as usize;
-        for len in [0, 1, 1024, 1025, b - 1, b, b + 1, 2 * b, 3 * b + 7, 5 * b, 8 * b, 9 * b - 1] {
+        for len in [
+            0,
+            1,
+            1024,
+            1025,
+            b - 1,
+            b,
+            b + 1,
+            2 * b,
+            3 * b + 7,
+            5 * b,
+            8 * b,
+            9 * b - 1,
+        ] {
             let d = data(len, 3);
-            assert_eq!(Manifest::from_bytes(&d).root(), ContentId::of(&d), "len {len}");
+            assert_eq!(
+                Manifest::from_bytes(&d).root(),
+                ContentId::of(&d),
+                "len {len}"
+            );
         }
     }
 
@@ -320,7 +341,10 @@ mod tests {
         let same = vec![5u8; 4 * BLOCK_SIZE as usize];
         let ms = Manifest::from_bytes(&same);
         assert_ne!(ms.blocks()[1], ms.blocks()[2]);
-        assert!(m.verify_block(BlockIndex(2), &d[..BLOCK_SIZE as usize]).is_err());
+        assert!(
+            m.verify_block(BlockIndex(2), &d[..BLOCK_SIZE as usize])
+                .is_err()
+        );
     }
 
     #[test]

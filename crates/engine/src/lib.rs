@@ -212,6 +212,8 @@ pub enum Failure {
     ContentChanged,
     /// The origin ignored a Range request: fetch the whole file in one request instead.
     RangeNotSupported,
+    /// The assembled bytes do not hash to the content id the caller gave.
+    Integrity,
 }
 
 /// What the origin said about the file.
@@ -253,9 +255,9 @@ pub enum Input {
     Assembled {
         /// The request.
         request: RequestId,
-        /// The root of the file, or why assembly failed (a fatal failure, or `ContentChanged`
-        /// when the bytes did not hash to the expected id).
-        result: Result<ContentId, Failure>,
+        /// The root of the file (`None` when only ranges were fetched and the root is not
+        /// known), or why assembly failed.
+        result: Result<Option<ContentId>, Failure>,
     },
 }
 
@@ -468,6 +470,11 @@ impl Engine {
         self.downloads.get(&id).map(Download::status)
     }
 
+    /// The content id of a transferred download, once known.
+    pub fn content_id(&self, id: DownloadId) -> Option<ContentId> {
+        self.downloads.get(&id).and_then(|d| d.content_id)
+    }
+
     /// Forgets a download in a final state (Finalized or Aborted); returns true if it did.
     pub fn remove(&mut self, id: DownloadId) -> bool {
         let removable = self
@@ -575,7 +582,12 @@ impl Engine {
         }
     }
 
-    fn on_assembled(&mut self, now: Instant, id: DownloadId, result: Result<ContentId, Failure>) {
+    fn on_assembled(
+        &mut self,
+        now: Instant,
+        id: DownloadId,
+        result: Result<Option<ContentId>, Failure>,
+    ) {
         let d = self
             .downloads
             .get_mut(&id)
@@ -583,11 +595,10 @@ impl Engine {
         d.assembling = false;
         match result {
             Ok(root) => {
-                info!(download = id.0, content_id = %root, "transferred");
-                d.content_id = Some(root);
+                info!(download = id.0, content_id = ?root, "transferred");
+                d.content_id = root;
                 self.set_state(id, State::Transferred);
             }
-            Err(Failure::ContentChanged) => self.fail(id, hresult::DO_E_BAD_PIECE_HASH_NO_BAN, 0),
             Err(failure) => self.on_failure(now, id, failure),
         }
     }
@@ -632,6 +643,10 @@ impl Engine {
                 let d = self.downloads.get_mut(&id).expect("live");
                 d.forget_file();
                 self.actions.push_back(Action::Restart { id });
+            }
+            Failure::Integrity => {
+                self.cancel_all(id);
+                self.fail(id, hresult::DO_E_BAD_PIECE_HASH_NO_BAN, 0);
             }
             Failure::RangeNotSupported => {
                 info!(

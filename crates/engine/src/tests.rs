@@ -86,7 +86,7 @@ impl Harness {
 
     /// Completes every pending fetch (in the order given by `order`), returning the blocks
     /// delivered; answers an Assemble with `root`.
-    fn serve_all(&mut self, root: Result<ContentId, Failure>) -> Vec<u64> {
+    fn serve_all(&mut self, root: Result<Option<ContentId>, Failure>) -> Vec<u64> {
         let mut delivered = Vec::new();
         loop {
             let actions = self.take();
@@ -151,7 +151,7 @@ fn whole_file_download_goes_created_transferring_transferred_finalized() {
         .filter(|a| matches!(a, Action::Fetch { .. }))
         .count();
     assert_eq!(fetches, 4, "one request per origin connection");
-    let mut delivered = h.serve_all(Ok(root()));
+    let mut delivered = h.serve_all(Ok(Some(root())));
     delivered.sort();
     assert_eq!(
         delivered,
@@ -195,7 +195,7 @@ fn cached_blocks_are_not_fetched_again() {
         cached,
     }));
     assert_eq!(h.status().bytes_transferred, 40 * BLOCK_SIZE);
-    let mut delivered = h.serve_all(Ok(root()));
+    let mut delivered = h.serve_all(Ok(Some(root())));
     delivered.sort();
     assert_eq!(delivered, (30..50).chain(60..64).collect::<Vec<_>>());
     assert_eq!(h.status().state, State::Transferred);
@@ -247,7 +247,7 @@ fn transient_errors_pause_with_extended_error_then_retry_with_backoff() {
     );
     h.advance(Duration::from_millis(700));
     h.answer_stat(Ok(info(3 * BLOCK_SIZE)));
-    h.serve_all(Ok(root()));
+    h.serve_all(Ok(Some(root())));
     let s = h.status();
     assert_eq!(
         (s.state, s.error, s.extended_error),
@@ -290,7 +290,7 @@ fn a_dropped_connection_refetches_only_what_it_still_owed() {
     };
     assert_eq!(*range, ByteRange::new(10 * BLOCK_SIZE, 40 * BLOCK_SIZE));
     h.pending = actions;
-    h.serve_all(Ok(root()));
+    h.serve_all(Ok(Some(root())));
     assert_eq!(h.status().state, State::Transferred);
 }
 
@@ -368,7 +368,7 @@ fn pause_cancels_and_resume_continues_where_it_stopped() {
     };
     assert_eq!(range.start, 5 * BLOCK_SIZE);
     h.pending = actions;
-    h.serve_all(Ok(root()));
+    h.serve_all(Ok(Some(root())));
     assert_eq!(h.status().state, State::Transferred);
 }
 
@@ -388,7 +388,7 @@ fn ranges_fetch_only_their_blocks_and_count_only_their_bytes() {
     h.answer_stat(Ok(info(7 * BLOCK_SIZE)));
     let s = h.status();
     assert_eq!(s.bytes_total, 10 + 2 * BLOCK_SIZE - 1);
-    let mut delivered = h.serve_all(Ok(root()));
+    let mut delivered = h.serve_all(Ok(Some(root())));
     delivered.sort();
     assert_eq!(delivered, vec![0, 5, 6]);
     let s = h.status();
@@ -520,7 +520,7 @@ fn an_origin_without_ranges_gets_one_whole_file_request() {
         .into_iter()
         .filter(|a| matches!(a, Action::Fetch { .. }))
         .collect();
-    h.serve_all(Ok(root()));
+    h.serve_all(Ok(Some(root())));
     assert_eq!(h.status().state, State::Transferred);
 }
 
@@ -534,7 +534,7 @@ fn a_content_id_mismatch_at_assembly_is_fatal() {
     })
     .unwrap();
     h.answer_stat(Ok(info(3)));
-    h.serve_all(Err(Failure::ContentChanged));
+    h.serve_all(Err(Failure::Integrity));
     let s = h.status();
     assert_eq!(
         (s.state, s.error),
@@ -552,7 +552,7 @@ fn an_empty_file_completes() {
     })
     .unwrap();
     h.answer_stat(Ok(info(0)));
-    h.serve_all(Ok(ContentId::of(&[])));
+    h.serve_all(Ok(Some(ContentId::of(&[]))));
     assert_eq!(h.status().state, State::Transferred);
 }
 
@@ -582,7 +582,7 @@ proptest! {
                         for b in &bs { prop_assert!(!held.contains(b), "asked again for held block {}", b); }
                         open.push((request, bs));
                     }
-                    Action::Assemble { request, .. } => h.input(Input::Assembled { request, result: Ok(root()) }),
+                    Action::Assemble { request, .. } => h.input(Input::Assembled { request, result: Ok(Some(root())) }),
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
             }

@@ -432,7 +432,8 @@ impl Store {
         self.dir.join("data").join(format!("{}.data", id.0))
     }
 
-    fn is_pinned(&self, id: EntryId) -> bool {
+    /// True while some [`Pin`] of entry `id` is alive.
+    pub fn is_pinned(&self, id: EntryId) -> bool {
         self.pins
             .lock()
             .expect("pin map lock")

@@ -1,0 +1,570 @@
+//! The actor that owns the engine, the cache and every task.
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use do_content::{BlockIndex, ContentId, Manifest, RangeSet, block_count};
+use do_engine::{Action, DownloadId, Engine, Event, Failure, FileInfo, Input, RequestId, Spec};
+use do_origin::{Client, Validators};
+use do_store::{EntryId, EntryMeta, Pin, Store};
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use crate::{
+    Config, Download, Error, Progress, Request,
+    fetch::{self, FetchTask},
+};
+
+/// DO_E_FILE_SIZE_UNKNOWN_HTTP_200: the origin did not say how long the file is.
+const DO_E_FILE_SIZE_UNKNOWN: u32 = 0x80D0_201A;
+/// DO_E_INTEGRITYCHECKINFO_UNAVAILABLE: a content id was given but the block hashes needed to
+/// check it are not available (only some ranges of the file were fetched).
+const DO_E_INTEGRITYCHECKINFO_UNAVAILABLE: u32 = 0x80D0_2017;
+/// DO_E_FATAL_CORE_ERROR.
+const DO_E_FATAL_CORE_ERROR: u32 = 0x80D0_6802;
+
+/// API calls to the actor.
+pub(crate) enum Command {
+    Download {
+        request: Request,
+        reply: oneshot::Sender<Result<Download, Error>>,
+    },
+    Pause {
+        id: DownloadId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Resume {
+        id: DownloadId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Abort {
+        id: DownloadId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Finalize {
+        id: DownloadId,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Outcomes reported by tasks.
+pub(crate) enum IoEvent {
+    Stat {
+        request: RequestId,
+        id: DownloadId,
+        result: Result<Box<Found>, Failure>,
+    },
+    Block {
+        request: RequestId,
+        block: BlockIndex,
+        bytes: u64,
+    },
+    FetchEnded {
+        request: RequestId,
+        result: Result<(), Failure>,
+    },
+    Assembled {
+        request: RequestId,
+        result: Result<Option<ContentId>, Failure>,
+    },
+}
+
+/// What a stat task found: the origin's answer and the cache entry for this version.
+pub(crate) struct Found {
+    entry: EntryId,
+    pin: Pin,
+    validators: Validators,
+    info: FileInfo,
+}
+
+struct Job {
+    request: Request,
+    entry: Option<(EntryId, Pin)>,
+    validators: Validators,
+    len: u64,
+    progress: watch::Sender<Progress>,
+}
+
+pub(crate) struct Actor {
+    engine: Engine,
+    store: Arc<Store>,
+    origin: Client,
+    config: Config,
+    jobs: HashMap<DownloadId, Job>,
+    requests: HashMap<RequestId, DownloadId>,
+    cancels: HashMap<RequestId, CancellationToken>,
+    tasks: JoinSet<()>,
+    io_tx: mpsc::Sender<IoEvent>,
+    next_id: u64,
+}
+
+impl Actor {
+    pub(crate) fn spawn(
+        config: Config,
+    ) -> Result<(mpsc::Sender<Command>, tokio::task::JoinHandle<()>), Error> {
+        let store = Arc::new(Store::open(&config.cache_dir, config.store.clone())?);
+        let origin = Client::new(config.origin.clone())?;
+        let seed = seed_from_clock();
+        let (tx, rx) = mpsc::channel(64);
+        let (io_tx, io_rx) = mpsc::channel(1024);
+        let actor = Self {
+            engine: Engine::new(config.engine.clone(), seed),
+            store,
+            origin,
+            config,
+            jobs: HashMap::new(),
+            requests: HashMap::new(),
+            cancels: HashMap::new(),
+            tasks: JoinSet::new(),
+            io_tx,
+            next_id: 1,
+        };
+        let task = tokio::spawn(actor.run(rx, io_rx).instrument(info_span!("node")));
+        Ok((tx, task))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut io_rx: mpsc::Receiver<IoEvent>) {
+        loop {
+            let timer = self.engine.poll_timeout();
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.stop().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => {
+                        self.stop().await;
+                        return;
+                    }
+                },
+                Some(event) = io_rx.recv() => self.on_io(event),
+                () = sleep_until(timer) => self.engine.handle_timeout(Instant::now()),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+            self.drain();
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Download { request, reply } => {
+                let _ = reply.send(self.create(now, request));
+            }
+            Command::Pause { id, reply } => {
+                let r = self
+                    .engine
+                    .handle_command(now, do_engine::Command::Pause { id });
+                let _ = reply.send(r.map_err(Error::from));
+            }
+            Command::Resume { id, reply } => {
+                let ranges = self.jobs.get(&id).and_then(|j| j.request.ranges.clone());
+                let r = self
+                    .engine
+                    .handle_command(now, do_engine::Command::Start { id, ranges });
+                let _ = reply.send(r.map_err(Error::from));
+            }
+            Command::Abort { id, reply } => {
+                let r = self
+                    .engine
+                    .handle_command(now, do_engine::Command::Abort { id });
+                let _ = reply.send(r.map_err(Error::from));
+            }
+            Command::Finalize { id, reply } => {
+                let r = self
+                    .engine
+                    .handle_command(now, do_engine::Command::Finalize { id });
+                let _ = reply.send(r.map_err(Error::from));
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn create(&mut self, now: Instant, request: Request) -> Result<Download, Error> {
+        let id = DownloadId(self.next_id);
+        self.next_id += 1;
+        let spec = Spec {
+            url: request.url.clone(),
+            content_id: request.content_id,
+            no_progress_timeout: request.no_progress_timeout,
+        };
+        self.engine
+            .handle_command(now, do_engine::Command::Create { id, spec })?;
+        let status = self.engine.status(id).expect("just created");
+        let (progress, rx) = watch::channel(Progress {
+            status,
+            bytes_from_http: 0,
+            bytes_from_cache: 0,
+            content_id: None,
+        });
+        let ranges = request.ranges.clone();
+        self.jobs.insert(
+            id,
+            Job {
+                request,
+                entry: None,
+                validators: Validators::default(),
+                len: 0,
+                progress,
+            },
+        );
+        if let Err(e) = self
+            .engine
+            .handle_command(now, do_engine::Command::Start { id, ranges })
+        {
+            self.jobs.remove(&id);
+            return Err(e.into());
+        }
+        Ok(Download { id, progress: rx })
+    }
+
+    fn on_io(&mut self, event: IoEvent) {
+        let now = Instant::now();
+        let input = match event {
+            IoEvent::Stat {
+                request,
+                id,
+                result,
+            } => {
+                let result = result.map(|found| {
+                    let Found {
+                        entry,
+                        pin,
+                        validators,
+                        info,
+                    } = *found;
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.entry = Some((entry, pin));
+                        job.validators = validators;
+                        job.len = info.len;
+                    }
+                    info
+                });
+                Input::Stat { request, result }
+            }
+            IoEvent::Block {
+                request,
+                block,
+                bytes,
+            } => {
+                if let Some(job) = self.requests.get(&request).and_then(|id| self.jobs.get(id)) {
+                    job.progress.send_modify(|p| p.bytes_from_http += bytes);
+                }
+                Input::Block { request, block }
+            }
+            IoEvent::FetchEnded { request, result } => {
+                self.forget_request(request);
+                Input::FetchEnded { request, result }
+            }
+            IoEvent::Assembled { request, result } => {
+                self.forget_request(request);
+                Input::Assembled { request, result }
+            }
+        };
+        self.engine.handle_input(now, input);
+    }
+
+    /// Carries out the engine's actions and publishes its events.
+    fn drain(&mut self) {
+        while let Some(action) = self.engine.poll_action() {
+            self.perform(action);
+        }
+        while let Some(Event::Status { id, status }) = self.engine.poll_event() {
+            let content_id = self.engine.content_id(id);
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            job.progress.send_modify(|p| {
+                if p.status.state == do_engine::State::Transferring
+                    && p.status.bytes_transferred == 0
+                    && p.bytes_from_http == 0
+                {
+                    // Bytes already in place before any fetch came from the cache.
+                    p.bytes_from_cache = status.bytes_transferred;
+                }
+                p.status = status;
+                p.content_id = content_id;
+            });
+            if matches!(
+                status.state,
+                do_engine::State::Finalized | do_engine::State::Aborted
+            ) {
+                self.engine.remove(id);
+                self.jobs.remove(&id);
+            }
+        }
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Stat { request, id, url } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    return;
+                };
+                self.requests.insert(request, id);
+                let (origin, store, io_tx) = (
+                    self.origin.clone(),
+                    Arc::clone(&self.store),
+                    self.io_tx.clone(),
+                );
+                let headers = job.request.headers.clone();
+                self.tasks.spawn(
+                    async move {
+                        let result = stat(&origin, &store, &url, &headers).await;
+                        let _ = io_tx
+                            .send(IoEvent::Stat {
+                                request,
+                                id,
+                                result,
+                            })
+                            .await;
+                    }
+                    .instrument(info_span!("stat", download = id.0)),
+                );
+            }
+            Action::Fetch {
+                request,
+                id,
+                range,
+                whole,
+            } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    return;
+                };
+                let Some((entry, _)) = &job.entry else {
+                    warn!(download = id.0, "fetch without a cache entry");
+                    return;
+                };
+                let writer = match self.store.writer(*entry) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let failure = Failure::Fatal(e.hresult());
+                        let _ = self.io_tx.try_send(IoEvent::FetchEnded {
+                            request,
+                            result: Err(failure),
+                        });
+                        return;
+                    }
+                };
+                let cancel = CancellationToken::new();
+                self.cancels.insert(request, cancel.clone());
+                self.requests.insert(request, id);
+                let task = FetchTask {
+                    request,
+                    origin: self.origin.clone(),
+                    url: job.request.url.clone(),
+                    headers: job.request.headers.clone(),
+                    range,
+                    whole,
+                    if_range: job.validators.clone(),
+                    file_len: job.len,
+                    writer,
+                    store: Arc::clone(&self.store),
+                    entry: *entry,
+                    io_tx: self.io_tx.clone(),
+                    cancel,
+                    checkpoint_bytes: self.config.checkpoint_bytes,
+                };
+                self.tasks.spawn(
+                    fetch::run(task).instrument(info_span!("fetch", download = id.0, %range)),
+                );
+            }
+            Action::Cancel { request } => {
+                if let Some(cancel) = self.cancels.remove(&request) {
+                    cancel.cancel();
+                }
+                self.requests.remove(&request);
+            }
+            Action::Assemble {
+                request,
+                id,
+                ranges,
+                content_id,
+            } => {
+                let Some(job) = self.jobs.get(&id) else {
+                    return;
+                };
+                let Some((entry, _)) = &job.entry else { return };
+                self.requests.insert(request, id);
+                let (store, io_tx, entry, len) =
+                    (Arc::clone(&self.store), self.io_tx.clone(), *entry, job.len);
+                let (output, overwrite) = (job.request.output.clone(), job.request.overwrite);
+                self.tasks.spawn(async move {
+                    let result = tokio::task::spawn_blocking(move || {
+                        assemble(
+                            &store,
+                            entry,
+                            len,
+                            ranges.as_deref(),
+                            content_id,
+                            &output,
+                            overwrite,
+                        )
+                    })
+                    .await
+                    .unwrap_or(Err(Failure::Fatal(DO_E_FATAL_CORE_ERROR)));
+                    let _ = io_tx.send(IoEvent::Assembled { request, result }).await;
+                });
+            }
+            Action::Restart { id } => {
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    return;
+                };
+                if let Some((entry, pin)) = job.entry.take() {
+                    drop(pin);
+                    let store = Arc::clone(&self.store);
+                    self.tasks.spawn_blocking(move || {
+                        if let Err(e) = store.delete(entry) {
+                            warn!(error = %e, "could not delete the outdated cache entry");
+                        }
+                    });
+                }
+                job.progress.send_modify(|p| p.bytes_from_cache = 0);
+            }
+        }
+    }
+
+    fn forget_request(&mut self, request: RequestId) {
+        self.cancels.remove(&request);
+        self.requests.remove(&request);
+    }
+
+    /// Cancels every task (fetches record their finished blocks first) and waits for them.
+    async fn stop(&mut self) {
+        for cancel in self.cancels.values() {
+            cancel.cancel();
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Asks the origin about the file and finds or creates the cache entry for that version.
+async fn stat(
+    origin: &Client,
+    store: &Arc<Store>,
+    url: &str,
+    headers: &do_origin::Headers,
+) -> Result<Box<Found>, Failure> {
+    let stat = origin.stat(url, headers).await.map_err(fetch::failure)?;
+    let len = stat.len.ok_or(Failure::Fatal(DO_E_FILE_SIZE_UNKNOWN))?;
+    let store = Arc::clone(store);
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let v = &stat.validators;
+        let (entry, cached) =
+            find_entry(&store, &url, len, v).map_err(|e| Failure::Fatal(e.hresult()))?;
+        let pin = store.pin(entry);
+        Ok(Box::new(Found {
+            entry,
+            pin,
+            validators: stat.validators.clone(),
+            info: FileInfo {
+                len,
+                accepts_ranges: stat.accepts_ranges,
+                cached,
+            },
+        }))
+    })
+    .await
+    .unwrap_or(Err(Failure::Fatal(DO_E_FATAL_CORE_ERROR)))
+}
+
+/// The cache entry for this exact version of `url`, with its verified blocks re-checked; a new
+/// entry when there is none, or when the old one failed its re-check (its bytes may have been
+/// changed through a hard-linked output, so it is never written into again).
+fn find_entry(
+    store: &Store,
+    url: &str,
+    len: u64,
+    v: &Validators,
+) -> Result<(EntryId, RangeSet), do_store::Error> {
+    if let Some((id, meta)) = store.lookup_url(url)? {
+        if meta.same_version(len, v.etag.as_deref(), v.last_modified.as_deref()) {
+            let held = store.verified(id)?;
+            let good = store.recheck(id)?;
+            if good == held {
+                store.touch(id)?;
+                return Ok((id, good));
+            }
+            warn!(
+                entry = id.0,
+                "cached bytes changed on disk; fetching afresh"
+            );
+        }
+        // Superseded: drop it unless another download still uses it.
+        if !store.is_pinned(id) {
+            store.delete(id)?;
+        }
+    }
+    store.evict(len)?;
+    let meta = EntryMeta::new(url, len, v.etag.clone(), v.last_modified.clone());
+    let id = store.create_entry(meta)?;
+    store.writer(id)?.set_len(len)?;
+    Ok((id, RangeSet::new()))
+}
+
+/// Checks the root and makes the output visible.
+fn assemble(
+    store: &Store,
+    entry: EntryId,
+    len: u64,
+    ranges: Option<&[do_content::ByteRange]>,
+    content_id: Option<ContentId>,
+    output: &std::path::Path,
+    overwrite: bool,
+) -> Result<Option<ContentId>, Failure> {
+    let fatal = |e: do_store::Error| Failure::Fatal(e.hresult());
+    let blocks = store.blocks(entry).map_err(fatal)?;
+    let manifest = if blocks.len() as u64 == block_count(len) || len == 0 {
+        let hashes = if len == 0 {
+            Manifest::from_bytes(&[]).blocks().to_vec()
+        } else {
+            blocks.into_iter().map(|(_, h)| h).collect()
+        };
+        Some(Manifest::new(len, hashes).map_err(|_| Failure::Fatal(DO_E_FATAL_CORE_ERROR))?)
+    } else {
+        None
+    };
+    let root = manifest.as_ref().map(Manifest::root);
+    match (content_id, root) {
+        (Some(expected), Some(root)) if expected != root => {
+            warn!(%expected, actual = %root, "content id mismatch");
+            return Err(Failure::Integrity);
+        }
+        (Some(_), None) => return Err(Failure::Fatal(DO_E_INTEGRITYCHECKINFO_UNAVAILABLE)),
+        _ => {}
+    }
+    if let Some(manifest) = &manifest {
+        store.finish(entry, manifest).map_err(fatal)?;
+    }
+    store
+        .export(entry, output, ranges, overwrite)
+        .map_err(fatal)?;
+    Ok(root)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The engine's seed: only retry jitter depends on it, so the clock is good enough here.
+fn seed_from_clock() -> [u8; 32] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut seed = [0u8; 32];
+    seed[..16].copy_from_slice(&nanos.to_le_bytes());
+    seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    seed
+}

@@ -1,0 +1,197 @@
+//! The tokio driver of donode: it owns the engine, the cache, the origin client and every
+//! task, feeds the engine what happened and carries out what it decides.
+//!
+//! [`Node`] is the clonable handle; [`Node::start`] spawns the actor that owns everything.
+//! The actor's loop waits for an API command, an I/O outcome or the engine's next timer, feeds
+//! the engine, then drains its actions (spawning stat, fetch and assemble tasks) and its events
+//! (publishing each download's [`Progress`] on a watch channel).
+//!
+//! How a byte travels: a fetch task streams an origin response, writes each chunk at its
+//! offset in the cache entry's data file, hashes it into its 64 KiB block, and once a block is
+//! complete records it (in batches) in the cache index and tells the engine. When every block
+//! is there, an assemble task merges the block hashes into the root, checks it against the
+//! caller's content id, and makes the output visible at once (a hard link, or a copy).
+#![warn(missing_docs)]
+
+mod actor;
+mod fetch;
+
+use std::{path::PathBuf, time::Duration};
+
+use do_content::{ByteRange, ContentId};
+use do_engine::{CommandError, DownloadId, State, Status};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use do_origin::Headers;
+
+/// Driver configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The cache directory (index and data files).
+    pub cache_dir: PathBuf,
+    /// Cache quotas.
+    pub store: do_store::Config,
+    /// Scheduling, retries and timeouts.
+    pub engine: do_engine::Config,
+    /// The HTTP client.
+    pub origin: do_origin::Config,
+    /// Verified blocks are recorded in the index in batches of about this many bytes.
+    /// Default 16 MiB: a crash loses at most this much per connection; smaller batches cost
+    /// more index commits.
+    pub checkpoint_bytes: u64,
+}
+
+impl Config {
+    /// Defaults for everything but the cache directory.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            cache_dir,
+            store: do_store::Config::default(),
+            engine: do_engine::Config::default(),
+            origin: do_origin::Config::default(),
+            checkpoint_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A download to perform.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The origin URL.
+    pub url: String,
+    /// Where the finished file appears.
+    pub output: PathBuf,
+    /// Byte ranges (written to the output concatenated in order), or `None` for the file.
+    pub ranges: Option<Vec<ByteRange>>,
+    /// The content id the finished bytes must hash to.
+    pub content_id: Option<ContentId>,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+    /// Extra request headers for the origin.
+    pub headers: Headers,
+    /// Fail after this long without progress (`None`: the engine's default).
+    pub no_progress_timeout: Option<Duration>,
+}
+
+/// What a download has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The engine's status.
+    pub status: Status,
+    /// Bytes received from the HTTP origin (DO's `BytesFromHttp`).
+    pub bytes_from_http: u64,
+    /// Requested bytes that were already verified in the local cache.
+    pub bytes_from_cache: u64,
+    /// The file's content id, once known.
+    pub content_id: Option<ContentId>,
+}
+
+impl Progress {
+    /// True once the download can go no further without a command: transferred, finished,
+    /// aborted, or paused by a fatal error.
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self.status.state,
+            State::Transferred | State::Finalized | State::Aborted
+        ) || (self.status.state == State::Paused && self.status.error != 0)
+    }
+}
+
+/// A started download: its id and a live view of its progress.
+pub struct Download {
+    /// The engine's id.
+    pub id: DownloadId,
+    /// Updated on every status change.
+    pub progress: watch::Receiver<Progress>,
+}
+
+impl Download {
+    /// Waits until the download is settled (see [`Progress::is_settled`]) and returns its
+    /// progress. Cancel-safe.
+    pub async fn settled(&mut self) -> Result<Progress, Error> {
+        let p = self
+            .progress
+            .wait_for(Progress::is_settled)
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(*p)
+    }
+}
+
+/// Why a driver call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The cache could not be opened.
+    #[error(transparent)]
+    Store(#[from] do_store::Error),
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Origin(#[from] do_origin::Error),
+    /// The engine refused the command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The node has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// Handle to a running node. Cheap to clone; the node stops when [`Node::shutdown`] is called.
+#[derive(Clone)]
+pub struct Node {
+    tx: mpsc::Sender<actor::Command>,
+}
+
+impl Node {
+    /// Opens the cache and spawns the node's actor on the current tokio runtime.
+    pub fn start(config: Config) -> Result<(Self, tokio::task::JoinHandle<()>), Error> {
+        let (tx, task) = actor::Actor::spawn(config)?;
+        Ok((Self { tx }, task))
+    }
+
+    /// Creates and starts a download.
+    pub async fn download(&self, request: Request) -> Result<Download, Error> {
+        self.call(|reply| actor::Command::Download { request, reply })
+            .await?
+    }
+
+    /// Pauses a download, keeping what it verified.
+    pub async fn pause(&self, id: DownloadId) -> Result<(), Error> {
+        self.call(|reply| actor::Command::Pause { id, reply })
+            .await?
+    }
+
+    /// Resumes a paused download.
+    pub async fn resume(&self, id: DownloadId) -> Result<(), Error> {
+        self.call(|reply| actor::Command::Resume { id, reply })
+            .await?
+    }
+
+    /// Aborts a download.
+    pub async fn abort(&self, id: DownloadId) -> Result<(), Error> {
+        self.call(|reply| actor::Command::Abort { id, reply })
+            .await?
+    }
+
+    /// Finalizes a transferred download and forgets it.
+    pub async fn finalize(&self, id: DownloadId) -> Result<(), Error> {
+        self.call(|reply| actor::Command::Finalize { id, reply })
+            .await?
+    }
+
+    /// Stops every task, recording the verified blocks they hold, and ends the actor.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        self.call(|reply| actor::Command::Shutdown { reply }).await
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> actor::Command,
+    ) -> Result<T, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+}
