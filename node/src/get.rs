@@ -86,6 +86,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut download = node.download(request).await?;
     let bar = progress_bar();
+    let interrupt = interrupted();
+    tokio::pin!(interrupt);
     let outcome = loop {
         tokio::select! {
             changed = download.progress.changed() => {
@@ -93,7 +95,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 show(&bar, &p);
                 if changed.is_err() || p.is_settled() { break Some(p); }
             }
-            _ = tokio::signal::ctrl_c() => break None,
+            () = &mut interrupt => break None,
         }
     };
     bar.finish_and_clear();
@@ -188,6 +190,22 @@ fn report(args: &Args, p: &Progress, elapsed: Duration) {
             p.bytes_from_http,
             p.bytes_from_cache,
         );
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -23,6 +23,8 @@ const DO_E_FILE_SIZE_UNKNOWN: u32 = 0x80D0_201A;
 /// DO_E_INTEGRITYCHECKINFO_UNAVAILABLE: a content id was given but the block hashes needed to
 /// check it are not available (only some ranges of the file were fetched).
 const DO_E_INTEGRITYCHECKINFO_UNAVAILABLE: u32 = 0x80D0_2017;
+/// How long shutdown waits for tasks to wind down before aborting them.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// DO_E_FATAL_CORE_ERROR.
 const DO_E_FATAL_CORE_ERROR: u32 = 0x80D0_6802;
 
@@ -437,12 +439,19 @@ impl Actor {
         self.requests.remove(&request);
     }
 
-    /// Cancels every task (fetches record their finished blocks first) and waits for them.
+    /// Cancels every task (fetches record their finished blocks first) and waits for them;
+    /// tasks still waiting on the network after a grace period (a stat in a slow handshake)
+    /// are aborted, which loses nothing: they hold no verified bytes.
     async fn stop(&mut self) {
         for cancel in self.cancels.values() {
             cancel.cancel();
         }
-        while self.tasks.join_next().await.is_some() {}
+        let drained = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+            warn!("aborting tasks still running after the shutdown grace period");
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
     }
 }
 
