@@ -3,6 +3,7 @@
 mod demo;
 mod get;
 mod hresult;
+mod run;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -25,6 +26,8 @@ enum Command {
     Get(get::Args),
     /// Run a self-contained demonstration: a local origin, a node, two downloads.
     Demo(demo::Args),
+    /// Run the node as a daemon serving the Linux DO agent's REST API.
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Get(args) => get::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Run(args) => run::run(args).await,
         }
     });
     match result {
