@@ -1,6 +1,10 @@
 //! The actor that owns the engine, the cache and every task.
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use do_content::{BlockIndex, ContentId, Manifest, RangeSet, block_count};
 use do_engine::{Action, DownloadId, Engine, Event, Failure, FileInfo, Input, RequestId, Spec};
@@ -104,6 +108,8 @@ pub(crate) struct Actor {
     tasks: JoinSet<()>,
     io_tx: mpsc::Sender<IoEvent>,
     next_id: u64,
+    /// Serialises cache entry resolution in stat tasks (see [`stat`]).
+    resolving: Arc<Mutex<()>>,
 }
 
 impl Actor {
@@ -126,6 +132,7 @@ impl Actor {
             tasks: JoinSet::new(),
             io_tx,
             next_id: 1,
+            resolving: Arc::default(),
         };
         let task = tokio::spawn(actor.run(rx, io_rx).instrument(info_span!("node")));
         Ok((tx, task))
@@ -318,9 +325,10 @@ impl Actor {
                     self.io_tx.clone(),
                 );
                 let headers = job.request.headers.clone();
+                let entries = Arc::clone(&self.resolving);
                 self.tasks.spawn(
                     async move {
-                        let result = stat(&origin, &store, &url, &headers).await;
+                        let result = stat(&origin, &store, &entries, &url, &headers).await;
                         let _ = io_tx
                             .send(IoEvent::Stat {
                                 request,
@@ -459,14 +467,18 @@ impl Actor {
 async fn stat(
     origin: &Client,
     store: &Arc<Store>,
+    entries: &Arc<Mutex<()>>,
     url: &str,
     headers: &do_origin::Headers,
 ) -> Result<Box<Found>, Failure> {
     let stat = origin.stat(url, headers).await.map_err(fetch::failure)?;
     let len = stat.len.ok_or(Failure::Fatal(DO_E_FILE_SIZE_UNKNOWN))?;
-    let store = Arc::clone(store);
+    let (store, entries) = (Arc::clone(store), Arc::clone(entries));
     let url = url.to_owned();
     tokio::task::spawn_blocking(move || {
+        // Finding (or replacing) an entry and pinning it is one step: otherwise a concurrent
+        // download of the same URL could delete the entry between the two.
+        let _resolving = entries.lock().expect("entry resolution lock");
         let v = &stat.validators;
         let (entry, cached) =
             find_entry(&store, &url, len, v).map_err(|e| Failure::Fatal(e.hresult()))?;
@@ -497,14 +509,14 @@ fn find_entry(
 ) -> Result<(EntryId, RangeSet), do_store::Error> {
     if let Some((id, meta)) = store.lookup_url(url)? {
         if meta.same_version(len, v.etag.as_deref(), v.last_modified.as_deref()) {
-            let held = store.verified(id)?;
-            let good = store.recheck(id)?;
-            if good == held {
+            let recheck = store.recheck(id)?;
+            if recheck.forgotten == 0 {
                 store.touch(id)?;
-                return Ok((id, good));
+                return Ok((id, recheck.good));
             }
             warn!(
                 entry = id.0,
+                blocks = recheck.forgotten,
                 "cached bytes changed on disk; fetching afresh"
             );
         }

@@ -298,8 +298,8 @@ impl Store {
     }
 
     /// Re-reads every verified block of entry `id` and checks it against its recorded hash.
-    /// Blocks that fail are forgotten; the returned set holds the blocks that passed.
-    pub fn recheck(&self, id: EntryId) -> Result<RangeSet, Error> {
+    /// Blocks that fail are forgotten.
+    pub fn recheck(&self, id: EntryId) -> Result<Recheck, Error> {
         let meta = self.meta(id)?;
         let path = self.data_path(id);
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -325,7 +325,10 @@ impl Store {
             self.forget_blocks(id, &bad)?;
             self.mark_incomplete(id)?;
         }
-        Ok(good)
+        Ok(Recheck {
+            good,
+            forgotten: bad.len(),
+        })
     }
 
     /// Records that entry `id` was just used (for LRU eviction).
@@ -492,6 +495,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The outcome of [`Store::recheck`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recheck {
+    /// Blocks whose bytes still match their recorded hash.
+    pub good: RangeSet,
+    /// Blocks that failed and were forgotten.
+    pub forgotten: usize,
 }
 
 /// Keeps an entry from eviction while alive.

@@ -82,9 +82,10 @@ fn recheck_forgets_blocks_changed_on_disk() {
     let mut bytes = fs::read(&path).unwrap();
     bytes[2 * BLOCK_SIZE as usize + 3] ^= 1;
     fs::write(&path, bytes).unwrap();
-    let good = store.recheck(id).unwrap();
-    assert_eq!(good.iter().collect::<Vec<_>>(), vec![0, 1, 3]);
-    assert_eq!(store.verified(id).unwrap(), good);
+    let recheck = store.recheck(id).unwrap();
+    assert_eq!(recheck.good.iter().collect::<Vec<_>>(), vec![0, 1, 3]);
+    assert_eq!(recheck.forgotten, 1);
+    assert_eq!(store.verified(id).unwrap(), recheck.good);
     assert!(!store.meta(id).unwrap().complete);
 }
 
