@@ -7,7 +7,7 @@ use std::{process::ExitCode, sync::Arc, time::Instant};
 
 use anyhow::{Context, bail};
 use do_content::{ContentId, Manifest};
-use do_driver::{Config, Headers, Node, Request};
+use do_driver::{Config, Headers, Layout, Node, Request};
 use do_engine::State;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -48,6 +48,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 url: url.clone(),
                 output: output.clone(),
                 ranges: None,
+                layout: Layout::Concatenated,
                 content_id: Some(content_id),
                 overwrite: false,
                 headers: Headers::default(),

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use do_content::{ByteRange, ContentId};
-use do_driver::{Config, Headers, Node, Progress, Request};
+use do_driver::{Config, Headers, Layout, Node, Progress, Request};
 use do_engine::State;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -78,6 +78,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         url: args.url.clone(),
         output: args.output.clone(),
         ranges: (!args.ranges.is_empty()).then(|| args.ranges.clone()),
+        layout: Layout::Concatenated,
         content_id: args.content_id,
         overwrite: args.force,
         headers,

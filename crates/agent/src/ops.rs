@@ -188,6 +188,7 @@ impl Table {
                     url: uri,
                     output: PathBuf::from(&path),
                     ranges: None,
+                    layout: do_driver::Layout::AtOffsets,
                     content_id: None,
                     overwrite: true,
                     headers: Headers::default(),

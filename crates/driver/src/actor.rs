@@ -46,6 +46,16 @@ pub(crate) enum Command {
         id: DownloadId,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    StartRanges {
+        id: DownloadId,
+        ranges: Vec<do_content::ByteRange>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
+    SetNoProgressTimeout {
+        id: DownloadId,
+        timeout: std::time::Duration,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Abort {
         id: DownloadId,
         reply: oneshot::Sender<Result<(), Error>>,
@@ -179,6 +189,23 @@ impl Actor {
                 let r = self
                     .engine
                     .handle_command(now, do_engine::Command::Start { id, ranges });
+                let _ = reply.send(r.map_err(Error::from));
+            }
+            Command::StartRanges { id, ranges, reply } => {
+                let r = self.engine.handle_command(
+                    now,
+                    do_engine::Command::Start {
+                        id,
+                        ranges: Some(ranges),
+                    },
+                );
+                let _ = reply.send(r.map_err(Error::from));
+            }
+            Command::SetNoProgressTimeout { id, timeout, reply } => {
+                let r = self.engine.handle_command(
+                    now,
+                    do_engine::Command::SetNoProgressTimeout { id, timeout },
+                );
                 let _ = reply.send(r.map_err(Error::from));
             }
             Command::Abort { id, reply } => {
@@ -406,18 +433,19 @@ impl Actor {
                 self.requests.insert(request, id);
                 let (store, io_tx, entry, len) =
                     (Arc::clone(&self.store), self.io_tx.clone(), *entry, job.len);
-                let (output, overwrite) = (job.request.output.clone(), job.request.overwrite);
+                let (output, overwrite, layout) = (
+                    job.request.output.clone(),
+                    job.request.overwrite,
+                    job.request.layout,
+                );
                 self.tasks.spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        assemble(
-                            &store,
-                            entry,
-                            len,
-                            ranges.as_deref(),
-                            content_id,
-                            &output,
+                        let place = Placement {
+                            output: &output,
+                            layout,
                             overwrite,
-                        )
+                        };
+                        assemble(&store, entry, len, ranges.as_deref(), content_id, &place)
                     })
                     .await
                     .unwrap_or(Err(Failure::Fatal(DO_E_FATAL_CORE_ERROR)));
@@ -532,6 +560,13 @@ fn find_entry(
     Ok((id, RangeSet::new()))
 }
 
+/// Where and how an assembled download appears.
+struct Placement<'a> {
+    output: &'a std::path::Path,
+    layout: do_store::Layout,
+    overwrite: bool,
+}
+
 /// Checks the root and makes the output visible.
 fn assemble(
     store: &Store,
@@ -539,8 +574,7 @@ fn assemble(
     len: u64,
     ranges: Option<&[do_content::ByteRange]>,
     content_id: Option<ContentId>,
-    output: &std::path::Path,
-    overwrite: bool,
+    place: &Placement<'_>,
 ) -> Result<Option<ContentId>, Failure> {
     let fatal = |e: do_store::Error| Failure::Fatal(e.hresult());
     let blocks = store.blocks(entry).map_err(fatal)?;
@@ -567,7 +601,7 @@ fn assemble(
         store.finish(entry, manifest).map_err(fatal)?;
     }
     store
-        .export(entry, output, ranges, overwrite)
+        .export(entry, place.output, ranges, place.layout, place.overwrite)
         .map_err(fatal)?;
     Ok(root)
 }

@@ -23,6 +23,7 @@ use do_engine::{CommandError, DownloadId, State, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use do_origin::Headers;
+pub use do_store::Layout;
 
 /// Driver configuration.
 #[derive(Debug, Clone)]
@@ -61,8 +62,10 @@ pub struct Request {
     pub url: String,
     /// Where the finished file appears.
     pub output: PathBuf,
-    /// Byte ranges (written to the output concatenated in order), or `None` for the file.
+    /// Byte ranges, or `None` for the file.
     pub ranges: Option<Vec<ByteRange>>,
+    /// Where range bytes go in the output.
+    pub layout: Layout,
     /// The content id the finished bytes must hash to.
     pub content_id: Option<ContentId>,
     /// Replace an existing output file.
@@ -163,6 +166,23 @@ impl Node {
     /// Resumes a paused download.
     pub async fn resume(&self, id: DownloadId) -> Result<(), Error> {
         self.call(|reply| actor::Command::Resume { id, reply })
+            .await?
+    }
+
+    /// Starts a paused or transferred download again for these byte ranges (DO's `Start` with
+    /// `DO_DOWNLOAD_RANGES_INFO`).
+    pub async fn start_ranges(&self, id: DownloadId, ranges: Vec<ByteRange>) -> Result<(), Error> {
+        self.call(|reply| actor::Command::StartRanges { id, ranges, reply })
+            .await?
+    }
+
+    /// Changes a download's no-progress timeout.
+    pub async fn set_no_progress_timeout(
+        &self,
+        id: DownloadId,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.call(|reply| actor::Command::SetNoProgressTimeout { id, timeout, reply })
             .await?
     }
 

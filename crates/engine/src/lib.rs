@@ -157,6 +157,13 @@ pub enum Command {
         /// The download.
         id: DownloadId,
     },
+    /// Change the no-progress timeout (DO's `NoProgressTimeoutSeconds`, settable any time).
+    SetNoProgressTimeout {
+        /// The download.
+        id: DownloadId,
+        /// The new timeout.
+        timeout: Duration,
+    },
     /// Abort for good.
     Abort {
         /// The download.
@@ -372,6 +379,9 @@ impl Engine {
                     }
                     state => return Err(CommandError::InvalidState(state)),
                 }
+            }
+            Command::SetNoProgressTimeout { id, timeout } => {
+                self.download_mut(id)?.no_progress_timeout = timeout;
             }
             Command::Abort { id } => {
                 let state = self.download_mut(id)?.state;

@@ -11,6 +11,19 @@ use do_content::ByteRange;
 
 use crate::{EntryId, Error, Store};
 
+/// Where the bytes of byte-range downloads go in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// The ranges one after another, in the order given (BITS semantics). The output is built
+    /// under a temporary name and appears at once.
+    #[default]
+    Concatenated,
+    /// Each range at its own offset in a file of the remote file's length (holes elsewhere),
+    /// written into the existing output in place, so that a download that is started again
+    /// with more ranges adds them to what it delivered before.
+    AtOffsets,
+}
+
 /// How an export produced its output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Export {
@@ -33,9 +46,14 @@ impl Store {
         id: EntryId,
         dest: &Path,
         ranges: Option<&[ByteRange]>,
+        layout: Layout,
         overwrite: bool,
     ) -> Result<Export, Error> {
         let data = self.data_path(id);
+        if let (Some(ranges), Layout::AtOffsets) = (ranges, layout) {
+            let len = self.meta(id)?.len;
+            return write_in_place(&data, dest, ranges, len, overwrite).map(|()| Export::Copied);
+        }
         if ranges.is_none() {
             let linked = if overwrite {
                 let tmp = temp_name(dest);
@@ -66,6 +84,39 @@ impl Store {
         }
         result.map(|()| Export::Copied)
     }
+}
+
+fn write_in_place(
+    data: &Path,
+    dest: &Path,
+    ranges: &[ByteRange],
+    len: u64,
+    overwrite: bool,
+) -> Result<(), Error> {
+    let src = File::open(data).map_err(|e| Error::io(data, e))?;
+    let out = OpenOptions::new()
+        .write(true)
+        .create(overwrite)
+        .create_new(!overwrite)
+        .truncate(false)
+        .open(dest)
+        .map_err(|e| Error::io(dest, e))?;
+    if out.metadata().map_err(|e| Error::io(dest, e))?.len() < len {
+        out.set_len(len).map_err(|e| Error::io(dest, e))?;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for r in ranges {
+        let mut at = r.start;
+        while at < r.end {
+            let n = ((r.end - at) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| Error::io(data, e))?;
+            out.write_all_at(&buf[..n], at)
+                .map_err(|e| Error::io(dest, e))?;
+            at += n as u64;
+        }
+    }
+    out.sync_all().map_err(|e| Error::io(dest, e))
 }
 
 fn write_copy(data: &Path, tmp: &Path, ranges: Option<&[ByteRange]>) -> Result<(), Error> {

@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 pub use entry::{EntryId, EntryMeta};
 pub use error::Error;
-pub use export::Export;
+pub use export::{Export, Layout};
 
 /// Store configuration.
 #[derive(Debug, Clone)]

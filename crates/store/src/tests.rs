@@ -66,10 +66,9 @@ fn verified_blocks_survive_a_reopen() {
         store.verified(id).unwrap().iter().collect::<Vec<_>>(),
         vec![1]
     );
-    assert_eq!(
-        store.recheck(id).unwrap().iter().collect::<Vec<_>>(),
-        vec![1]
-    );
+    let recheck = store.recheck(id).unwrap();
+    assert_eq!(recheck.good.iter().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(recheck.forgotten, 0);
 }
 
 #[test]
@@ -169,18 +168,22 @@ fn export_links_whole_files_copies_ranges_and_never_clobbers() {
     let id = fill(&store, "http://x/a", &data);
     let whole = out.path().join("whole");
     assert_eq!(
-        store.export(id, &whole, None, false).unwrap(),
+        store
+            .export(id, &whole, None, Layout::Concatenated, false)
+            .unwrap(),
         Export::Linked
     );
     assert_eq!(fs::read(&whole).unwrap(), data);
     assert!(matches!(
-        store.export(id, &whole, None, false),
+        store.export(id, &whole, None, Layout::Concatenated, false),
         Err(Error::AlreadyExists(_))
     ));
     let parts = out.path().join("parts");
     let ranges = [ByteRange::new(150_000, 150_010), ByteRange::new(5, 7)];
     assert_eq!(
-        store.export(id, &parts, Some(&ranges), false).unwrap(),
+        store
+            .export(id, &parts, Some(&ranges), Layout::Concatenated, false)
+            .unwrap(),
         Export::Copied
     );
     let mut expected = data[150_000..150_010].to_vec();
@@ -188,10 +191,27 @@ fn export_links_whole_files_copies_ranges_and_never_clobbers() {
     assert_eq!(fs::read(&parts).unwrap(), expected);
     let replaced = out.path().join("replaced");
     fs::write(&replaced, b"old").unwrap();
-    store.export(id, &replaced, Some(&ranges), true).unwrap();
+    store
+        .export(id, &replaced, Some(&ranges), Layout::Concatenated, true)
+        .unwrap();
     assert_eq!(fs::read(&replaced).unwrap(), expected);
-    store.export(id, &replaced, None, true).unwrap();
+    store
+        .export(id, &replaced, None, Layout::Concatenated, true)
+        .unwrap();
     assert_eq!(fs::read(&replaced).unwrap(), data);
+    let placed = out.path().join("placed");
+    store
+        .export(id, &placed, Some(&ranges[..1]), Layout::AtOffsets, false)
+        .unwrap();
+    store
+        .export(id, &placed, Some(&ranges[1..]), Layout::AtOffsets, true)
+        .unwrap();
+    let bytes = fs::read(&placed).unwrap();
+    assert_eq!(bytes.len(), data.len());
+    assert_eq!(&bytes[150_000..150_010], &data[150_000..150_010]);
+    assert_eq!(&bytes[5..7], &data[5..7]);
+    assert_eq!(bytes[100], 0, "holes elsewhere");
+    fs::remove_file(&placed).unwrap();
     // No temporary file is left behind.
     assert_eq!(fs::read_dir(out.path()).unwrap().count(), 3);
 }
