@@ -47,11 +47,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .cache_dir
         .clone()
         .unwrap_or_else(crate::default_cache_dir);
-    let (node, node_task) = Node::start(Config::new(cache_dir)).context("cannot start the node")?;
+    let (node, node_task) =
+        Node::start(Config::new(cache_dir.clone())).context("cannot start the node")?;
     let agent_config = do_agent::Config {
         run_dir: args.run_dir.clone(),
         ports: args.ports.clone(),
         validate_remote_addr: Arc::clone(&validate),
+        // Non-volatile downloads live beside the cache they resume from.
+        state_path: Some(cache_dir.join("downloads.redb")),
     };
     let server = do_agent::Server::bind(agent_config, node.clone()).await?;
     info!(addr = %server.local_addr()?, "donode running");

@@ -4,14 +4,18 @@
 //! agent through a `restport.<pid>` file and drives downloads with nine `/download/<op>`
 //! requests. This crate serves that contract byte for byte, quirks included (see
 //! `wire`), on top of a [`do_driver::Node`], and goes beyond the agent where it was broken or
-//! missing: `setproperty` works and `enumerate` lists downloads.
+//! missing: `setproperty` works and `enumerate` lists downloads. Beside it, `/v1/` serves the
+//! full DO download model (all 26 properties, ranges, enumeration by category, a wait call and
+//! a status event stream); both surfaces share one download table.
 //!
 //! It owns the listener, the port file and the table of agent downloads (GUID ids, the four
 //! agent properties). Downloading, caching and verification are the node's.
 #![warn(missing_docs)]
 
+mod manager;
 mod ops;
 mod server;
+mod v1;
 pub mod wire;
 
 use std::{
@@ -33,6 +37,8 @@ pub struct Config {
     /// Refuse callers whose address is not loopback (admin config
     /// `RestControllerValidateRemoteAddr`, default true). Shared so a reload can flip it.
     pub validate_remote_addr: Arc<AtomicBool>,
+    /// Where non-volatile downloads are kept (an embedded database); `None` keeps nothing.
+    pub state_path: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -41,30 +47,14 @@ impl Default for Config {
             run_dir: PathBuf::from("/var/run/deliveryoptimization-agent"),
             ports: 50000..=60999,
             validate_remote_addr: Arc::new(AtomicBool::new(true)),
+            state_path: None,
         }
     }
 }
 
-/// HRESULTs the agent answers with.
-pub mod hresult {
-    /// Unknown download id.
-    pub const E_NOT_SET: u32 = 0x8007_0490;
+/// HRESULTs only the agent surface uses (the DO model's are in `do_api::hresult`).
+pub(crate) mod hresult {
+    pub(crate) use do_api::hresult::*;
     /// Unknown path or wrong method.
-    pub const E_UNSUPPORTED: u32 = 0x8007_0032;
-    /// A missing, unknown or malformed parameter.
-    pub const E_INVALIDARG: u32 = 0x8007_0057;
-    /// The URI is not an http(s) URL with a host.
-    pub const INET_E_INVALID_URL: u32 = 0x800C_0002;
-    /// Start without a URI.
-    pub const DO_E_DOWNLOAD_NO_URI: u32 = 0x80D0_2200;
-    /// Start without an output path.
-    pub const DO_E_FILE_DOWNLOADSINK_UNSPECIFIED: u32 = 0x80D0_2018;
-    /// Not allowed in the current state.
-    pub const DO_E_INVALID_STATE: u32 = 0x80D0_2013;
-    /// Unknown property name.
-    pub const DO_E_UNKNOWN_PROPERTY_ID: u32 = 0x80D0_2011;
-    /// Local file errors: `0xC0D00000 | errno`.
-    pub const fn from_errno(errno: i32) -> u32 {
-        0xC0D0_0000 | (errno as u32 & 0xFFFF)
-    }
+    pub(crate) const E_UNSUPPORTED: u32 = 0x8007_0032;
 }

@@ -21,7 +21,9 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Config, hresult,
-    ops::Table,
+    manager::Manager,
+    ops,
+    v1::{self, Events, Reply},
     wire::{self, MAX_HEAD, Status},
 };
 
@@ -53,13 +55,16 @@ pub struct Server {
     listener: TcpListener,
     port_file: PathBuf,
     config: Config,
-    table: Arc<Table>,
+    manager: Arc<Manager>,
 }
 
 impl Server {
-    /// Binds the first free port of the range on 127.0.0.1, removes stale `restport*` files
-    /// from the run dir and writes `restport.<pid>` (mode 0444) with the port.
+    /// Restores the non-volatile downloads, binds the first free port of the range on
+    /// 127.0.0.1, removes stale `restport*` files from the run dir and writes
+    /// `restport.<pid>` (mode 0444) with the port.
     pub async fn bind(config: Config, node: Node) -> Result<Self, Error> {
+        let manager = Arc::new(Manager::new(node, config.state_path.as_deref()));
+        manager.restore().await;
         let mut listener = None;
         for port in config.ports.clone() {
             if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
@@ -78,7 +83,7 @@ impl Server {
             listener,
             port_file,
             config,
-            table: Arc::new(Table::new(node)),
+            manager,
         })
     }
 
@@ -108,13 +113,13 @@ impl Server {
                     continue;
                 }
             };
-            let table = Arc::clone(&self.table);
+            let manager = Arc::clone(&self.manager);
             let validate = Arc::clone(&self.config.validate_remote_addr);
             let stop = shutdown.clone();
             connections.spawn(async move {
                 let _permit = permit;
                 let validate = validate.load(Ordering::Relaxed);
-                if let Err(e) = serve_connection(stream, peer, validate, &table, stop).await {
+                if let Err(e) = serve_connection(stream, peer, validate, &manager, stop).await {
                     debug!(error = %e, %peer, "connection ended");
                 }
             });
@@ -132,7 +137,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     validate_remote_addr: bool,
-    table: &Table,
+    manager: &Manager,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(2048);
@@ -186,17 +191,93 @@ async fn serve_connection(
             }
             buf.extend_from_slice(&chunk[..n]);
         }
-        buf.drain(..request.content_length);
-        let (status, body) = if validate_remote_addr && !peer.ip().is_loopback() {
-            (Status::BadRequest, wire::error_body(hresult::E_INVALIDARG))
+        let body: Vec<u8> = buf.drain(..request.content_length).collect();
+        let reply = if validate_remote_addr && !peer.ip().is_loopback() {
+            Reply::Full(Status::BadRequest, wire::error_body(hresult::E_INVALIDARG))
         } else {
-            table.handle(&request).await
+            route(manager, &request, &body).await
         };
-        stream.write_all(&wire::response(status, &body)).await?;
-        if request.close {
-            return Ok(());
+        match reply {
+            Reply::Full(status, body) => {
+                stream.write_all(&wire::response(status, &body)).await?;
+                if request.close {
+                    return Ok(());
+                }
+            }
+            Reply::Events(events) => return stream_events(stream, events, shutdown).await,
         }
     }
+}
+
+/// Sends a request to its surface: `/download/<op>` (the agent's) or `/v1/...`.
+async fn route(manager: &Manager, request: &wire::Request, body: &[u8]) -> Reply {
+    match request.segments.split_first() {
+        Some((first, [op])) if first == "download" => {
+            let (status, body) = ops::handle(manager, op, request).await;
+            Reply::Full(status, body)
+        }
+        Some((first, rest)) if first == "v1" => v1::handle(manager, rest, request, body).await,
+        _ => Reply::Full(Status::BadRequest, wire::error_body(hresult::E_UNSUPPORTED)),
+    }
+}
+
+/// Writes a Server-Sent Events stream of `DO_DOWNLOAD_STATUS` records: one at once, then one
+/// on every change of state or error, and progress at most every `every` (or whenever it
+/// moved `percent` percent). Ends when the download goes away or the client leaves.
+async fn stream_events(
+    mut stream: TcpStream,
+    events: Events,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut last = events.first;
+    send_event(&mut stream, &last).await?;
+    let Some(mut rx) = events.progress else {
+        return Ok(());
+    };
+    let mut last_sent = tokio::time::Instant::now();
+    let mut pending = false;
+    loop {
+        let deadline = last_sent + events.every;
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let now = v1::do_status(&rx.borrow_and_update());
+                let moved = now.bytes_transferred.saturating_sub(last.bytes_transferred);
+                let percent_due = events.percent > 0
+                    && now.bytes_total > 0
+                    && moved.saturating_mul(100) >= events.percent.saturating_mul(now.bytes_total);
+                let changed_state = (now.state, now.error, now.extended_error) != (last.state, last.error, last.extended_error);
+                if changed_state || percent_due || tokio::time::Instant::now() >= deadline {
+                    send_event(&mut stream, &now).await?;
+                    last = now;
+                    last_sent = tokio::time::Instant::now();
+                    pending = false;
+                } else if now != last {
+                    pending = true;
+                }
+            }
+            () = tokio::time::sleep_until(deadline), if pending => {
+                let now = v1::do_status(&rx.borrow());
+                send_event(&mut stream, &now).await?;
+                last = now;
+                last_sent = tokio::time::Instant::now();
+                pending = false;
+            }
+        }
+    }
+}
+
+async fn send_event(stream: &mut TcpStream, status: &do_api::Status) -> io::Result<()> {
+    let json = serde_json::to_string(status).expect("status serialises");
+    stream
+        .write_all(format!("event: status\ndata: {json}\n\n").as_bytes())
+        .await
 }
 
 fn write_port_file(run_dir: &std::path::Path, port: u16) -> Result<PathBuf, Error> {
