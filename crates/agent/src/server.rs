@@ -31,8 +31,10 @@ use crate::{
 const MAX_CONNECTIONS: usize = 256;
 /// A connection idle this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest request body read (and ignored); the API uses none.
+/// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;
+/// How often an event stream looks whether its download has started.
+const START_POLL: Duration = Duration::from_millis(50);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +206,7 @@ async fn serve_connection(
                     return Ok(());
                 }
             }
-            Reply::Events(events) => return stream_events(stream, events, shutdown).await,
+            Reply::Events(events) => return stream_events(stream, manager, events, shutdown).await,
         }
     }
 }
@@ -226,6 +228,7 @@ async fn route(manager: &Manager, request: &wire::Request, body: &[u8]) -> Reply
 /// moved `percent` percent). Ends when the download goes away or the client leaves.
 async fn stream_events(
     mut stream: TcpStream,
+    manager: &Manager,
     events: Events,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -234,9 +237,19 @@ async fn stream_events(
         .await?;
     let mut last = events.first;
     send_event(&mut stream, &last).await?;
-    let Some(mut rx) = events.progress else {
-        return Ok(());
+    let mut rx = loop {
+        match manager.progress(&events.id) {
+            Ok(Some(rx)) => break rx,
+            Ok(None) => {}
+            Err(_) => return Ok(()),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(START_POLL) => {}
+        }
     };
+    // The node's first status may already be past the one sent above.
+    rx.mark_changed();
     let mut last_sent = tokio::time::Instant::now();
     let mut pending = false;
     loop {

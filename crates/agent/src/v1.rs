@@ -22,7 +22,6 @@ use do_api::{ErrorBody, Property, StartRequest, Status as DoStatus, hresult::*};
 use do_content::ByteRange;
 use do_driver::Progress;
 use serde_json::{Value as Json, json};
-use tokio::sync::watch;
 
 use crate::{
     manager::{ApiError, Manager},
@@ -39,8 +38,8 @@ pub(crate) enum Reply {
 
 /// A status event stream: every state change at once, progress at the requested frequency.
 pub(crate) struct Events {
-    /// The download's live progress (`None`: not started; one event is sent).
-    pub(crate) progress: Option<watch::Receiver<Progress>>,
+    /// The download.
+    pub(crate) id: String,
     /// The status when the stream starts.
     pub(crate) first: DoStatus,
     /// `CallbackFreqSeconds`: at most one progress event per this many seconds.
@@ -195,7 +194,7 @@ async fn route(
                 .as_u64()
                 .unwrap_or(0);
             Ok(Reply::Events(Events {
-                progress: manager.progress(id)?,
+                id: (*id).to_owned(),
                 first: manager.status(id)?,
                 every: Duration::from_secs(seconds.max(1)),
                 percent,
