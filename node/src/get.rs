@@ -132,6 +132,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Refuses an existing output (without --force) and an output directory that cannot be
 /// written, before any byte is fetched.
 fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
+    if output.is_dir() {
+        bail!("{}: is a directory", output.display());
+    }
     if output.exists() && !force {
         bail!(
             "{}: file exists (use --force to replace it)",

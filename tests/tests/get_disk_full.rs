@@ -74,9 +74,6 @@ fn no_space_left_fails_without_output() {
 }
 
 #[test]
-#[ignore = "donode bug (~80% of runs): reported as `internal error of the node (error 0x80d06802)`: the data \
-            pwrite's ENOSPC (DiskFull, 0xc0d0001c) is replaced by the failure of the final \
-            commit_blocks in do-driver fetch::run (redb's own ENOSPC, mapped to Error::Index)"]
 fn no_space_left_is_reported_as_such() {
     let (_fs, out, run) = fill_the_disk();
     run.assert_code(1)

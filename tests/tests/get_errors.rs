@@ -138,9 +138,6 @@ fn existing_output_needs_force() {
 }
 
 #[test]
-#[ignore = "donode bug: `--force` over an output that already is a hard link to the cache's \
-            data file leaves `.NAME.donode-PID.tmp` behind (rename(2) of two links to the same \
-            inode is a no-op that succeeds; do-store's export never removes the temporary)"]
 fn force_over_an_output_that_already_links_to_the_cache() {
     let (_root, nginx, sum) = origin(12);
     let url = nginx.url("/files/a.bin");
@@ -195,11 +192,11 @@ fn output_that_is_a_directory_fails_and_stays() {
     std::fs::write(dir.join("inside"), b"x").unwrap();
     let url = nginx.url("/files/a.bin");
     let cache = work.path().join("cache");
-    // Without --force it simply exists.
+    // Without --force it is refused as a directory.
     DonodeGet::new(&url, &dir, &cache)
         .run()
         .assert_code(1)
-        .assert_stderr_contains("file exists");
+        .assert_stderr_contains("is a directory");
     // With --force it cannot be replaced by a file.
     DonodeGet::new(&url, &dir, &cache)
         .arg("--force")
@@ -211,9 +208,6 @@ fn output_that_is_a_directory_fails_and_stays() {
 }
 
 #[test]
-#[ignore = "donode shortcoming: `-o DIR --force` with DIR an existing directory downloads the \
-            whole file and only then fails (EISDIR, 0xc0d00015); check_output could refuse it \
-            before any byte is fetched"]
 fn output_that_is_a_directory_is_refused_before_downloading() {
     let (_root, nginx, _) = origin(14);
     let work = temp_dir();

@@ -213,7 +213,7 @@ fn file_that_keeps_changing_fails_with_412() {
             h.set_body(random_bytes(SIZE, 7 + version), &format!("\"v{version}\""));
         }
     });
-    // One connection keeps the backoff short (see the ignored backoff test below).
+    // One connection: each change is seen by a single fetch.
     let (work, run) = get(
         &server,
         &["--no-progress-timeout", "20", "--connections", "1"],
@@ -225,9 +225,6 @@ fn file_that_keeps_changing_fails_with_412() {
 }
 
 #[test]
-#[ignore = "donode bug: one outage hitting N parallel fetches counts as N consecutive failures \
-            (do-engine on_failure increments `failures` per fetch and overwrites `retry_at`), \
-            so with 4 connections the first retry waits 2-4 s instead of 0.25-0.5 s"]
 fn one_outage_across_all_connections_is_retried_after_the_first_delay() {
     let body = random_bytes(SIZE, 8);
     let expected = sum_of(&body);

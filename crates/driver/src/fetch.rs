@@ -40,11 +40,12 @@ pub(crate) async fn run(task: FetchTask) {
         () = cancel.cancelled() => Err(None),
     };
     let committed = commit(&task, std::mem::take(&mut batch)).await;
+    // The first failure is the one to report: a commit that fails after a write failed
+    // (a full disk fails both) would only hide the cause.
     let result = match (result, committed) {
         (Err(None), _) => return,
-        (_, Err(failure)) => Err(failure),
+        (Err(Some(failure)), _) | (Ok(()), Err(failure)) => Err(failure),
         (Ok(()), Ok(())) => Ok(()),
-        (Err(Some(failure)), Ok(())) => Err(failure),
     };
     let request = task.request;
     let _ = task

@@ -625,11 +625,16 @@ impl Engine {
                 self.fail(id, code, 0);
             }
             Failure::Transient(code) => {
-                d.failures += 1;
-                let failures = d.failures;
-                let delay = self.backoff(failures);
+                // One outage hitting several parallel fetches is one failure: while a retry is
+                // scheduled, further failures neither push it back nor lengthen the backoff.
+                if d.retry_at.is_none() {
+                    d.failures += 1;
+                    let failures = d.failures;
+                    let delay = self.backoff(failures);
+                    self.downloads.get_mut(&id).expect("live").retry_at = Some(now + delay);
+                }
                 let d = self.downloads.get_mut(&id).expect("live");
-                d.retry_at = Some(now + delay);
+                let delay = d.retry_at.map(|t| t.saturating_duration_since(now));
                 debug!(
                     download = id.0,
                     code = format_args!("{code:#x}"),

@@ -295,6 +295,39 @@ fn a_dropped_connection_refetches_only_what_it_still_owed() {
 }
 
 #[test]
+fn one_outage_across_parallel_fetches_is_one_failure() {
+    let mut h = Harness::new(Config::default());
+    h.create(None);
+    h.command(Command::Start {
+        id: ID,
+        ranges: None,
+    })
+    .unwrap();
+    h.answer_stat(Ok(info(64 * BLOCK_SIZE)));
+    let requests: Vec<RequestId> = h
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Fetch { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 4);
+    for request in requests {
+        h.input(Input::FetchEnded {
+            request,
+            result: Err(Failure::Transient(0x8007_2EFE)),
+        });
+    }
+    // The first backoff (at most 500 ms) applies, not the fourth (up to 4 s).
+    h.advance(Duration::from_millis(500));
+    assert!(
+        h.take().iter().any(|a| matches!(a, Action::Fetch { .. })),
+        "retried after the first delay"
+    );
+}
+
+#[test]
 fn no_progress_for_the_timeout_fails_the_download() {
     let mut h = Harness::new(Config::default());
     h.create(None);

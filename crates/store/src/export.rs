@@ -57,9 +57,13 @@ impl Store {
         if ranges.is_none() {
             let linked = if overwrite {
                 let tmp = temp_name(dest);
-                fs::hard_link(&data, &tmp).and_then(|()| {
-                    fs::rename(&tmp, dest).inspect_err(|_| drop(fs::remove_file(&tmp)))
-                })
+                // When `dest` already is a link to the data file, rename(2) succeeds without
+                // doing anything and both names stay: the temporary one is removed either way.
+                let placed = fs::hard_link(&data, &tmp).and_then(|()| fs::rename(&tmp, dest));
+                if tmp.exists() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                placed
             } else {
                 fs::hard_link(&data, dest)
             };

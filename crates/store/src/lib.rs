@@ -555,8 +555,17 @@ fn read_meta(
     }
 }
 
+/// Wraps an index error; a full disk under the index is reported as such, not as a failure of
+/// the index itself.
 fn db(e: impl Into<redb::Error>) -> Error {
-    Error::Index(e.into())
+    match e.into() {
+        redb::Error::Io(io) if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+            Error::DiskFull {
+                path: PathBuf::from("index.redb"),
+            }
+        }
+        e => Error::Index(e),
+    }
 }
 
 fn unix_now() -> u64 {
