@@ -18,36 +18,43 @@ use crate::hresult::describe;
 #[derive(clap::Args)]
 pub(crate) struct Args {
     /// The URL to download.
-    url: String,
+    pub(crate) url: String,
     /// The output file.
     #[arg(short, long)]
-    output: PathBuf,
+    pub(crate) output: PathBuf,
     /// The BLAKE3 content id (64 hex digits, as b3sum prints) the file must hash to.
     #[arg(long, value_name = "HEX")]
-    content_id: Option<ContentId>,
+    pub(crate) content_id: Option<ContentId>,
     /// Download only this byte range, `OFFSET:LENGTH` (LENGTH may be `eof`). Repeatable;
     /// ranges are written to the output one after another, in the order given.
     #[arg(long = "range", value_name = "OFFSET:LENGTH", value_parser = parse_range)]
-    ranges: Vec<ByteRange>,
+    pub(crate) ranges: Vec<ByteRange>,
     /// The cache directory (default: `$DONODE_CACHE_DIR`, `$XDG_CACHE_HOME/donode` or
     /// `~/.cache/donode`).
     #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
+    pub(crate) cache_dir: Option<PathBuf>,
     /// Replace the output file if it exists.
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
     /// An extra request header, `Name: value`. Repeatable.
     #[arg(short = 'H', long = "header", value_name = "HEADER")]
-    headers: Vec<String>,
+    pub(crate) headers: Vec<String>,
     /// Fail after this many seconds without progress.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
-    no_progress_timeout: u64,
+    pub(crate) no_progress_timeout: u64,
     /// Parallel origin connections.
     #[arg(long, value_name = "N", default_value_t = 4)]
-    connections: usize,
+    pub(crate) connections: usize,
     /// Print a JSON summary on standard output when done.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
+    /// Where a running daemon's port file is: when one runs, the download goes through it
+    /// (whole files only; `--range` always runs embedded).
+    #[arg(long, value_name = "DIR", default_value = crate::DEFAULT_RUN_DIR)]
+    pub(crate) run_dir: PathBuf,
+    /// Never use a daemon: download through a node embedded in this process.
+    #[arg(long)]
+    pub(crate) embedded: bool,
 }
 
 /// Runs `donode get`; the exit code is 0 only for a verified, complete output.
@@ -59,6 +66,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     check_output(&args.output, args.force)?;
+    if !args.embedded && args.ranges.is_empty() {
+        if let Ok(manager) = do_api::Manager::connect(&args.run_dir).await {
+            return crate::get_daemon::run(&args, &manager).await;
+        }
+    }
     let headers = Headers::parse(
         &args
             .headers
@@ -152,7 +164,7 @@ fn check_output(output: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn progress_bar() -> ProgressBar {
+pub(crate) fn progress_bar() -> ProgressBar {
     // Draws on standard error only when it is a terminal; elsewhere it stays silent.
     let bar = ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
@@ -198,7 +210,7 @@ fn report(args: &Args, p: &Progress, elapsed: Duration) {
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-async fn interrupted() {
+pub(crate) async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

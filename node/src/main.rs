@@ -1,7 +1,9 @@
 //! `donode`: the standalone node binary and its CLI.
 
+mod ctl;
 mod demo;
 mod get;
+mod get_daemon;
 mod hresult;
 mod run;
 
@@ -26,8 +28,25 @@ enum Command {
     Get(get::Args),
     /// Run a self-contained demonstration: a local origin, a node, two downloads.
     Demo(demo::Args),
-    /// Run the node as a daemon serving the Linux DO agent's REST API.
+    /// Run the node as a daemon serving the Linux DO agent's REST API and the /v1 API.
     Run(run::Args),
+    /// List the daemon's downloads.
+    List(ctl::ListArgs),
+    /// Print a download's status.
+    Status(ctl::IdArgs),
+    /// Pause a download.
+    Pause(ctl::IdArgs),
+    /// Resume a paused download.
+    Resume(ctl::IdArgs),
+    /// Abort a download (its output is removed).
+    Abort(ctl::IdArgs),
+    /// Finalize a transferred download.
+    Finalize(ctl::IdArgs),
+    /// Get or set a download property.
+    #[command(subcommand)]
+    Prop(ctl::PropCommand),
+    /// Print a download's status events as they happen.
+    Watch(ctl::IdArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +70,14 @@ fn main() -> ExitCode {
             Command::Get(args) => get::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Run(args) => run::run(args).await,
+            Command::List(args) => ctl::list(args).await,
+            Command::Status(args) => ctl::status(args).await,
+            Command::Pause(args) => ctl::act(args, ctl::Action::Pause).await,
+            Command::Resume(args) => ctl::act(args, ctl::Action::Resume).await,
+            Command::Abort(args) => ctl::act(args, ctl::Action::Abort).await,
+            Command::Finalize(args) => ctl::act(args, ctl::Action::Finalize).await,
+            Command::Prop(command) => ctl::prop(command).await,
+            Command::Watch(args) => ctl::watch(args).await,
         }
     });
     match result {
@@ -61,6 +88,9 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Where the daemon's port file goes by default (as the Linux DO agent).
+const DEFAULT_RUN_DIR: &str = "/var/run/deliveryoptimization-agent";
 
 /// The default cache directory: `$DONODE_CACHE_DIR`, else `$XDG_CACHE_HOME/donode`, else
 /// `~/.cache/donode`, else `/var/cache/donode`.

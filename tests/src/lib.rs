@@ -12,10 +12,12 @@
 //! * [`http`] — a minimal raw HTTP/1.1 client over `std::net::TcpStream`.
 //! * [`DonodeGet`] — runs `donode get` as a child process and returns its
 //!   [`Outcome`] (exit code, output, parsed `--json` [`Summary`]).
+//! * [`Daemon`] — a `donode run` daemon as a child process.
 //! * Helpers: [`donode_bin`], [`write_random_file`], [`random_bytes`],
 //!   [`b3sum`], [`temp_dir`], [`free_port`].
 
 mod cli;
+mod daemon;
 mod fault;
 pub mod http;
 mod nginx;
@@ -25,6 +27,7 @@ pub use cli::{
     DEFAULT_RUN_TIMEOUT, DonodeGet, Outcome, Running, Summary, assert_no_output,
     assert_no_temp_files, donode_temp_files,
 };
+pub use daemon::Daemon;
 pub use fault::{DEFAULT_ETAG, Fault, FaultHandle, FaultServer};
 pub use nginx::{LogLine, Nginx, NginxOptions};
 pub use util::{

@@ -6,75 +6,40 @@ use std::{
     net::TcpStream,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use do_tests::{Nginx, NginxOptions, b3sum, donode_bin, temp_dir, write_random_file};
+use do_tests::{Daemon, Nginx, NginxOptions, b3sum, temp_dir, write_random_file};
 use serde_json::Value;
 use tempfile::TempDir;
 
-/// A `donode run` daemon in its own run and cache directories, stopped with SIGTERM on drop.
-struct Daemon {
-    child: Child,
-    port: u16,
-    run_dir: TempDir,
+/// A daemon in fresh run and cache directories, which live as long as it.
+struct Fixture {
+    d: Daemon,
+    _run: TempDir,
     _cache: TempDir,
 }
 
-impl Daemon {
-    fn start() -> Self {
-        Self::start_in(temp_dir())
+fn daemon() -> Fixture {
+    let (run, cache) = (temp_dir(), temp_dir());
+    let d = Daemon::start(run.path(), cache.path());
+    Fixture {
+        d,
+        _run: run,
+        _cache: cache,
     }
+}
 
-    fn start_in(run_dir: TempDir) -> Self {
-        let cache = temp_dir();
-        let child = Command::new(donode_bin())
-            .arg("run")
-            .arg("--run-dir")
-            .arg(run_dir.path())
-            .arg("--cache-dir")
-            .arg(cache.path())
-            .arg("--admin-config")
-            .arg(run_dir.path().join("admin-config.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let port_file = run_dir.path().join(format!("restport.{}", child.id()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                break p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not write its port file"
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
-        Self {
-            child,
-            port,
-            run_dir,
-            _cache: cache,
-        }
-    }
+/// The agent calls, as the SDK sends them.
+trait Agent {
+    fn call(&self, method: &str, target: &str) -> (u16, Value);
+    fn create(&self, uri: &str, path: &Path) -> String;
+    fn status(&self, id: &str) -> Value;
+    fn wait_for(&self, id: &str, want: &str) -> Value;
+}
 
-    /// Sends raw bytes on a fresh connection and reads until the daemon closes it.
-    fn raw(&self, bytes: &[u8]) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(bytes).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8(out).unwrap()
-    }
-
+impl Agent for Daemon {
     /// A request as the SDK sends it (no leading slash), with `Connection: close`.
     fn call(&self, method: &str, target: &str) -> (u16, Value) {
         let text = self.raw(
@@ -113,14 +78,6 @@ impl Daemon {
             assert!(Instant::now() < deadline, "never reached {want}: {s}");
             thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 
@@ -185,7 +142,8 @@ fn origin_at(size: u64, rate: u64) -> (TempDir, Nginx) {
 #[test]
 fn create_start_poll_finalize_then_404_with_e_not_set() {
     let (root, nginx) = origin(3 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     let path = out.path().join("out.bin");
     let id = d.create(&nginx.url("/files/f.bin"), &path);
@@ -226,7 +184,8 @@ fn create_start_poll_finalize_then_404_with_e_not_set() {
 #[test]
 fn origin_errors_pause_with_the_http_hresult() {
     let (_root, nginx) = origin(1 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     for (status, code) in [("404", 0x8019_0194u32), ("403", 0x8019_0193)] {
         let id = d.create(
@@ -247,7 +206,8 @@ fn origin_errors_pause_with_the_http_hresult() {
 #[test]
 fn output_path_errors_use_errno_hresults() {
     let (_root, nginx) = origin(1 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     let missing = out.path().join("no/such/dir/x.bin");
     let id = d.create(&nginx.url("/files/f.bin"), &missing);
@@ -282,7 +242,8 @@ fn output_path_errors_use_errno_hresults() {
 #[test]
 fn pause_and_resume_continue_and_end_with_the_right_bytes() {
     let (root, nginx) = origin_at(16 << 20, 1 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     let path = out.path().join("slow.bin");
     let id = d.create(&nginx.url("/slow/f.bin"), &path);
@@ -313,7 +274,8 @@ fn pause_and_resume_continue_and_end_with_the_right_bytes() {
 #[test]
 fn output_deleted_while_paused_fails_the_next_start_with_enoent() {
     let (_root, nginx) = origin_at(16 << 20, 1 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     let path = out.path().join("gone.bin");
     let id = d.create(&nginx.url("/slow/f.bin"), &path);
@@ -332,7 +294,8 @@ fn output_deleted_while_paused_fails_the_next_start_with_enoent() {
 #[test]
 fn abort_in_transferred_removes_the_output() {
     let (_root, nginx) = origin(1 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     let path = out.path().join("a.bin");
     let id = d.create(&nginx.url("/files/f.bin"), &path);
@@ -347,7 +310,8 @@ fn abort_in_transferred_removes_the_output() {
 #[test]
 fn several_downloads_at_once_each_correct() {
     let (root, nginx) = origin(2 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     let jobs: Vec<(String, PathBuf, &str)> = (0..6)
         .map(|i| {
@@ -376,7 +340,8 @@ fn several_downloads_at_once_each_correct() {
 #[test]
 fn properties_get_and_set_and_enumerate() {
     let (_root, nginx) = origin(1 << 20);
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let out = temp_dir();
     let (code, body) = d.call("POST", "download/create");
     assert_eq!(code, 200, "an empty create succeeds");
@@ -437,7 +402,8 @@ fn properties_get_and_set_and_enumerate() {
 
 #[test]
 fn wire_quirks_and_bad_requests() {
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     // A leading slash and a trailing one are both accepted; segments are case-insensitive.
     let text =
         d.raw(b"POST /Download/CREATE/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
@@ -497,7 +463,8 @@ fn wire_quirks_and_bad_requests() {
 
 #[test]
 fn many_concurrent_clients() {
-    let d = Daemon::start();
+    let f = daemon();
+    let d = &f.d;
     let port = d.port;
     let handles: Vec<_> = (0..32)
         .map(|_| {
@@ -525,15 +492,16 @@ fn port_file_replaces_stale_ones_and_goes_away_on_sigterm() {
     let run_dir = temp_dir();
     std::fs::write(run_dir.path().join("restport.1"), "50000\n").unwrap();
     std::fs::write(run_dir.path().join("old-restport-x"), "1\n").unwrap();
-    let d = Daemon::start_in(run_dir);
-    let names: Vec<String> = std::fs::read_dir(d.run_dir.path())
+    let cache = temp_dir();
+    let d = Daemon::start(run_dir.path(), cache.path());
+    let names: Vec<String> = std::fs::read_dir(&d.run_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains("restport"))
         .collect();
-    let own = format!("restport.{}", d.child.id());
+    let own = format!("restport.{}", d.pid());
     assert_eq!(names, vec![own.clone()], "exactly its own port file");
-    let file = d.run_dir.path().join(&own);
+    let file = d.run_dir.join(&own);
     assert_eq!(
         std::fs::read_to_string(&file).unwrap(),
         format!("{}\n", d.port)
@@ -543,7 +511,7 @@ fn port_file_replaces_stale_ones_and_goes_away_on_sigterm() {
         0o444
     );
     assert!((50000..=60999).contains(&d.port));
-    let run_dir = d.run_dir.path().to_path_buf();
-    drop(d);
+    let run_dir = d.run_dir.clone();
+    d.stop();
     assert!(!run_dir.join(own).exists(), "port file removed at shutdown");
 }

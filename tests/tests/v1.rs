@@ -1,71 +1,46 @@
 //! The `/v1` JSON API of `donode run`: the full DO download model, against a real nginx.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Write},
     net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use do_tests::{Nginx, NginxOptions, b3sum, donode_bin, temp_dir, write_random_file};
+use do_tests::{Daemon, Nginx, NginxOptions, b3sum, temp_dir, write_random_file};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-/// A `donode run` daemon, stopped with SIGTERM on drop.
-struct Daemon {
-    child: Child,
-    port: u16,
+/// The `/v1` calls the tests make.
+trait V1 {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value);
+    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (code, v) = self.call(method, path, body);
+        assert_eq!(code, 200, "{method} {path}: {v}");
+        v
+    }
+    fn create(&self, props: Value) -> String {
+        self.ok("POST", "/v1/downloads", Some(props))["Id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+    fn wait(&self, id: &str) -> Value {
+        self.ok(
+            "GET",
+            &format!("/v1/downloads/{id}/wait?TimeoutMs=20000"),
+            None,
+        )
+    }
 }
 
-impl Daemon {
-    fn start(run_dir: &Path, cache: &Path) -> Self {
-        let child = Command::new(donode_bin())
-            .arg("run")
-            .arg("--run-dir")
-            .arg(run_dir)
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("--admin-config")
-            .arg(run_dir.join("admin-config.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let port_file = run_dir.join(format!("restport.{}", child.id()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let port = loop {
-            if let Some(p) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
-                break p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not write its port file"
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
-        Self { child, port }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "graceful shutdown: {status}");
-        std::mem::forget(self);
-    }
-
+impl V1 for Daemon {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
+        let text = self.raw(
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .as_bytes(),
+        );
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let code = head[9..12].parse().unwrap();
         (
@@ -76,35 +51,6 @@ impl Daemon {
                 serde_json::from_str(body).unwrap()
             },
         )
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let (code, v) = self.call(method, path, body);
-        assert_eq!(code, 200, "{method} {path}: {v}");
-        v
-    }
-
-    fn create(&self, props: Value) -> String {
-        self.ok("POST", "/v1/downloads", Some(props))["Id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    fn wait(&self, id: &str) -> Value {
-        self.ok(
-            "GET",
-            &format!("/v1/downloads/{id}/wait?TimeoutMs=20000"),
-            None,
-        )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 

@@ -206,6 +206,16 @@ impl Manager {
         Ok(r.download.as_ref().map(|(_, rx)| rx.clone()))
     }
 
+    /// Bytes by source of a started download: (BytesFromHttp, BytesFromCache).
+    pub(crate) fn stats(&self, id: &str) -> Result<(u64, u64)> {
+        let records = self.lock();
+        let r = records.get(id).ok_or(ApiError::NotFound)?;
+        Ok(r.download.as_ref().map_or((0, 0), |(_, rx)| {
+            let p = rx.borrow();
+            (p.bytes_from_http, p.bytes_from_cache)
+        }))
+    }
+
     /// A property's value.
     pub(crate) fn get(&self, id: &str, p: Property) -> Result<Json> {
         let records = self.lock();

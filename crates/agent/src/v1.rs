@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /v1/downloads` (body: `{"Uri": .., "LocalPath": .., <any property>: ..}`) | `IDOManager::CreateDownload` + `SetProperty` |
 //! | `GET /v1/downloads[?<Category>=<value>]` (Id, Uri, ContentId, DisplayName, LocalPath) | `IDOManager::EnumDownloads` |
-//! | `GET /v1/downloads/{id}` | status and every readable property |
+//! | `GET /v1/downloads/{id}` | status, every readable property, bytes by source |
 //! | `GET /v1/downloads/{id}/status` | `IDODownload::GetStatus` |
 //! | `POST /v1/downloads/{id}/start` (body: `{"Ranges": [{"Offset": o, "Length": l}]}` or none) | `IDODownload::Start` |
 //! | `POST /v1/downloads/{id}/pause`, `/abort`, `/finalize` | `Pause`, `Abort`, `Finalize` |
@@ -130,7 +130,9 @@ async fn route(
                     props.insert(p.name().into(), v);
                 }
             }
-            ok(json!({ "Id": id, "Status": status, "Properties": props }))
+            let (http, cache) = manager.stats(id)?;
+            let stats = json!({ "BytesFromHttp": http, "BytesFromCache": cache });
+            ok(json!({ "Id": id, "Status": status, "Properties": props, "Stats": stats }))
         }
         ("GET", ["downloads", id, "status"]) => ok(json!(manager.status(id)?)),
         ("POST", ["downloads", id, "start"]) => {

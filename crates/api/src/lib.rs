@@ -2,15 +2,18 @@
 //! their types and access rules), states, the status record, the error codes, and the JSON
 //! shapes of the daemon's `/v1` API.
 //!
-//! Both sides use this crate: the daemon to answer, clients to ask. It holds no download
+//! Both sides use this crate: the daemon to answer, clients to ask ([`Manager`] and
+//! [`Download`] find the daemon through its port file and speak `/v1`). It holds no download
 //! logic; the daemon's behaviour lives in `do-agent` and the node.
 #![warn(missing_docs)]
 
+mod client;
 pub mod hresult;
 mod property;
 
 use serde::{Deserialize, Serialize};
 
+pub use client::{ClientError, DO_E_NO_SERVICE, Download, Events, Listed, Manager};
 pub use property::{Access, Kind, Property};
 
 /// DO's download states (`DODownloadState`, same numbers and names).
