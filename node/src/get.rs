@@ -66,10 +66,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     check_output(&args.output, args.force)?;
-    if !args.embedded && args.ranges.is_empty() {
-        if let Ok(manager) = do_api::Manager::connect(&args.run_dir).await {
-            return crate::get_daemon::run(&args, &manager).await;
-        }
+    if !args.embedded
+        && args.ranges.is_empty()
+        && let Ok(manager) = do_api::Manager::connect(&args.run_dir).await
+    {
+        return crate::get_daemon::run(&args, &manager).await;
     }
     let headers = Headers::parse(
         &args
