@@ -157,7 +157,7 @@ fn control_commands() {
     );
 
     // Watch in the background while the download runs.
-    let mut watch = Command::new(donode_bin())
+    let watch = Command::new(donode_bin())
         .args(["watch", &id, "--json", "--run-dir"])
         .arg(run.path())
         .stdout(Stdio::piped())
