@@ -53,6 +53,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 overwrite: false,
                 headers: Headers::default(),
                 no_progress_timeout: None,
+                foreground: true,
             })
             .await?;
         let p = download.settled().await?;

@@ -96,6 +96,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         overwrite: args.force,
         headers,
         no_progress_timeout: Some(Duration::from_secs(args.no_progress_timeout)),
+        // An interactive download is what DO calls foreground.
+        foreground: true,
     };
     let started = Instant::now();
     let mut download = node.download(request).await?;

@@ -318,3 +318,30 @@ fn a_non_volatile_download_survives_a_daemon_restart() {
         "finalized is forgotten"
     );
 }
+
+#[test]
+fn a_foreground_download_takes_bandwidth_from_a_background_one() {
+    let (root, nginx, work) = setup(32 << 20, 4 << 20);
+    std::fs::copy(root.path().join("f.bin"), root.path().join("g.bin")).unwrap();
+    let d = Daemon::start(work.path(), &work.path().join("cache"));
+    let background = d.create(
+        json!({ "Uri": nginx.url("/slow/f.bin"), "LocalPath": work.path().join("bg.bin") }),
+    );
+    let foreground = d.create(json!({ "Uri": nginx.url("/slow/g.bin"), "LocalPath": work.path().join("fg.bin"), "ForegroundPriority": true }));
+    d.ok("POST", &format!("/v1/downloads/{background}/start"), None);
+    thread::sleep(Duration::from_millis(300));
+    d.ok("POST", &format!("/v1/downloads/{foreground}/start"), None);
+    let fg = d.wait(&foreground);
+    assert_eq!(fg["State"], "Transferred");
+    let bg = d.ok("GET", &format!("/v1/downloads/{background}/status"), None);
+    assert_eq!(
+        bg["State"], "Transferring",
+        "the background download yielded: {bg}"
+    );
+    let bg = d.wait(&background);
+    assert_eq!(bg["State"], "Transferred", "and finished afterwards");
+    assert_eq!(
+        b3sum(&work.path().join("bg.bin")).unwrap(),
+        b3sum(&root.path().join("f.bin")).unwrap()
+    );
+}

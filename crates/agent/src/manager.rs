@@ -251,13 +251,21 @@ impl Manager {
             r.props.insert(p, value.clone());
             r.download.as_ref().map(|(d, _)| *d)
         };
-        if let (Some(did), Property::NoProgressTimeoutSeconds) = (started, p) {
-            let secs = value.as_u64().unwrap_or(120);
-            self.node
-                .set_no_progress_timeout(did, Duration::from_secs(secs))
-                .await
-                .map_err(|e| ApiError::Refused(driver_code(&e)))?;
-        }
+        let applied = match (started, p) {
+            (Some(did), Property::NoProgressTimeoutSeconds) => {
+                let secs = value.as_u64().unwrap_or(120);
+                self.node
+                    .set_no_progress_timeout(did, Duration::from_secs(secs))
+                    .await
+            }
+            (Some(did), Property::ForegroundPriority) => {
+                self.node
+                    .set_foreground(did, value.as_bool().unwrap_or(false))
+                    .await
+            }
+            _ => Ok(()),
+        };
+        applied.map_err(|e| ApiError::Refused(driver_code(&e)))?;
         self.save(id);
         Ok(())
     }
@@ -439,6 +447,7 @@ impl Manager {
             overwrite: true,
             headers,
             no_progress_timeout: timeout,
+            foreground: r.flag(Property::ForegroundPriority),
         })
     }
 

@@ -56,6 +56,11 @@ pub(crate) enum Command {
         timeout: std::time::Duration,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    SetForeground {
+        id: DownloadId,
+        foreground: bool,
+        reply: oneshot::Sender<Result<(), Error>>,
+    },
     Abort {
         id: DownloadId,
         reply: oneshot::Sender<Result<(), Error>>,
@@ -120,6 +125,8 @@ pub(crate) struct Actor {
     next_id: u64,
     /// Serialises cache entry resolution in stat tasks (see [`stat`]).
     resolving: Arc<Mutex<()>>,
+    /// True while some foreground download transfers; background fetches then yield.
+    foreground_active: watch::Sender<bool>,
 }
 
 impl Actor {
@@ -143,6 +150,7 @@ impl Actor {
             io_tx,
             next_id: 1,
             resolving: Arc::default(),
+            foreground_active: watch::Sender::new(false),
         };
         let task = tokio::spawn(actor.run(rx, io_rx).instrument(info_span!("node")));
         Ok((tx, task))
@@ -207,6 +215,21 @@ impl Actor {
                     do_engine::Command::SetNoProgressTimeout { id, timeout },
                 );
                 let _ = reply.send(r.map_err(Error::from));
+            }
+            Command::SetForeground {
+                id,
+                foreground,
+                reply,
+            } => {
+                let r = match self.jobs.get_mut(&id) {
+                    Some(job) => {
+                        job.request.foreground = foreground;
+                        Ok(())
+                    }
+                    None => Err(Error::Command(do_engine::CommandError::UnknownDownload(id))),
+                };
+                self.update_foreground();
+                let _ = reply.send(r);
             }
             Command::Abort { id, reply } => {
                 let r = self
@@ -337,6 +360,17 @@ impl Actor {
                 self.jobs.remove(&id);
             }
         }
+        self.update_foreground();
+    }
+
+    /// Recomputes whether a foreground download is transferring.
+    fn update_foreground(&self) {
+        let active = self.jobs.values().any(|job| {
+            job.request.foreground
+                && job.progress.borrow().status.state == do_engine::State::Transferring
+        });
+        self.foreground_active
+            .send_if_modified(|a| std::mem::replace(a, active) != active);
     }
 
     fn perform(&mut self, action: Action) {
@@ -409,6 +443,13 @@ impl Actor {
                     io_tx: self.io_tx.clone(),
                     cancel,
                     checkpoint_bytes: self.config.checkpoint_bytes,
+                    // Foreground fetches never yield; background ones watch for foreground work.
+                    yield_to: (!job.request.foreground).then(|| {
+                        (
+                            self.foreground_active.subscribe(),
+                            self.config.background_yield_rate,
+                        )
+                    }),
                 };
                 self.tasks.spawn(
                     fetch::run(task).instrument(info_span!("fetch", download = id.0, %range)),

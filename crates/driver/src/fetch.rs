@@ -1,12 +1,12 @@
 //! A fetch task: one origin request streamed into the cache, block by block.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use do_content::{BLOCK_SIZE, BlockHash, BlockHasher, BlockIndex, ByteRange, block_range};
 use do_engine::{Failure, RequestId};
 use do_origin::{Client, Headers, Validators};
 use do_store::{EntryId, Store, Writer};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -28,6 +28,9 @@ pub(crate) struct FetchTask {
     pub(crate) io_tx: mpsc::Sender<IoEvent>,
     pub(crate) cancel: CancellationToken,
     pub(crate) checkpoint_bytes: u64,
+    /// For a background download: whether a foreground one is active, and the rate (bytes
+    /// per second) to keep to meanwhile.
+    pub(crate) yield_to: Option<(watch::Receiver<bool>, u64)>,
 }
 
 /// Runs a fetch to its end and reports it. On cancellation it records the blocks it finished
@@ -107,6 +110,14 @@ async fn stream(
                 block = BlockIndex(block.0 + 1);
                 hasher = BlockHasher::new(task.file_len, block);
             }
+        }
+        if let Some((foreground, rate)) = &task.yield_to
+            && *foreground.borrow()
+        {
+            // Reading slower lets TCP slow the origin down for this connection, which leaves
+            // the bandwidth to the foreground download.
+            let pause = Duration::from_secs_f64(take as f64 / (*rate).max(1) as f64);
+            tokio::time::sleep(pause).await;
         }
         if batch_bytes >= task.checkpoint_bytes {
             commit(task, std::mem::take(batch)).await.map_err(Some)?;

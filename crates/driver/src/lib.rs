@@ -40,6 +40,11 @@ pub struct Config {
     /// Default 16 MiB: a crash loses at most this much per connection; smaller batches cost
     /// more index commits.
     pub checkpoint_bytes: u64,
+    /// While a foreground download transfers, each connection of a background download reads
+    /// at most this many bytes per second, leaving the rest of the bandwidth to the foreground
+    /// (DO's `ForegroundPriority`). Default 256 KiB/s: background downloads keep moving (and
+    /// never hit their no-progress timeout) but take little.
+    pub background_yield_rate: u64,
 }
 
 impl Config {
@@ -51,6 +56,7 @@ impl Config {
             engine: do_engine::Config::default(),
             origin: do_origin::Config::default(),
             checkpoint_bytes: 16 << 20,
+            background_yield_rate: 256 << 10,
         }
     }
 }
@@ -74,6 +80,8 @@ pub struct Request {
     pub headers: Headers,
     /// Fail after this long without progress (`None`: the engine's default).
     pub no_progress_timeout: Option<Duration>,
+    /// A foreground download takes bandwidth from background ones (DO's `ForegroundPriority`).
+    pub foreground: bool,
 }
 
 /// What a download has done so far.
@@ -184,6 +192,16 @@ impl Node {
     ) -> Result<(), Error> {
         self.call(|reply| actor::Command::SetNoProgressTimeout { id, timeout, reply })
             .await?
+    }
+
+    /// Makes a download foreground or background (DO's `ForegroundPriority`, settable any time).
+    pub async fn set_foreground(&self, id: DownloadId, foreground: bool) -> Result<(), Error> {
+        self.call(|reply| actor::Command::SetForeground {
+            id,
+            foreground,
+            reply,
+        })
+        .await?
     }
 
     /// Aborts a download.
