@@ -1,5 +1,6 @@
 //! `donode`: the standalone node binary and its CLI.
 
+mod config;
 mod ctl;
 mod demo;
 mod get;
@@ -15,9 +16,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "donode", version, about)]
 struct Cli {
-    /// Log filter (tracing's `RUST_LOG` syntax), e.g. `info` or `do_driver=debug`.
-    #[arg(long, global = true, env = "DONODE_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing's `RUST_LOG` syntax), e.g. `info` or `do_driver=debug`. Default
+    /// `warn`; for `run`, the config file's `log`, else `info`.
+    #[arg(long, global = true, env = "DONODE_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,10 +53,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        .init();
+    // `run` sets up logging itself, once its config file is read.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging(
+            cli.log.as_deref().unwrap_or("warn"),
+            config::LogFormat::Text,
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,7 +74,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Get(args) => get::run(args).await,
             Command::Demo(args) => demo::run(args).await,
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(args, cli.log).await,
             Command::List(args) => ctl::list(args).await,
             Command::Status(args) => ctl::status(args).await,
             Command::Pause(args) => ctl::act(args, ctl::Action::Pause).await,
@@ -86,6 +91,17 @@ fn main() -> ExitCode {
             eprintln!("donode: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to standard error with `filter`, in `format`.
+fn init_logging(filter: &str, format: config::LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -1,9 +1,10 @@
-//! `donode run`: the long-running node with the Linux DO agent's REST API.
+//! `donode run`: the long-running node with the Linux DO agent's REST API and the `/v1` API.
 
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::{Arc, atomic::AtomicBool, atomic::Ordering},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -12,46 +13,91 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Arguments of `donode run`.
+use crate::config::{self, LogFormat};
+
+/// Arguments of `donode run`; each overrides the config file's key of the same name.
 #[derive(clap::Args)]
 pub(crate) struct Args {
+    /// The config file (TOML; every key is documented in docs/donode.toml).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
     /// The cache directory (default: `$DONODE_CACHE_DIR`, `$XDG_CACHE_HOME/donode` or
     /// `~/.cache/donode`).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Where the REST API's `restport.<pid>` file goes (as the Linux DO agent).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "/var/run/deliveryoptimization-agent"
-    )]
-    run_dir: PathBuf,
-    /// The Linux DO agent's admin config (JSON); `RestControllerValidateRemoteAddr` is honoured.
-    /// Re-read on SIGHUP. A missing file means the defaults.
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/etc/deliveryoptimization-agent/admin-config.json"
-    )]
-    admin_config: PathBuf,
-    /// Ports tried for the REST API, `FIRST-LAST`.
-    #[arg(long, value_name = "FIRST-LAST", default_value = "50000-60999", value_parser = parse_ports)]
-    ports: std::ops::RangeInclusive<u16>,
+    /// Where the REST API's `restport.<pid>` file goes [default:
+    /// /var/run/deliveryoptimization-agent].
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// The Linux DO agent's admin config (JSON); `RestControllerValidateRemoteAddr` is
+    /// honoured and re-read on SIGHUP. A missing file means the defaults [default:
+    /// /etc/deliveryoptimization-agent/admin-config.json].
+    #[arg(long, value_name = "PATH")]
+    admin_config: Option<PathBuf>,
+    /// Ports tried for the REST API, `FIRST-LAST` [default: 50000-60999].
+    #[arg(long, value_name = "FIRST-LAST")]
+    ports: Option<String>,
+    /// Log line format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
-pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let validate = Arc::new(AtomicBool::new(true));
-    load_admin_config(&args.admin_config, &validate);
+pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitCode> {
+    let (path, required) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::DEFAULT_CONFIG), false),
+    };
+    let file = config::File::load(&path, required)?;
+    let filter = log.or(file.log.clone()).unwrap_or_else(|| "info".into());
+    crate::init_logging(
+        &filter,
+        args.log_format.or(file.log_format).unwrap_or_default(),
+    );
+
     let cache_dir = args
         .cache_dir
-        .clone()
+        .or(file.cache_dir.clone())
         .unwrap_or_else(crate::default_cache_dir);
-    let (node, node_task) =
-        Node::start(Config::new(cache_dir.clone())).context("cannot start the node")?;
+    let run_dir = args
+        .run_dir
+        .or(file.run_dir.clone())
+        .unwrap_or_else(|| crate::DEFAULT_RUN_DIR.into());
+    let admin_config = args
+        .admin_config
+        .or(file.admin_config.clone())
+        .unwrap_or_else(|| "/etc/deliveryoptimization-agent/admin-config.json".into());
+    let ports = parse_ports(
+        args.ports
+            .or(file.ports.clone())
+            .as_deref()
+            .unwrap_or("50000-60999"),
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    let mut node_config = Config::new(cache_dir.clone());
+    if let Some(q) = file.cache.quota_bytes {
+        node_config.store.quota_bytes = q;
+    }
+    if let Some(a) = file.cache.max_age_seconds {
+        node_config.store.max_age = Duration::from_secs(a);
+    }
+    if let Some(c) = file.download.origin_connections {
+        node_config.engine.origin_connections = c.max(1);
+    }
+    if let Some(t) = file.download.no_progress_timeout_seconds {
+        node_config.engine.no_progress_timeout = Duration::from_secs(t);
+    }
+    if let Some(r) = file.download.background_yield_rate {
+        node_config.background_yield_rate = r;
+    }
+
+    let validate = Arc::new(AtomicBool::new(true));
+    load_admin_config(&admin_config, &validate);
+    let (node, node_task) = Node::start(node_config).context("cannot start the node")?;
     let agent_config = do_agent::Config {
-        run_dir: args.run_dir.clone(),
-        ports: args.ports.clone(),
+        run_dir,
+        ports,
         validate_remote_addr: Arc::clone(&validate),
         // Non-volatile downloads live beside the cache they resume from.
         state_path: Some(cache_dir.join("downloads.redb")),
@@ -68,8 +114,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                info!("SIGHUP: reloading the admin config");
-                load_admin_config(&args.admin_config, &validate);
+                info!("SIGHUP: reloading the admin config (other settings take effect at the next start)");
+                load_admin_config(&admin_config, &validate);
             }
         }
     }
@@ -100,13 +146,13 @@ fn load_admin_config(path: &Path, validate: &AtomicBool) {
 }
 
 fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
-    let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
+    let (a, b) = s.split_once('-').ok_or("ports: expected FIRST-LAST")?;
     let (a, b): (u16, u16) = (
-        a.parse().map_err(|_| "FIRST is not a port")?,
-        b.parse().map_err(|_| "LAST is not a port")?,
+        a.trim().parse().map_err(|_| "ports: FIRST is not a port")?,
+        b.trim().parse().map_err(|_| "ports: LAST is not a port")?,
     );
     if a > b || a == 0 {
-        return Err("FIRST must be 1..=LAST".into());
+        return Err("ports: FIRST must be 1..=LAST".into());
     }
     Ok(a..=b)
 }

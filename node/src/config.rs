@@ -1,0 +1,103 @@
+//! The daemon's configuration file (TOML); `docs/donode.toml` documents every key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Where `donode run` looks for its configuration when `--config` is not given.
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/donode/donode.toml";
+
+/// The file's contents; every key is optional.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    pub(crate) cache_dir: Option<PathBuf>,
+    pub(crate) run_dir: Option<PathBuf>,
+    pub(crate) admin_config: Option<PathBuf>,
+    pub(crate) ports: Option<String>,
+    pub(crate) log: Option<String>,
+    pub(crate) log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub(crate) cache: Cache,
+    #[serde(default)]
+    pub(crate) download: Download,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cache {
+    pub(crate) quota_bytes: Option<u64>,
+    pub(crate) max_age_seconds: Option<u64>,
+}
+
+/// `[download]`.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Download {
+    pub(crate) origin_connections: Option<usize>,
+    pub(crate) no_progress_timeout_seconds: Option<u64>,
+    pub(crate) background_yield_rate: Option<u64>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl File {
+    /// Reads `path`; a missing file is the defaults unless `required`.
+    pub(crate) fn load(path: &Path, required: bool) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("{}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_states_the_defaults() {
+        let text = include_str!("../../docs/donode.toml");
+        let file: File = toml::from_str(text).unwrap();
+        let store = do_driver::Config::new(PathBuf::new());
+        assert_eq!(file.cache.quota_bytes, Some(store.store.quota_bytes));
+        assert_eq!(
+            file.cache.max_age_seconds,
+            Some(store.store.max_age.as_secs())
+        );
+        assert_eq!(
+            file.download.origin_connections,
+            Some(store.engine.origin_connections)
+        );
+        assert_eq!(
+            file.download.no_progress_timeout_seconds,
+            Some(store.engine.no_progress_timeout.as_secs())
+        );
+        assert_eq!(
+            file.download.background_yield_rate,
+            Some(store.background_yield_rate)
+        );
+        assert_eq!(
+            file.run_dir.as_deref(),
+            Some(Path::new(crate::DEFAULT_RUN_DIR))
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<File>("colour = 1").is_err());
+        assert!(toml::from_str::<File>("[cache]\nquota = 1").is_err());
+    }
+}
