@@ -122,7 +122,12 @@ fn non_loopback_callers_are_refused_unless_the_admin_config_allows_them() {
     );
     sh(&ns.0, &["ip", "link", "set", "lo", "up"]);
     // A veth pair gives the namespace a non-loopback address of its own.
-    sh(&ns.0, &["ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    sh(
+        &ns.0,
+        &[
+            "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ],
+    );
     sh(&ns.0, &["ip", "addr", "add", "10.251.0.1/24", "dev", "v0"]);
     sh(&ns.0, &["ip", "link", "set", "v0", "up"]);
     sh(&ns.0, &["ip", "link", "set", "v1", "up"]);
