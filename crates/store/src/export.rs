@@ -108,18 +108,9 @@ fn write_in_place(
     if out.metadata().map_err(|e| Error::io(dest, e))?.len() < len {
         out.set_len(len).map_err(|e| Error::io(dest, e))?;
     }
-    let mut buf = vec![0u8; 1 << 20];
-    for r in ranges {
-        let mut at = r.start;
-        while at < r.end {
-            let n = ((r.end - at) as usize).min(buf.len());
-            src.read_exact_at(&mut buf[..n], at)
-                .map_err(|e| Error::io(data, e))?;
-            out.write_all_at(&buf[..n], at)
-                .map_err(|e| Error::io(dest, e))?;
-            at += n as u64;
-        }
-    }
+    copy_ranges(&src, data, ranges, dest, |at, bytes| {
+        out.write_all_at(bytes, at)
+    })?;
     out.sync_all().map_err(|e| Error::io(dest, e))
 }
 
@@ -135,21 +126,32 @@ fn write_copy(data: &Path, tmp: &Path, ranges: Option<&[ByteRange]>) -> Result<(
             let mut src = src;
             io::copy(&mut src, &mut out).map_err(|e| Error::io(tmp, e))?;
         }
-        Some(ranges) => {
-            let mut buf = vec![0u8; 1 << 20];
-            for r in ranges {
-                let mut at = r.start;
-                while at < r.end {
-                    let n = ((r.end - at) as usize).min(buf.len());
-                    src.read_exact_at(&mut buf[..n], at)
-                        .map_err(|e| Error::io(data, e))?;
-                    out.write_all(&buf[..n]).map_err(|e| Error::io(tmp, e))?;
-                    at += n as u64;
-                }
-            }
-        }
+        Some(ranges) => copy_ranges(&src, data, ranges, tmp, |_, bytes| out.write_all(bytes))?,
     }
     out.sync_all().map_err(|e| Error::io(tmp, e))
+}
+
+/// Reads each range of the data file in 1 MiB pieces and hands every piece, with its offset in
+/// the file, to `put` (which writes it to `dest`).
+fn copy_ranges(
+    src: &File,
+    data: &Path,
+    ranges: &[ByteRange],
+    dest: &Path,
+    mut put: impl FnMut(u64, &[u8]) -> io::Result<()>,
+) -> Result<(), Error> {
+    let mut buf = vec![0u8; 1 << 20];
+    for r in ranges {
+        let mut at = r.start;
+        while at < r.end {
+            let n = ((r.end - at) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..n], at)
+                .map_err(|e| Error::io(data, e))?;
+            put(at, &buf[..n]).map_err(|e| Error::io(dest, e))?;
+            at += n as u64;
+        }
+    }
+    Ok(())
 }
 
 /// Moves the finished temporary file into place; without `overwrite` it never replaces an
