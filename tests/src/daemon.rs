@@ -68,6 +68,12 @@ impl Daemon {
         assert!(status.success(), "graceful shutdown: {status}");
     }
 
+    /// Kills it with SIGKILL (a crash: nothing is flushed, the port file stays).
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the daemon");
+        let _ = self.child.wait();
+    }
+
     /// Sends raw bytes on a fresh connection and reads until the daemon closes it.
     pub fn raw(&self, bytes: &[u8]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the daemon");

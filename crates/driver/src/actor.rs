@@ -443,6 +443,7 @@ impl Actor {
                     io_tx: self.io_tx.clone(),
                     cancel,
                     checkpoint_bytes: self.config.checkpoint_bytes,
+                    checkpoint_interval: self.config.checkpoint_interval,
                     // Foreground fetches never yield; background ones watch for foreground work.
                     yield_to: (!job.request.foreground).then(|| {
                         (

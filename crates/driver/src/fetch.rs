@@ -28,6 +28,7 @@ pub(crate) struct FetchTask {
     pub(crate) io_tx: mpsc::Sender<IoEvent>,
     pub(crate) cancel: CancellationToken,
     pub(crate) checkpoint_bytes: u64,
+    pub(crate) checkpoint_interval: Duration,
     /// For a background download: whether a foreground one is active, and the rate (bytes
     /// per second) to keep to meanwhile.
     pub(crate) yield_to: Option<(watch::Receiver<bool>, u64)>,
@@ -79,6 +80,7 @@ async fn stream(
     let mut block = BlockIndex(pos / BLOCK_SIZE);
     let mut hasher = BlockHasher::new(task.file_len, block);
     let mut batch_bytes = 0u64;
+    let mut last_commit = tokio::time::Instant::now();
     while pos < task.range.end {
         let Some(chunk) = body.chunk().await.map_err(|e| Some(failure(e)))? else {
             return Err(Some(Failure::Transient(
@@ -119,7 +121,9 @@ async fn stream(
             let pause = Duration::from_secs_f64(take as f64 / (*rate).max(1) as f64);
             tokio::time::sleep(pause).await;
         }
-        if batch_bytes >= task.checkpoint_bytes {
+        let due = !batch.is_empty() && last_commit.elapsed() >= task.checkpoint_interval;
+        if batch_bytes >= task.checkpoint_bytes || due {
+            last_commit = tokio::time::Instant::now();
             commit(task, std::mem::take(batch)).await.map_err(Some)?;
             batch_bytes = 0;
         }

@@ -40,6 +40,9 @@ pub struct Config {
     /// Default 16 MiB: a crash loses at most this much per connection; smaller batches cost
     /// more index commits.
     pub checkpoint_bytes: u64,
+    /// ... or at least this often while blocks are pending. Default 1 s: a crash of a slow
+    /// download loses at most about a second of it.
+    pub checkpoint_interval: Duration,
     /// While a foreground download transfers, each connection of a background download reads
     /// at most this many bytes per second, leaving the rest of the bandwidth to the foreground
     /// (DO's `ForegroundPriority`). Default 256 KiB/s: background downloads keep moving (and
@@ -56,6 +59,7 @@ impl Config {
             engine: do_engine::Config::default(),
             origin: do_origin::Config::default(),
             checkpoint_bytes: 16 << 20,
+            checkpoint_interval: Duration::from_secs(1),
             background_yield_rate: 256 << 10,
         }
     }
