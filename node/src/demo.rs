@@ -54,6 +54,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 headers: Headers::default(),
                 no_progress_timeout: None,
                 foreground: true,
+                previous_url: None,
             })
             .await?;
         let p = download.settled().await?;

@@ -98,6 +98,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         no_progress_timeout: Some(Duration::from_secs(args.no_progress_timeout)),
         // An interactive download is what DO calls foreground.
         foreground: true,
+        previous_url: None,
     };
     let started = Instant::now();
     let mut download = node.download(request).await?;
@@ -107,7 +108,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let outcome = loop {
         tokio::select! {
             changed = download.progress.changed() => {
-                let p = *download.progress.borrow_and_update();
+                let p = download.progress.borrow_and_update().clone();
                 show(&bar, &p);
                 if changed.is_err() || p.is_settled() { break Some(p); }
             }

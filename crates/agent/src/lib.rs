@@ -12,6 +12,8 @@
 //! agent properties). Downloading, caching and verification are the node's.
 #![warn(missing_docs)]
 
+mod jobs;
+mod jobs_api;
 mod manager;
 mod ops;
 mod server;

@@ -6,7 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::OpenOptions,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -116,25 +116,31 @@ struct Saved {
     ranges: Option<Vec<(u64, u64)>>,
 }
 
+/// Opens the daemon's state database (non-volatile downloads and jobs); one that cannot be
+/// read is moved aside and replaced by an empty one.
+pub(crate) fn open_state(path: &Path) -> Option<Arc<Database>> {
+    let db = match Database::create(path) {
+        Ok(db) => Some(db),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "daemon state unreadable; starting without it");
+            let _ = std::fs::rename(path, path.with_extension("corrupt"));
+            Database::create(path).ok()
+        }
+    };
+    db.map(Arc::new)
+}
+
 /// The manager. All methods take `&self`; the table is behind a std mutex held only for map
 /// work, never across an await.
 pub(crate) struct Manager {
     node: Node,
     records: Mutex<HashMap<String, Record>>,
-    db: Option<Database>,
+    db: Option<Arc<Database>>,
 }
 
 impl Manager {
     /// A manager over `node`; with `state_path`, non-volatile downloads persist there.
-    pub(crate) fn new(node: Node, state_path: Option<&Path>) -> Self {
-        let db = state_path.and_then(|p| match Database::create(p) {
-            Ok(db) => Some(db),
-            Err(e) => {
-                warn!(path = %p.display(), error = %e, "download state unreadable; starting without it");
-                let _ = std::fs::rename(p, p.with_extension("corrupt"));
-                Database::create(p).ok()
-            }
-        });
+    pub(crate) fn new(node: Node, db: Option<Arc<Database>>) -> Self {
         Self {
             node,
             records: Mutex::default(),
@@ -448,6 +454,7 @@ impl Manager {
             headers,
             no_progress_timeout: timeout,
             foreground: r.flag(Property::ForegroundPriority),
+            previous_url: None,
         })
     }
 
@@ -614,7 +621,7 @@ pub(crate) fn valid_uri(uri: &str) -> bool {
 }
 
 /// A random (version 4) GUID, lowercase, as the agent's ids.
-fn new_guid() -> String {
+pub(crate) fn new_guid() -> String {
     use std::io::Read;
     let mut b = [0u8; 16];
     let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Config, hresult,
+    jobs::Jobs,
     manager::Manager,
     ops,
     v1::{self, Events, Reply},
@@ -33,6 +34,8 @@ const MAX_CONNECTIONS: usize = 256;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;
+/// How often jobs look at their files' downloads.
+const JOB_TICK: Duration = Duration::from_millis(100);
 /// How often an event stream looks whether its download has started.
 const START_POLL: Duration = Duration::from_millis(50);
 
@@ -57,7 +60,13 @@ pub struct Server {
     listener: TcpListener,
     port_file: PathBuf,
     config: Config,
-    manager: Arc<Manager>,
+    services: Arc<Services>,
+}
+
+/// Everything the two API surfaces serve from.
+struct Services {
+    manager: Manager,
+    jobs: Jobs,
 }
 
 impl Server {
@@ -65,8 +74,16 @@ impl Server {
     /// 127.0.0.1, removes stale `restport*` files from the run dir and writes
     /// `restport.<pid>` (mode 0444) with the port.
     pub async fn bind(config: Config, node: Node) -> Result<Self, Error> {
-        let manager = Arc::new(Manager::new(node, config.state_path.as_deref()));
-        manager.restore().await;
+        let db = config
+            .state_path
+            .as_deref()
+            .and_then(crate::manager::open_state);
+        let services = Arc::new(Services {
+            manager: Manager::new(node.clone(), db.clone()),
+            jobs: Jobs::new(node, db),
+        });
+        services.manager.restore().await;
+        services.jobs.restore().await;
         let mut listener = None;
         for port in config.ports.clone() {
             if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
@@ -85,7 +102,7 @@ impl Server {
             listener,
             port_file,
             config,
-            manager,
+            services,
         })
     }
 
@@ -99,6 +116,18 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut connections = JoinSet::new();
+        let ticker = {
+            let (services, stop) = (Arc::clone(&self.services), shutdown.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(JOB_TICK);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = every.tick() => services.jobs.tick().await,
+                    }
+                }
+            })
+        };
         loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -115,13 +144,13 @@ impl Server {
                     continue;
                 }
             };
-            let manager = Arc::clone(&self.manager);
+            let services = Arc::clone(&self.services);
             let validate = Arc::clone(&self.config.validate_remote_addr);
             let stop = shutdown.clone();
             connections.spawn(async move {
                 let _permit = permit;
                 let validate = validate.load(Ordering::Relaxed);
-                if let Err(e) = serve_connection(stream, peer, validate, &manager, stop).await {
+                if let Err(e) = serve_connection(stream, peer, validate, &services, stop).await {
                     debug!(error = %e, %peer, "connection ended");
                 }
             });
@@ -131,6 +160,7 @@ impl Server {
             warn!(error = %e, "could not remove the port file");
         }
         while connections.join_next().await.is_some() {}
+        let _ = ticker.await;
     }
 }
 
@@ -139,7 +169,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     validate_remote_addr: bool,
-    manager: &Manager,
+    services: &Services,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut buf = Vec::with_capacity(2048);
@@ -197,7 +227,7 @@ async fn serve_connection(
         let reply = if validate_remote_addr && !peer.ip().is_loopback() {
             Reply::Full(Status::BadRequest, wire::error_body(hresult::E_INVALIDARG))
         } else {
-            route(manager, &request, &body).await
+            route(services, &request, &body).await
         };
         match reply {
             Reply::Full(status, body) => {
@@ -206,19 +236,26 @@ async fn serve_connection(
                     return Ok(());
                 }
             }
-            Reply::Events(events) => return stream_events(stream, manager, events, shutdown).await,
+            Reply::Events(events) => {
+                return stream_events(stream, &services.manager, events, shutdown).await;
+            }
+            Reply::JobEvents(events, first) => {
+                return stream_job_events(stream, events, first, shutdown).await;
+            }
         }
     }
 }
 
 /// Sends a request to its surface: `/download/<op>` (the agent's) or `/v1/...`.
-async fn route(manager: &Manager, request: &wire::Request, body: &[u8]) -> Reply {
+async fn route(services: &Services, request: &wire::Request, body: &[u8]) -> Reply {
     match request.segments.split_first() {
         Some((first, [op])) if first == "download" => {
-            let (status, body) = ops::handle(manager, op, request).await;
+            let (status, body) = ops::handle(&services.manager, op, request).await;
             Reply::Full(status, body)
         }
-        Some((first, rest)) if first == "v1" => v1::handle(manager, rest, request, body).await,
+        Some((first, rest)) if first == "v1" => {
+            v1::handle(&services.manager, &services.jobs, rest, request, body).await
+        }
         _ => Reply::Full(Status::BadRequest, wire::error_body(hresult::E_UNSUPPORTED)),
     }
 }
@@ -282,6 +319,42 @@ async fn stream_events(
                 last_sent = tokio::time::Instant::now();
                 pending = false;
             }
+        }
+    }
+}
+
+/// Writes a job's notifications as Server-Sent Events (`event: JobTransferred` and so on,
+/// `data:` the job or file JSON), starting with a `JobModification` carrying the job as it
+/// is. Ends once the job reaches a final state, or when the client leaves.
+async fn stream_job_events(
+    mut stream: TcpStream,
+    mut events: tokio::sync::broadcast::Receiver<(&'static str, String)>,
+    first: serde_json::Value,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n")
+        .await?;
+    stream
+        .write_all(format!("event: JobModification\ndata: {first}\n\n").as_bytes())
+        .await?;
+    loop {
+        let (kind, data) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            e = events.recv() => match e {
+                Ok(e) => e,
+                // A slow reader missed some: it re-reads the job, as BITS clients do.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+        };
+        stream
+            .write_all(format!("event: {kind}\ndata: {data}\n\n").as_bytes())
+            .await?;
+        let state = serde_json::from_str::<serde_json::Value>(&data).ok();
+        let state = state.as_ref().and_then(|v| v["State"].as_str());
+        if matches!(state, Some("ACKNOWLEDGED" | "CANCELLED")) {
+            return Ok(());
         }
     }
 }

@@ -34,6 +34,11 @@ pub(crate) enum Reply {
     Full(Status, String),
     /// A stream of status events.
     Events(Events),
+    /// A stream of job notifications, and the job as it is now.
+    JobEvents(
+        tokio::sync::broadcast::Receiver<(&'static str, String)>,
+        Json,
+    ),
 }
 
 /// A status event stream: every state change at once, progress at the requested frequency.
@@ -51,10 +56,17 @@ pub(crate) struct Events {
 /// Answers one `/v1/...` request; `rest` are the path segments after `v1`.
 pub(crate) async fn handle(
     manager: &Manager,
+    jobs: &crate::jobs::Jobs,
     rest: &[String],
     request: &wire::Request,
     body: &[u8],
 ) -> Reply {
+    if let Some((first, tail)) = rest.split_first()
+        && first == "jobs"
+    {
+        let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+        return crate::jobs_api::handle(jobs, &tail, request, body).await;
+    }
     match route(manager, rest, request, body).await {
         Ok(reply) => reply,
         Err(e) => error(e),
@@ -256,8 +268,15 @@ fn error(e: ApiError) -> Reply {
     )
 }
 
-fn describe(code: u32) -> &'static str {
+/// A description of an HRESULT for people.
+pub(crate) fn describe(code: u32) -> &'static str {
     match code {
+        0x80D0_2003 => "no such job",
+        0x80D0_2004 => "the job has no files",
+        0x80D0_2014 => "no error information: the job is not in ERROR or TRANSIENT_ERROR",
+        0x80D0_2002 => "no progress within the no-progress timeout",
+        0x8019_0000..=0x8019_FFFF => "the origin answered with an HTTP error status",
+        0x80D0_6806 => "the bytes do not hash to the expected content id",
         E_NOT_SET => "no such download",
         E_INVALIDARG => "invalid argument",
         E_NOTIMPL => {

@@ -102,6 +102,7 @@ pub(crate) struct Found {
     pin: Pin,
     validators: Validators,
     info: FileInfo,
+    headers: Arc<str>,
 }
 
 struct Job {
@@ -263,6 +264,7 @@ impl Actor {
             bytes_from_http: 0,
             bytes_from_cache: 0,
             content_id: None,
+            response_headers: None,
         });
         let ranges = request.ranges.clone();
         self.jobs.insert(
@@ -299,11 +301,14 @@ impl Actor {
                         pin,
                         validators,
                         info,
+                        headers,
                     } = *found;
                     if let Some(job) = self.jobs.get_mut(&id) {
                         job.entry = Some((entry, pin));
                         job.validators = validators;
                         job.len = info.len;
+                        job.progress
+                            .send_modify(|p| p.response_headers = Some(headers));
                     }
                     info
                 });
@@ -386,10 +391,15 @@ impl Actor {
                     self.io_tx.clone(),
                 );
                 let headers = job.request.headers.clone();
+                let previous = job.request.previous_url.clone();
                 let entries = Arc::clone(&self.resolving);
                 self.tasks.spawn(
                     async move {
-                        let result = stat(&origin, &store, &entries, &url, &headers).await;
+                        let urls = Urls {
+                            url: &url,
+                            previous: previous.as_deref(),
+                        };
+                        let result = stat(&origin, &store, &entries, urls, &headers).await;
                         let _ = io_tx
                             .send(IoEvent::Stat {
                                 request,
@@ -533,29 +543,44 @@ impl Actor {
     }
 }
 
+/// A download's URL and the one it had before, if any.
+struct Urls<'a> {
+    url: &'a str,
+    previous: Option<&'a str>,
+}
+
 /// Asks the origin about the file and finds or creates the cache entry for that version.
 async fn stat(
     origin: &Client,
     store: &Arc<Store>,
     entries: &Arc<Mutex<()>>,
-    url: &str,
+    urls: Urls<'_>,
     headers: &do_origin::Headers,
 ) -> Result<Box<Found>, Failure> {
-    let stat = origin.stat(url, headers).await.map_err(fetch::failure)?;
+    let stat = origin
+        .stat(urls.url, headers)
+        .await
+        .map_err(fetch::failure)?;
     let len = stat.len.ok_or(Failure::Fatal(DO_E_FILE_SIZE_UNKNOWN))?;
     let (store, entries) = (Arc::clone(store), Arc::clone(entries));
-    let url = url.to_owned();
+    let url = urls.url.to_owned();
+    let previous = urls.previous.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
         // Finding (or replacing) an entry and pinning it is one step: otherwise a concurrent
         // download of the same URL could delete the entry between the two.
         let _resolving = entries.lock().expect("entry resolution lock");
         let v = &stat.validators;
+        if let Some(previous) = &previous {
+            adopt_previous(&store, &url, previous, len, v)
+                .map_err(|e| Failure::Fatal(e.hresult()))?;
+        }
         let (entry, cached) =
             find_entry(&store, &url, len, v).map_err(|e| Failure::Fatal(e.hresult()))?;
         let pin = store.pin(entry);
         Ok(Box::new(Found {
             entry,
             pin,
+            headers: stat.response_headers.clone().into(),
             validators: stat.validators.clone(),
             info: FileInfo {
                 len,
@@ -566,6 +591,27 @@ async fn stat(
     })
     .await
     .unwrap_or(Err(Failure::Fatal(DO_E_FATAL_CORE_ERROR)))
+}
+
+/// A download moved from `previous` to `url` (BITS' `SetRemoteName`): when the cache holds
+/// `previous`'s file and `url` serves the same length and validators, the entry now answers for
+/// `url` too, so the download continues from its blocks.
+fn adopt_previous(
+    store: &Store,
+    url: &str,
+    previous: &str,
+    len: u64,
+    v: &Validators,
+) -> Result<(), do_store::Error> {
+    if store.lookup_url(url)?.is_some() {
+        return Ok(());
+    }
+    if let Some((id, meta)) = store.lookup_url(previous)?
+        && meta.same_version(len, v.etag.as_deref(), v.last_modified.as_deref())
+    {
+        store.rebind_url(id, url)?;
+    }
+    Ok(())
 }
 
 /// The cache entry for this exact version of `url`, with its verified blocks re-checked; a new

@@ -84,12 +84,16 @@ pub struct Request {
     pub headers: Headers,
     /// Fail after this long without progress (`None`: the engine's default).
     pub no_progress_timeout: Option<Duration>,
+    /// The URL this download used before (BITS' `SetRemoteName`): when the cache holds that
+    /// URL's file and the new URL serves the same length and validators, the download
+    /// continues from those blocks instead of starting over.
+    pub previous_url: Option<String>,
     /// A foreground download takes bandwidth from background ones (DO's `ForegroundPriority`).
     pub foreground: bool,
 }
 
 /// What a download has done so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     /// The engine's status.
     pub status: Status,
@@ -99,6 +103,9 @@ pub struct Progress {
     pub bytes_from_cache: u64,
     /// The file's content id, once known.
     pub content_id: Option<ContentId>,
+    /// The header block of the origin's last answer (`name: value\r\n` lines; BITS'
+    /// `HTTP_RESPONSE_HEADERS`), once the origin answered.
+    pub response_headers: Option<std::sync::Arc<str>>,
 }
 
 impl Progress {
@@ -129,7 +136,7 @@ impl Download {
             .wait_for(Progress::is_settled)
             .await
             .map_err(|_| Error::Stopped)?;
-        Ok(*p)
+        Ok(p.clone())
     }
 }
 

@@ -181,6 +181,24 @@ impl Store {
         Ok(id)
     }
 
+    /// Makes entry `id` the entry for `url` as well (the same file served under a new URL).
+    pub fn rebind_url(&self, id: EntryId, url: &str) -> Result<(), Error> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut entries = txn.open_table(ENTRIES).map_err(db)?;
+            let mut meta = read_meta(&entries, id)?.ok_or(Error::NoSuchEntry(id))?;
+            meta.url = url.to_owned();
+            entries.insert(id.0, meta.encode().as_slice()).map_err(db)?;
+        }
+        txn.open_table(BY_URL)
+            .map_err(db)?
+            .insert(url, id.0)
+            .map_err(db)?;
+        txn.commit().map_err(db)?;
+        info!(entry = id.0, %url, "cache entry now answers for a new URL");
+        Ok(())
+    }
+
     /// Pins entry `id` until the returned guard is dropped: it will not be evicted meanwhile.
     pub fn pin(&self, id: EntryId) -> Pin {
         *self
