@@ -16,7 +16,7 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    async fn connect(&self) -> anyhow::Result<Manager> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Manager> {
         Ok(Manager::connect(&self.run_dir).await?)
     }
 }

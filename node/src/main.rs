@@ -6,6 +6,7 @@ mod demo;
 mod get;
 mod get_daemon;
 mod hresult;
+mod job;
 mod run;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -49,6 +50,10 @@ enum Command {
     Prop(ctl::PropCommand),
     /// Print a download's status events as they happen.
     Watch(ctl::IdArgs),
+    /// BITS-compatible jobs: create, add, resume, suspend, cancel, complete, info, files,
+    /// error, list, watch.
+    #[command(subcommand)]
+    Job(job::JobCommand),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
             Command::Finalize(args) => ctl::act(args, ctl::Action::Finalize).await,
             Command::Prop(command) => ctl::prop(command).await,
             Command::Watch(args) => ctl::watch(args).await,
+            Command::Job(command) => job::run(command).await,
         }
     });
     match result {

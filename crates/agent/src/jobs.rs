@@ -91,6 +91,9 @@ const NOTIFY_MODIFICATION: u32 = 0x08;
 const NOTIFY_FILE_TRANSFERRED: u32 = 0x10;
 const NOTIFY_FILE_RANGES_TRANSFERRED: u32 = 0x20;
 
+/// The internal event that closes a job's event streams (never sent to clients).
+pub(crate) const END_OF_EVENTS: &str = "End";
+
 /// `BITS_JOB_TRANSFER_POLICY_STANDARD`, the default cost flags.
 const COST_STANDARD: u64 = 0x8000_0067;
 
@@ -700,6 +703,8 @@ impl Jobs {
                 "JobModification",
                 job_json(id, job).to_string(),
             );
+            // Whatever the flags, event streams of an ended job close.
+            let _ = job.events.send((END_OF_EVENTS, String::new()));
             calls
         };
         self.run(calls).await;

@@ -325,7 +325,7 @@ async fn stream_events(
 
 /// Writes a job's notifications as Server-Sent Events (`event: JobTransferred` and so on,
 /// `data:` the job or file JSON), starting with a `JobModification` carrying the job as it
-/// is. Ends once the job reaches a final state, or when the client leaves.
+/// is. Ends when the job is completed or cancelled, or when the client leaves.
 async fn stream_job_events(
     mut stream: TcpStream,
     mut events: tokio::sync::broadcast::Receiver<(&'static str, String)>,
@@ -348,14 +348,12 @@ async fn stream_job_events(
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
             },
         };
+        if kind == crate::jobs::END_OF_EVENTS {
+            return Ok(());
+        }
         stream
             .write_all(format!("event: {kind}\ndata: {data}\n\n").as_bytes())
             .await?;
-        let state = serde_json::from_str::<serde_json::Value>(&data).ok();
-        let state = state.as_ref().and_then(|v| v["State"].as_str());
-        if matches!(state, Some("ACKNOWLEDGED" | "CANCELLED")) {
-            return Ok(());
-        }
     }
 }
 

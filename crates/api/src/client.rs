@@ -4,7 +4,7 @@ use std::{path::Path, time::Duration};
 
 use serde_json::{Value as Json, json};
 
-use crate::{ErrorBody, Property, Range, StartRequest, Status, hresult};
+use crate::{ErrorBody, Property, Range, StartRequest, Status};
 
 /// `DO_E_NO_SERVICE`: no daemon answers (no port file, or a stale one).
 pub const DO_E_NO_SERVICE: u32 = 0x80D0_1001;
@@ -143,7 +143,12 @@ impl Manager {
             .collect())
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Json>) -> Result<Json> {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Json>,
+    ) -> Result<Json> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.body(body.to_string());
@@ -257,24 +262,8 @@ impl Download {
 
     /// `IDODownloadStatusCallback`: the status event stream.
     pub async fn events(&self) -> Result<Events> {
-        let url = format!("{}/downloads/{}/events", self.manager.base, self.id);
-        let response = self
-            .manager
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(ClientError::Api {
-                code: hresult::E_NOT_SET,
-                message: "no such download".into(),
-            });
-        }
-        Ok(Events {
-            response,
-            buffer: Vec::new(),
-        })
+        let sse = Sse::open(&self.manager, &format!("/downloads/{}/events", self.id)).await?;
+        Ok(Events { sse })
     }
 
     async fn get(&self, what: &str) -> Result<Json> {
@@ -293,21 +282,59 @@ impl Download {
 
 /// A stream of status events (Server-Sent Events).
 pub struct Events {
-    response: reqwest::Response,
-    buffer: Vec<u8>,
+    sse: Sse,
 }
 
 impl Events {
     /// The next status, or `None` when the stream ends (the download is gone).
     pub async fn next(&mut self) -> Result<Option<Status>> {
+        match self.sse.next().await? {
+            Some((_, data)) => serde_json::from_str(&data)
+                .map(Some)
+                .map_err(|e| ClientError::Transport(e.to_string())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A Server-Sent Events reader: `(event, data)` pairs.
+pub(crate) struct Sse {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Sse {
+    pub(crate) async fn open(manager: &Manager, path: &str) -> Result<Self> {
+        let response = manager
+            .http
+            .get(format!("{}{path}", manager.base))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !response.status().is_success() {
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            return Err(api_error(&bytes));
+        }
+        Ok(Self {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
+    pub(crate) async fn next(&mut self) -> Result<Option<(String, String)>> {
         loop {
             if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
                 let event: Vec<u8> = self.buffer.drain(..end + 2).collect();
                 let text = String::from_utf8_lossy(&event);
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap_or("message");
                 if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    let status = serde_json::from_str(data)
-                        .map_err(|e| ClientError::Transport(e.to_string()))?;
-                    return Ok(Some(status));
+                    return Ok(Some((name.to_owned(), data.to_owned())));
                 }
                 continue;
             }
@@ -317,6 +344,16 @@ impl Events {
                 Err(e) => return Err(ClientError::Transport(e.to_string())),
             }
         }
+    }
+}
+
+fn api_error(bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(e) => ClientError::Api {
+            code: e.error_code,
+            message: e.message,
+        },
+        Err(_) => ClientError::Transport(String::from_utf8_lossy(bytes).into_owned()),
     }
 }
 

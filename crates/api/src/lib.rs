@@ -7,12 +7,17 @@
 //! logic; the daemon's behaviour lives in `do-agent` and the node.
 #![warn(missing_docs)]
 
+mod bits;
 mod client;
 pub mod hresult;
 mod property;
 
 use serde::{Deserialize, Serialize};
 
+pub use bits::{
+    File, FileInfo, FileProgress, FileRange, Job, JobError, JobEvents, JobInfo, JobProgress,
+    JobTimes,
+};
 pub use client::{ClientError, DO_E_NO_SERVICE, Download, Events, Listed, Manager};
 pub use property::{Access, Kind, Property};
 
