@@ -982,3 +982,56 @@ fn file_stats_and_response_headers() {
     let (code, v) = d.call("GET", &format!("/v1/jobs/{id}/files/1"), None);
     assert!(code == 400 || code == 404, "no file 1: {code} {v}");
 }
+
+#[test]
+fn set_remote_name_continues_on_the_same_file_and_restarts_on_another() {
+    let (s, d, id, out) = slow_job_in_flight();
+    d.act_ok(&id, "suspend");
+    // The same bytes with the same size and modification time: nginx gives the same validators.
+    std::fs::copy(s.src("big.bin"), s.src("same.bin")).unwrap();
+    let touched = std::process::Command::new("touch")
+        .arg("-r")
+        .arg(s.src("big.bin"))
+        .arg(s.src("same.bin"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    d.ok(
+        "PUT",
+        &format!("/v1/jobs/{id}/files/0/remote-name"),
+        Some(json!({ "RemoteName": s.nginx.url("/files/same.bin") })),
+    );
+    let before = s.nginx.body_bytes();
+    d.act_ok(&id, "resume");
+    d.wait_state(&id, "TRANSFERRED", Duration::from_secs(20));
+    let file = d.ok("GET", &format!("/v1/jobs/{id}/files/0"), None);
+    assert_eq!(file["RemoteName"], s.nginx.url("/files/same.bin"));
+    let sent = s.nginx.body_bytes() - before;
+    assert!(
+        sent < 24 << 20,
+        "continued at the same offset: {sent} bytes fetched again"
+    );
+    d.act_ok(&id, "complete");
+    assert_same(&out, &s.src("big.bin"));
+
+    // A different file behind the new name: the transfer restarts and gives the new bytes.
+    write_random_file(&s.src("other.bin"), 3 << 20, 99).unwrap();
+    let id = d.create_job("switch");
+    let out = s.out("switched.bin");
+    d.add(&id, &s.nginx.url("/files/big.bin"), &out, None);
+    d.ok(
+        "PUT",
+        &format!("/v1/jobs/{id}/files/0/remote-name"),
+        Some(json!({ "RemoteName": s.nginx.url("/files/other.bin") })),
+    );
+    d.act_ok(&id, "resume");
+    d.wait_state(&id, "TRANSFERRED", Duration::from_secs(20));
+    d.act_ok(&id, "complete");
+    assert_same(&out, &s.src("other.bin"));
+    let (code, v) = d.call(
+        "PUT",
+        &format!("/v1/jobs/{id}/files/0/remote-name"),
+        Some(json!({ "RemoteName": "ftp://nowhere/x" })),
+    );
+    assert_eq!((code, v["ErrorCode"].as_u64()), (400, Some(0x8007_0057)));
+}
