@@ -11,10 +11,12 @@ use std::{
 use do_content::ByteRange;
 use do_driver::{Download, Headers, Layout, Node, Progress, Request};
 use do_engine::{DownloadId, State as DlState};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::Database;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use tokio::sync::{broadcast, watch};
+
+use crate::state::Records;
 use tracing::{info, warn};
 
 /// Unknown job.
@@ -39,8 +41,6 @@ const HTTP_E_STATUS_FORBIDDEN: u32 = 0x8019_0193;
 const TO_EOF: u64 = u64::MAX;
 /// Jobs are kept at most this long, then cancelled (DO's rule).
 const MAX_JOB_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-
-const JOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("jobs");
 
 /// `BG_JOB_STATE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +185,7 @@ enum NodeCall {
 /// All jobs.
 pub(crate) struct Jobs {
     node: Node,
-    db: Option<Arc<Database>>,
+    saved: Records,
     /// A std mutex: held for table work only, never across an await.
     jobs: Mutex<HashMap<String, Job>>,
 }
@@ -194,17 +194,14 @@ impl Jobs {
     pub(crate) fn new(node: Node, db: Option<Arc<Database>>) -> Self {
         Self {
             node,
-            db,
+            saved: Records::new(db, "jobs"),
             jobs: Mutex::default(),
         }
     }
 
     /// Loads the saved jobs; those that were moving start again (from the cache).
     pub(crate) async fn restore(&self) {
-        let saved = self.load().unwrap_or_else(|e| {
-            warn!(error = %e, "could not read the saved jobs");
-            Vec::new()
-        });
+        let saved = self.saved.load::<JobRecord>();
         let mut resume = Vec::new();
         {
             let mut jobs = self.lock();
@@ -773,44 +770,14 @@ impl Jobs {
     }
 
     fn save(&self, id: &str) {
-        let Some(db) = &self.db else { return };
-        let Some(record) = self.lock().get(id).map(|j| {
+        let record = self.lock().get(id).map(|j| {
             let mut r = j.record.clone();
             r.files = j.files.iter().map(|f| f.record.clone()).collect();
             r
-        }) else {
-            return;
-        };
-        let bytes = serde_json::to_vec(&record).expect("job records serialise");
-        let result = (|| -> std::result::Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(JOBS)?.insert(id, bytes.as_slice())?;
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            warn!(job = %id, error = %e, "could not save the job");
+        });
+        if let Some(record) = record {
+            self.saved.put(id, &record);
         }
-    }
-
-    fn load(&self) -> std::result::Result<Vec<(String, JobRecord)>, redb::Error> {
-        let Some(db) = &self.db else {
-            return Ok(Vec::new());
-        };
-        let txn = db.begin_write()?;
-        txn.open_table(JOBS)?;
-        txn.commit()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(JOBS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            match serde_json::from_slice(v.value()) {
-                Ok(r) => out.push((k.value().to_owned(), r)),
-                Err(e) => warn!(job = k.value(), error = %e, "skipping an unreadable saved job"),
-            }
-        }
-        Ok(out)
     }
 }
 

@@ -17,6 +17,7 @@ mod jobs_api;
 mod manager;
 mod ops;
 mod server;
+mod state;
 mod v1;
 pub mod wire;
 

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fs::OpenOptions,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -14,19 +14,19 @@ use do_api::{Access, Property, State, Status, hresult::*};
 use do_content::{ByteRange, ContentId};
 use do_driver::{Download, Headers, Layout, Node, Progress, Request};
 use do_engine::DownloadId;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::Database;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use tokio::sync::watch;
 use tracing::{info, warn};
+
+use crate::state::Records;
 
 /// DO_E_INTEGRITYCHECKINFO_UNAVAILABLE: piece-hash-file integrity info is not supported; a
 /// `ContentId` is the way to give donode an integrity check.
 const DO_E_INTEGRITYCHECKINFO_UNAVAILABLE: u32 = 0x80D0_2017;
 /// DO_E_FATAL_CORE_ERROR.
 const DO_E_FATAL_CORE_ERROR: u32 = 0x80D0_6802;
-
-const DOWNLOADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("downloads");
 
 /// An error answer: not found (404) or refused (400), with its HRESULT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,26 +116,12 @@ struct Saved {
     ranges: Option<Vec<(u64, u64)>>,
 }
 
-/// Opens the daemon's state database (non-volatile downloads and jobs); one that cannot be
-/// read is moved aside and replaced by an empty one.
-pub(crate) fn open_state(path: &Path) -> Option<Arc<Database>> {
-    let db = match Database::create(path) {
-        Ok(db) => Some(db),
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "daemon state unreadable; starting without it");
-            let _ = std::fs::rename(path, path.with_extension("corrupt"));
-            Database::create(path).ok()
-        }
-    };
-    db.map(Arc::new)
-}
-
 /// The manager. All methods take `&self`; the table is behind a std mutex held only for map
 /// work, never across an await.
 pub(crate) struct Manager {
     node: Node,
     records: Mutex<HashMap<String, Record>>,
-    db: Option<Arc<Database>>,
+    saved: Records,
 }
 
 impl Manager {
@@ -144,20 +130,13 @@ impl Manager {
         Self {
             node,
             records: Mutex::default(),
-            db,
+            saved: Records::new(db, "downloads"),
         }
     }
 
     /// Loads the non-volatile downloads and restarts those that were transferring.
     pub(crate) async fn restore(&self) {
-        let saved = match self.load() {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(error = %e, "could not read the saved downloads");
-                return;
-            }
-        };
-        for (id, saved) in saved {
+        for (id, saved) in self.saved.load::<Saved>() {
             let mut record = Record::new();
             for (name, value) in saved.props {
                 if let Some(p) = Property::parse(&name) {
@@ -483,83 +462,31 @@ impl Manager {
 
     /// Writes a non-volatile download's record (or removes it once it is volatile again).
     fn persist(&self, id: &str, state: Option<State>) {
-        let Some(db) = &self.db else { return };
         let saved = {
             let records = self.lock();
             let Some(r) = records.get(id) else { return };
-            if !r.flag(Property::NonVolatile) {
-                None
-            } else {
-                Some(Saved {
-                    props: r
-                        .props
-                        .iter()
-                        .map(|(p, v)| (p.name().to_owned(), v.clone()))
-                        .collect(),
-                    created_file: r.created_file,
-                    state: state.unwrap_or_else(|| r.status().state),
-                    ranges: r
-                        .ranges
-                        .as_ref()
-                        .map(|v| v.iter().map(|b| (b.start, b.end)).collect()),
-                })
-            }
+            r.flag(Property::NonVolatile).then(|| Saved {
+                props: r
+                    .props
+                    .iter()
+                    .map(|(p, v)| (p.name().to_owned(), v.clone()))
+                    .collect(),
+                created_file: r.created_file,
+                state: state.unwrap_or_else(|| r.status().state),
+                ranges: r
+                    .ranges
+                    .as_ref()
+                    .map(|v| v.iter().map(|b| (b.start, b.end)).collect()),
+            })
         };
-        let result = (|| -> std::result::Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(DOWNLOADS)?;
-                match &saved {
-                    Some(s) => {
-                        let bytes = serde_json::to_vec(s).expect("saved downloads serialise");
-                        table.insert(id, bytes.as_slice())?;
-                    }
-                    None => {
-                        table.remove(id)?;
-                    }
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            warn!(download = %id, error = %e, "could not save the download");
+        match saved {
+            Some(s) => self.saved.put(id, &s),
+            None => self.saved.remove(id),
         }
     }
 
     fn unsave(&self, id: &str) {
-        let Some(db) = &self.db else { return };
-        let result = (|| -> std::result::Result<(), redb::Error> {
-            let txn = db.begin_write()?;
-            txn.open_table(DOWNLOADS)?.remove(id)?;
-            txn.commit()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            warn!(download = %id, error = %e, "could not forget the saved download");
-        }
-    }
-
-    fn load(&self) -> std::result::Result<Vec<(String, Saved)>, redb::Error> {
-        let Some(db) = &self.db else {
-            return Ok(Vec::new());
-        };
-        let txn = db.begin_write()?;
-        txn.open_table(DOWNLOADS)?;
-        txn.commit()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(DOWNLOADS)?;
-        let mut out = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            match serde_json::from_slice::<Saved>(v.value()) {
-                Ok(s) => out.push((k.value().to_owned(), s)),
-                Err(e) => {
-                    warn!(download = k.value(), error = %e, "skipping an unreadable saved download")
-                }
-            }
-        }
-        Ok(out)
+        self.saved.remove(id);
     }
 }
 

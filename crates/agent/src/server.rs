@@ -74,10 +74,7 @@ impl Server {
     /// 127.0.0.1, removes stale `restport*` files from the run dir and writes
     /// `restport.<pid>` (mode 0444) with the port.
     pub async fn bind(config: Config, node: Node) -> Result<Self, Error> {
-        let db = config
-            .state_path
-            .as_deref()
-            .and_then(crate::manager::open_state);
+        let db = config.state_path.as_deref().and_then(crate::state::open);
         let services = Arc::new(Services {
             manager: Manager::new(node.clone(), db.clone()),
             jobs: Jobs::new(node, db),
