@@ -466,6 +466,14 @@ impl Actor {
                     fetch::run(task).instrument(info_span!("fetch", download = id.0, %range)),
                 );
             }
+            Action::RequestBlocks { request, peer, .. } => {
+                // This driver has no peer layer yet and never reports peers or a trusted
+                // manifest, so the engine does not ask; should it, the request fails and the
+                // engine stops counting on that peer.
+                warn!(peer = peer.0, "peer request without a peer layer");
+                let result = Err(Failure::Transient(DO_E_FATAL_CORE_ERROR));
+                let _ = self.io_tx.try_send(IoEvent::FetchEnded { request, result });
+            }
             Action::Cancel { request } => {
                 if let Some(cancel) = self.cancels.remove(&request) {
                     cancel.cancel();

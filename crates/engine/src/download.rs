@@ -8,7 +8,14 @@ use std::{
 
 use do_content::{BlockIndex, ByteRange, ContentId, RangeSet, block_count, block_range};
 
-use crate::{CommandError, FileInfo, RequestId, Spec, State, Status};
+use crate::{CommandError, FileInfo, PeerId, RequestId, Spec, State, Status};
+
+/// A request in flight to a peer.
+pub(crate) struct PeerRequest {
+    pub(crate) peer: PeerId,
+    /// The last time it delivered a block (or was sent).
+    pub(crate) last_progress: Instant,
+}
 
 /// The origin's answer, once known.
 pub(crate) struct Known {
@@ -30,8 +37,17 @@ pub(crate) struct Download {
     have: RangeSet,
     /// Blocks the requested bytes touch.
     needed: RangeSet,
-    /// Blocks each fetch still owes.
+    /// Blocks each fetch still owes (origin and peer requests alike).
     pub(crate) fetches: BTreeMap<RequestId, RangeSet>,
+    /// The requests among `fetches` that went to peers.
+    pub(crate) peer_requests: BTreeMap<RequestId, PeerRequest>,
+    /// What each usable peer holds of this file.
+    pub(crate) haves: BTreeMap<PeerId, RangeSet>,
+    /// The driver holds a manifest whose root is a trusted content id: peer blocks can be
+    /// verified one by one, so peers may be asked.
+    pub(crate) manifest_trusted: bool,
+    /// When the download last started (for the origin fallback delay).
+    pub(crate) started_at: Instant,
     pub(crate) retry_at: Option<Instant>,
     pub(crate) last_progress: Instant,
     pub(crate) no_progress_timeout: Duration,
@@ -59,6 +75,10 @@ impl Download {
             have: RangeSet::new(),
             needed: RangeSet::new(),
             fetches: BTreeMap::new(),
+            peer_requests: BTreeMap::new(),
+            haves: BTreeMap::new(),
+            manifest_trusted: false,
+            started_at: now,
             retry_at: None,
             last_progress: now,
             no_progress_timeout,
@@ -136,10 +156,14 @@ impl Download {
         missing
     }
 
-    /// The next span of missing blocks for one origin request: a share of what is missing
+    /// The next span of `missing` blocks for one origin request: a share of what is missing
     /// per connection, clamped to `[min, max]` blocks, from the first missing run.
-    pub(crate) fn next_span(&self, connections: usize, min: u64, max: u64) -> Option<Range<u64>> {
-        let missing = self.missing();
+    pub(crate) fn next_span(
+        missing: &RangeSet,
+        connections: usize,
+        min: u64,
+        max: u64,
+    ) -> Option<Range<u64>> {
         let first = missing.runs().next()?;
         let share = (missing.count() / connections as u64).clamp(min.max(1), max.max(1));
         Some(first.start..first.end.min(first.start + share))
@@ -152,12 +176,26 @@ impl Download {
 
     pub(crate) fn end_fetch(&mut self, request: RequestId) {
         self.fetches.remove(&request);
+        self.peer_requests.remove(&request);
+    }
+
+    /// Requests in flight to the origin.
+    pub(crate) fn origin_fetches(&self) -> usize {
+        self.fetches.len() - self.peer_requests.len()
     }
 
     /// Records a block written by `request`; true if it is new.
-    pub(crate) fn add_block(&mut self, request: RequestId, block: BlockIndex) -> bool {
+    pub(crate) fn add_block(
+        &mut self,
+        request: RequestId,
+        block: BlockIndex,
+        now: Instant,
+    ) -> bool {
         if let Some(owed) = self.fetches.get_mut(&request) {
             owed.remove(block.0, block.0 + 1);
+        }
+        if let Some(p) = self.peer_requests.get_mut(&request) {
+            p.last_progress = now;
         }
         let Some(info) = &self.info else { return false };
         if block.0 >= block_count(info.len) || self.have.contains(block.0) {
@@ -175,6 +213,9 @@ impl Download {
         self.have = RangeSet::new();
         self.needed = RangeSet::new();
         self.fetches.clear();
+        self.peer_requests.clear();
+        self.haves.clear();
+        self.manifest_trusted = false;
         self.bytes_total = 0;
         self.bytes_transferred = 0;
     }

@@ -28,6 +28,7 @@
 
 mod download;
 pub mod hresult;
+mod peers;
 mod rng;
 
 use std::{
@@ -61,6 +62,16 @@ pub struct Config {
     pub no_progress_timeout: Duration,
     /// How often the origin's file may change under a download before it fails. Default 3.
     pub max_restarts: u32,
+    /// Requests in flight to one peer at a time (all downloads together). Default 4.
+    pub peer_slots: usize,
+    /// Blocks asked of a peer in one request. Default 16 (1 MiB).
+    pub peer_request_blocks: u64,
+    /// A peer request that delivers nothing for this long is cancelled and its blocks asked
+    /// elsewhere; the peer is no longer asked for this file. Default 10 s.
+    pub peer_stall_timeout: Duration,
+    /// While peers offer a file, wait this long after a start before asking the origin for
+    /// what they lack (DO's `DODelay{Background,Foreground}DownloadFromHttp`). Default 0.
+    pub origin_fallback_delay: Duration,
 }
 
 impl Default for Config {
@@ -73,6 +84,10 @@ impl Default for Config {
             retry_max: Duration::from_secs(30),
             no_progress_timeout: Duration::from_secs(120),
             max_restarts: 3,
+            peer_slots: 4,
+            peer_request_blocks: 16,
+            peer_stall_timeout: Duration::from_secs(10),
+            origin_fallback_delay: Duration::ZERO,
         }
     }
 }
@@ -80,6 +95,21 @@ impl Default for Config {
 /// Identifier of a download (DO's download `Id`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DownloadId(pub u64);
+
+/// A peer, as the driver numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+/// How near a peer is, in DO's terms; nearer peers are asked first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerClass {
+    /// On the same local network.
+    Lan,
+    /// A member of the node's group, elsewhere.
+    Group,
+    /// Anyone else (Internet mode).
+    Internet,
+}
 
 /// Identifier of one action that expects an answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -237,6 +267,41 @@ pub struct FileInfo {
 /// An outcome reported by the driver.
 #[derive(Clone, Debug)]
 pub enum Input {
+    /// A peer can be asked for blocks.
+    PeerAdded {
+        /// The peer.
+        peer: PeerId,
+        /// How near it is.
+        class: PeerClass,
+    },
+    /// A peer is gone: its requests are lost.
+    PeerRemoved {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// What a peer holds of a download's file (replaces what it said before).
+    PeerHas {
+        /// The download.
+        id: DownloadId,
+        /// The peer.
+        peer: PeerId,
+        /// Its verified blocks.
+        blocks: RangeSet,
+    },
+    /// The driver holds a manifest whose root is a content id the download trusts: blocks
+    /// from peers can be verified, so peers may be asked.
+    ManifestTrusted {
+        /// The download.
+        id: DownloadId,
+    },
+    /// A block of a [`Action::RequestBlocks`] failed verification: its bytes were dropped and
+    /// the peer is banned.
+    BlockCorrupt {
+        /// The request.
+        request: RequestId,
+        /// The block.
+        block: BlockIndex,
+    },
     /// Answer to [`Action::Stat`].
     Stat {
         /// The request.
@@ -292,6 +357,19 @@ pub enum Action {
         /// GET without a Range header.
         whole: bool,
     },
+    /// Ask a peer for blocks `blocks` of a download's file; each arrives as [`Input::Block`]
+    /// (verified against the trusted manifest) or [`Input::BlockCorrupt`], then
+    /// [`Input::FetchEnded`].
+    RequestBlocks {
+        /// Echo in the answers.
+        request: RequestId,
+        /// The download.
+        id: DownloadId,
+        /// The peer.
+        peer: PeerId,
+        /// Block indices `[start, end)`.
+        blocks: std::ops::Range<u64>,
+    },
     /// Stop a fetch; its later inputs are ignored.
     Cancel {
         /// The fetch.
@@ -319,6 +397,12 @@ pub enum Action {
 /// A change subscribers may want to know about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// A peer sent bytes that failed verification (`DO_E_BAD_PIECE_HASH`): it is never asked
+    /// again (`DO_E_PEER_BANNED`); the driver should disconnect it.
+    PeerBanned {
+        /// The peer.
+        peer: PeerId,
+    },
     /// The status changed (state, error, or progress).
     Status {
         /// The download.
@@ -333,6 +417,8 @@ pub struct Engine {
     config: Config,
     rng: SplitMix64,
     downloads: BTreeMap<DownloadId, Download>,
+    /// Known peers: their class, and whether they are banned.
+    peers: BTreeMap<PeerId, peers::Peer>,
     /// Which download each outstanding request belongs to.
     requests: BTreeMap<RequestId, DownloadId>,
     next_request: u64,
@@ -347,6 +433,7 @@ impl Engine {
             config,
             rng: SplitMix64::from_seed(rng_seed),
             downloads: BTreeMap::new(),
+            peers: BTreeMap::new(),
             requests: BTreeMap::new(),
             next_request: 1,
             actions: VecDeque::new(),
@@ -409,6 +496,17 @@ impl Engine {
             | Input::Block { request, .. }
             | Input::FetchEnded { request, .. }
             | Input::Assembled { request, .. } => *request,
+            Input::BlockCorrupt { request, block } => {
+                self.on_block_corrupt(now, *request, *block);
+                return;
+            }
+            Input::PeerAdded { .. }
+            | Input::PeerRemoved { .. }
+            | Input::PeerHas { .. }
+            | Input::ManifestTrusted { .. } => {
+                self.on_peer_input(now, input);
+                return;
+            }
         };
         let Some(&id) = self.requests.get(&request) else {
             debug!(request = request.0, "input for a cancelled request ignored");
@@ -428,12 +526,19 @@ impl Engine {
                 self.requests.remove(&request);
                 self.on_assembled(now, id, result);
             }
+            Input::PeerAdded { .. }
+            | Input::PeerRemoved { .. }
+            | Input::PeerHas { .. }
+            | Input::ManifestTrusted { .. }
+            | Input::BlockCorrupt { .. } => unreachable!("handled before the lookup"),
         }
         self.schedule(now, id);
     }
 
-    /// Handles timers: retries that are due and no-progress timeouts.
+    /// Handles timers: retries that are due, stalled peer requests, the origin fallback
+    /// delay, and no-progress timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.drop_stalled_peer_requests(now);
         let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
         for id in ids {
             let d = self.downloads.get_mut(&id).expect("listed above");
@@ -446,8 +551,8 @@ impl Engine {
             }
             if d.retry_at.is_some_and(|t| now >= t) {
                 d.retry_at = None;
-                self.schedule(now, id);
             }
+            self.schedule(now, id);
         }
     }
 
@@ -469,7 +574,7 @@ impl Engine {
                 let deadline = d
                     .is_waiting_for_progress()
                     .then(|| d.last_progress + d.no_progress_timeout);
-                [d.retry_at, deadline]
+                [d.retry_at, deadline, self.peer_deadline(d)]
             })
             .flatten()
             .min()
@@ -522,6 +627,7 @@ impl Engine {
         d.extended_error = 0;
         d.failures = 0;
         d.last_progress = now;
+        d.started_at = now;
         if d.state == State::Transferred {
             d.refresh_needed();
         }
@@ -563,7 +669,7 @@ impl Engine {
             .downloads
             .get_mut(&id)
             .expect("request maps to a live download");
-        if d.add_block(request, block) {
+        if d.add_block(request, block, now) {
             d.last_progress = now;
             d.failures = 0;
             if d.state == State::Paused && !d.user_paused && d.error == 0 {
@@ -586,9 +692,22 @@ impl Engine {
             .downloads
             .get_mut(&id)
             .expect("request maps to a live download");
+        let peer = d.peer_requests.get(&request).map(|p| p.peer);
         d.end_fetch(request);
-        if let Err(failure) = result {
-            self.on_failure(now, id, failure);
+        match (result, peer) {
+            (Ok(()), _) => {}
+            (Err(failure), Some(peer)) => {
+                // A peer that failed a request is not asked for this file again; the download
+                // itself goes on with other sources.
+                debug!(
+                    download = id.0,
+                    peer = peer.0,
+                    ?failure,
+                    "peer request failed"
+                );
+                d.haves.remove(&peer);
+            }
+            (Err(failure), None) => self.on_failure(now, id, failure),
         }
     }
 
@@ -676,8 +795,9 @@ impl Engine {
         }
     }
 
-    /// Issues whatever the download needs next.
-    fn schedule(&mut self, _now: Instant, id: DownloadId) {
+    /// Issues whatever the download needs next: its stat, peer requests, origin fetches, or
+    /// its assembly once every needed block is in.
+    fn schedule(&mut self, now: Instant, id: DownloadId) {
         let Some(d) = self.downloads.get_mut(&id) else {
             return;
         };
@@ -686,16 +806,19 @@ impl Engine {
         {
             return;
         }
-        if d.retry_at.is_some() || d.assembling || d.stat_pending {
+        if d.assembling || d.stat_pending {
             return;
         }
         let Some(info) = &d.info else {
-            d.stat_pending = true;
-            let url = d.spec.url.clone();
-            let request = self.new_request(id);
-            self.actions.push_back(Action::Stat { request, id, url });
+            if d.retry_at.is_none() {
+                d.stat_pending = true;
+                let url = d.spec.url.clone();
+                let request = self.new_request(id);
+                self.actions.push_back(Action::Stat { request, id, url });
+            }
             return;
         };
+        let (len, accepts_ranges) = (info.len, info.accepts_ranges);
         if d.missing().is_empty() {
             if d.fetches.is_empty() {
                 d.assembling = true;
@@ -710,9 +833,17 @@ impl Engine {
             }
             return;
         }
-        if !info.accepts_ranges {
-            if d.fetches.is_empty() {
-                let range = ByteRange::new(0, info.len);
+        self.schedule_peers(now, id);
+        // The origin waits out its retry backoff; peers above do not.
+        if self.downloads[&id].retry_at.is_some() {
+            return;
+        }
+        let Some(mut origin_missing) = self.origin_candidates(now, id) else {
+            return;
+        };
+        if !accepts_ranges {
+            if self.downloads[&id].fetches.is_empty() && !origin_missing.is_empty() {
+                let range = ByteRange::new(0, len);
                 let request = self.new_request(id);
                 let d = self.downloads.get_mut(&id).expect("live");
                 d.begin_fetch(request, 0..do_content::block_count(range.end));
@@ -726,16 +857,16 @@ impl Engine {
             return;
         }
         let connections = self.config.origin_connections.max(1);
-        while self.downloads[&id].fetches.len() < connections {
-            let d = &self.downloads[&id];
-            let Some(span) = d.next_span(
+        while self.downloads[&id].origin_fetches() < connections {
+            let Some(span) = Download::next_span(
+                &origin_missing,
                 connections,
                 self.config.min_span_blocks,
                 self.config.max_span_blocks,
             ) else {
                 break;
             };
-            let len = d.info.as_ref().expect("info checked above").len;
+            origin_missing.remove(span.start, span.end);
             let range = ByteRange::new(
                 span.start * do_content::BLOCK_SIZE,
                 (span.end * do_content::BLOCK_SIZE).min(len),
@@ -791,14 +922,9 @@ impl Engine {
             .collect();
         for request in cancelled {
             self.requests.remove(&request);
-            if self
-                .downloads
-                .get_mut(&id)
-                .expect("live")
-                .fetches
-                .remove(&request)
-                .is_some()
-            {
+            let d = self.downloads.get_mut(&id).expect("live");
+            if d.fetches.contains_key(&request) {
+                d.end_fetch(request);
                 self.actions.push_back(Action::Cancel { request });
             }
         }

@@ -1,6 +1,6 @@
 //! Engine scenarios driven by a fake driver with a virtual clock.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use do_content::BLOCK_SIZE;
 use proptest::prelude::*;
@@ -14,6 +14,7 @@ struct Harness {
     engine: Engine,
     now: Instant,
     pending: Vec<Action>,
+    events: Vec<Event>,
 }
 
 impl Harness {
@@ -24,6 +25,7 @@ impl Harness {
             #[allow(clippy::disallowed_methods)]
             now: Instant::now(),
             pending: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -61,7 +63,9 @@ impl Harness {
         while let Some(a) = self.engine.poll_action() {
             self.pending.push(a);
         }
-        while self.engine.poll_event().is_some() {}
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push(e);
+        }
     }
 
     fn take(&mut self) -> Vec<Action> {
@@ -589,6 +593,275 @@ fn an_empty_file_completes() {
     assert_eq!(h.status().state, State::Transferred);
 }
 
+/// Starts a download of `blocks` blocks with a trusted manifest and the given peers (all LAN
+/// unless said) holding the given blocks; returns the harness with the first actions pending.
+fn with_peers(config: Config, blocks: u64, peers: &[(u64, PeerClass, RangeSet)]) -> Harness {
+    let mut h = Harness::new(config);
+    h.create(Some(root()));
+    h.command(Command::Start {
+        id: ID,
+        ranges: None,
+    })
+    .unwrap();
+    for (p, class, _) in peers {
+        h.input(Input::PeerAdded {
+            peer: PeerId(*p),
+            class: *class,
+        });
+    }
+    for (p, _, have) in peers {
+        h.input(Input::PeerHas {
+            id: ID,
+            peer: PeerId(*p),
+            blocks: have.clone(),
+        });
+    }
+    h.input(Input::ManifestTrusted { id: ID });
+    h.answer_stat(Ok(info(blocks * BLOCK_SIZE)));
+    h
+}
+
+fn all(blocks: u64) -> RangeSet {
+    std::iter::once(0..blocks).collect()
+}
+
+/// Answers every pending action: peer requests and origin fetches deliver their blocks (a
+/// peer in `corrupt` sends a bad first block), assembly succeeds. Returns blocks by source
+/// (`None` for the origin).
+fn serve_sources(h: &mut Harness, corrupt: &[u64]) -> BTreeMap<Option<u64>, Vec<u64>> {
+    let mut got: BTreeMap<Option<u64>, Vec<u64>> = BTreeMap::new();
+    for _ in 0..10_000 {
+        let actions = h.take();
+        if actions.is_empty() {
+            return got;
+        }
+        for action in actions {
+            match action {
+                Action::RequestBlocks {
+                    request,
+                    peer,
+                    blocks,
+                    ..
+                } => {
+                    if corrupt.contains(&peer.0) {
+                        h.input(Input::BlockCorrupt {
+                            request,
+                            block: BlockIndex(blocks.start),
+                        });
+                        continue;
+                    }
+                    for b in blocks {
+                        got.entry(Some(peer.0)).or_default().push(b);
+                        h.input(Input::Block {
+                            request,
+                            block: BlockIndex(b),
+                        });
+                    }
+                    h.input(Input::FetchEnded {
+                        request,
+                        result: Ok(()),
+                    });
+                }
+                Action::Fetch { request, range, .. } => {
+                    for b in range.blocks() {
+                        got.entry(None).or_default().push(b);
+                        h.input(Input::Block {
+                            request,
+                            block: BlockIndex(b),
+                        });
+                    }
+                    h.input(Input::FetchEnded {
+                        request,
+                        result: Ok(()),
+                    });
+                }
+                Action::Assemble { request, .. } => h.input(Input::Assembled {
+                    request,
+                    result: Ok(Some(root())),
+                }),
+                Action::Cancel { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    panic!("did not settle");
+}
+
+#[test]
+fn peers_that_hold_everything_leave_the_origin_idle() {
+    let mut h = with_peers(
+        Config::default(),
+        100,
+        &[(1, PeerClass::Lan, all(100)), (2, PeerClass::Lan, all(100))],
+    );
+    let got = serve_sources(&mut h, &[]);
+    assert!(
+        !got.contains_key(&None),
+        "nothing from the origin: {:?}",
+        got.keys()
+    );
+    let mut blocks: Vec<u64> = got.values().flatten().copied().collect();
+    blocks.sort();
+    assert_eq!(blocks, (0..100).collect::<Vec<_>>(), "each block once");
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
+fn the_origin_fetches_only_what_no_peer_holds() {
+    let half: RangeSet = std::iter::once(0..50).collect();
+    let mut h = with_peers(Config::default(), 100, &[(1, PeerClass::Lan, half)]);
+    let got = serve_sources(&mut h, &[]);
+    let mut origin = got[&None].clone();
+    origin.sort();
+    assert_eq!(origin, (50..100).collect::<Vec<_>>());
+    assert_eq!(got[&Some(1)].len(), 50);
+}
+
+#[test]
+fn without_a_trusted_manifest_peers_are_not_asked() {
+    let mut h = Harness::new(Config::default());
+    h.create(None);
+    h.command(Command::Start {
+        id: ID,
+        ranges: None,
+    })
+    .unwrap();
+    h.input(Input::PeerAdded {
+        peer: PeerId(1),
+        class: PeerClass::Lan,
+    });
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: all(20),
+    });
+    h.answer_stat(Ok(info(20 * BLOCK_SIZE)));
+    let got = serve_sources(&mut h, &[]);
+    assert_eq!(got.keys().collect::<Vec<_>>(), vec![&None], "origin only");
+}
+
+#[test]
+fn a_peer_sending_a_bad_block_is_banned_and_never_asked_again() {
+    let mut h = with_peers(
+        Config::default(),
+        64,
+        &[(1, PeerClass::Lan, all(64)), (2, PeerClass::Lan, all(64))],
+    );
+    let got = serve_sources(&mut h, &[1]);
+    assert!(
+        !got.contains_key(&Some(1)),
+        "no block of the bad peer was used"
+    );
+    assert_eq!(h.status().state, State::Transferred);
+    // Re-announcing the banned peer changes nothing.
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: all(64),
+    });
+    assert!(h.take().is_empty());
+    assert!(h.events.contains(&Event::PeerBanned { peer: PeerId(1) }));
+}
+
+#[test]
+fn lan_peers_are_asked_before_internet_peers() {
+    let config = Config {
+        peer_slots: 1,
+        ..Config::default()
+    };
+    let h = with_peers(
+        config,
+        64,
+        &[
+            (9, PeerClass::Internet, all(64)),
+            (5, PeerClass::Lan, all(64)),
+        ],
+    );
+    let first = h.pending.iter().find_map(|a| match a {
+        Action::RequestBlocks { peer, .. } => Some(*peer),
+        _ => None,
+    });
+    assert_eq!(first, Some(PeerId(5)));
+}
+
+#[test]
+fn the_rarest_blocks_are_asked_first() {
+    let config = Config {
+        peer_slots: 1,
+        peer_request_blocks: 1,
+        ..Config::default()
+    };
+    // Peer 1 holds everything, peer 2 only blocks 0..30: blocks 30..40 are rarest.
+    let some: RangeSet = std::iter::once(0..30).collect();
+    let h = with_peers(
+        config,
+        40,
+        &[(1, PeerClass::Lan, all(40)), (2, PeerClass::Lan, some)],
+    );
+    let asked_of_1 = h.pending.iter().find_map(|a| match a {
+        Action::RequestBlocks {
+            peer: PeerId(1),
+            blocks,
+            ..
+        } => Some(blocks.start),
+        _ => None,
+    });
+    assert!(
+        asked_of_1.is_some_and(|b| b >= 30),
+        "peer 1 gets a block only it holds: {asked_of_1:?}"
+    );
+}
+
+#[test]
+fn a_stalled_peer_request_is_cancelled_and_its_blocks_fetched_elsewhere() {
+    let mut h = with_peers(Config::default(), 16, &[(1, PeerClass::Lan, all(16))]);
+    let requests: Vec<RequestId> = h
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::RequestBlocks { request, .. } => Some(request),
+            _ => None,
+        })
+        .collect();
+    assert!(!requests.is_empty());
+    h.advance(Duration::from_secs(11));
+    let actions = h.take();
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Cancel { .. })),
+        "{actions:?}"
+    );
+    h.pending = actions;
+    let got = serve_sources(&mut h, &[]);
+    assert_eq!(got[&None].len(), 16, "the origin takes over");
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
+fn the_origin_waits_out_the_fallback_delay_while_peers_offer_the_file() {
+    let config = Config {
+        origin_fallback_delay: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let some: RangeSet = std::iter::once(0..8).collect();
+    let mut h = with_peers(config, 16, &[(1, PeerClass::Lan, some)]);
+    let first = h.take();
+    assert!(
+        first.iter().all(|a| !matches!(a, Action::Fetch { .. })),
+        "no origin yet: {first:?}"
+    );
+    h.pending = first;
+    serve_sources(&mut h, &[]);
+    assert_ne!(
+        h.status().state,
+        State::Transferred,
+        "blocks 8..16 wait for the origin"
+    );
+    h.advance(Duration::from_secs(31));
+    let got = serve_sources(&mut h, &[]);
+    assert_eq!(got[&None].len(), 8);
+    assert_eq!(h.status().state, State::Transferred);
+}
+
 proptest! {
     /// Scheduler invariants: never ask for a held block, never more fetches than connections,
     /// and every needed block arrives, whatever the completion order and cached set.
@@ -628,6 +901,77 @@ proptest! {
             held.insert(b);
             h.input(Input::Block { request, block: BlockIndex(b) });
             if open[i].1.is_empty() {
+                open.remove(i);
+                h.input(Input::FetchEnded { request, result: Ok(()) });
+            }
+        }
+        prop_assert_eq!(h.status().state, State::Transferred);
+        prop_assert_eq!(held.len() as u64, blocks);
+    }
+
+    /// With peers: never ask for a held block, never ask a banned peer, never exceed a peer's
+    /// slots, and finish, whatever the holdings, bad peers and completion order.
+    #[test]
+    fn peer_scheduling_invariants(
+        blocks in 1u64..120,
+        peers in proptest::collection::vec((0u64..120, 0u64..120, any::<bool>()), 1..5),
+        picks in proptest::collection::vec(any::<u16>(), 0..600),
+    ) {
+        let slots = 2;
+        let config = Config { peer_slots: slots, peer_request_blocks: 4, min_span_blocks: 4, max_span_blocks: 16, ..Config::default() };
+        let mut h = Harness::new(config);
+        h.create(Some(root()));
+        h.command(Command::Start { id: ID, ranges: None }).unwrap();
+        let mut bad = BTreeSet::new();
+        for (i, &(a, b, corrupt)) in peers.iter().enumerate() {
+            let peer = PeerId(i as u64);
+            h.input(Input::PeerAdded { peer, class: PeerClass::Lan });
+            h.input(Input::PeerHas { id: ID, peer, blocks: std::iter::once(a.min(b)..a.max(b) + 1).collect() });
+            if corrupt { bad.insert(peer); }
+        }
+        h.input(Input::ManifestTrusted { id: ID });
+        h.answer_stat(Ok(info(blocks * BLOCK_SIZE)));
+        let mut held = BTreeSet::new();
+        let mut banned = BTreeSet::new();
+        let mut open: Vec<(RequestId, Option<PeerId>, Vec<u64>)> = Vec::new();
+        let mut picks = picks.into_iter().chain(std::iter::repeat(0));
+        for _ in 0..100_000 {
+            for a in h.take() {
+                match a {
+                    Action::RequestBlocks { request, peer, blocks, .. } => {
+                        prop_assert!(!banned.contains(&peer), "asked banned peer {:?}", peer);
+                        for b in blocks.clone() { prop_assert!(!held.contains(&b)); }
+                        open.push((request, Some(peer), blocks.collect()));
+                    }
+                    Action::Fetch { request, range, .. } => {
+                        for b in range.blocks() { prop_assert!(!held.contains(&b)); }
+                        open.push((request, None, range.blocks().collect()));
+                    }
+                    Action::Cancel { request } => open.retain(|(r, _, _)| *r != request),
+                    Action::Assemble { request, .. } => h.input(Input::Assembled { request, result: Ok(Some(root())) }),
+                    other => prop_assert!(false, "unexpected {:?}", other),
+                }
+            }
+            let newly: Vec<PeerId> = h.events.drain(..).filter_map(|e| match e { Event::PeerBanned { peer } => Some(peer), _ => None }).collect();
+            banned.extend(newly);
+            let mut load: BTreeMap<PeerId, usize> = BTreeMap::new();
+            for (_, p, _) in &open { if let Some(p) = p { *load.entry(*p).or_default() += 1; } }
+            prop_assert!(load.values().all(|&n| n <= slots), "slots exceeded: {:?}", load);
+            if open.is_empty() { break; }
+            let i = picks.next().unwrap() as usize % open.len();
+            let (request, peer, _) = open[i].clone();
+            if let Some(p) = peer.filter(|p| bad.contains(p)) {
+                let b = open[i].2[0];
+                open.remove(i);
+                h.input(Input::BlockCorrupt { request, block: BlockIndex(b) });
+                let ban = Event::PeerBanned { peer: p };
+                prop_assert!(h.events.contains(&ban), "no ban event");
+                continue;
+            }
+            let b = open[i].2.remove(0);
+            held.insert(b);
+            h.input(Input::Block { request, block: BlockIndex(b) });
+            if open[i].2.is_empty() {
                 open.remove(i);
                 h.input(Input::FetchEnded { request, result: Ok(()) });
             }

@@ -1,0 +1,253 @@
+//! Peers as sources: have-maps, rarest-first picking with a random start, per-peer slots,
+//! banning a peer whose bytes fail verification, stalled requests, and the origin fallback
+//! delay. Pure scheduling: peers' bytes are verified by the driver before they get here.
+
+use std::time::Instant;
+
+use do_content::{BlockIndex, RangeSet};
+use tracing::{debug, info};
+
+use crate::{
+    Action, DownloadId, Engine, Event, Input, PeerClass, PeerId, RequestId,
+    download::{Download, PeerRequest},
+};
+
+/// What the engine knows of a peer.
+pub(crate) struct Peer {
+    class: PeerClass,
+    banned: bool,
+}
+
+impl Engine {
+    /// Peer lifecycle and holdings.
+    pub(crate) fn on_peer_input(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::PeerAdded { peer, class } => {
+                self.peers
+                    .entry(peer)
+                    .or_insert(Peer {
+                        class,
+                        banned: false,
+                    })
+                    .class = class;
+            }
+            Input::PeerRemoved { peer } => {
+                self.peers.remove(&peer);
+                self.forget_peer(peer);
+            }
+            Input::PeerHas { id, peer, blocks } => {
+                let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
+                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id)) {
+                    d.haves.insert(peer, blocks);
+                }
+            }
+            Input::ManifestTrusted { id } => {
+                if let Some(d) = self.downloads.get_mut(&id) {
+                    d.manifest_trusted = true;
+                }
+            }
+            _ => unreachable!("only peer inputs are routed here"),
+        }
+        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
+        for id in ids {
+            self.schedule(now, id);
+        }
+    }
+
+    /// A peer sent a block that failed verification: ban it everywhere.
+    pub(crate) fn on_block_corrupt(&mut self, now: Instant, request: RequestId, block: BlockIndex) {
+        let Some(&id) = self.requests.get(&request) else {
+            return;
+        };
+        let Some(peer) = self.downloads[&id]
+            .peer_requests
+            .get(&request)
+            .map(|p| p.peer)
+        else {
+            return;
+        };
+        info!(peer = peer.0, download = id.0, %block, "bad block from a peer: banned");
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.banned = true;
+        }
+        self.forget_peer(peer);
+        self.events.push_back(Event::PeerBanned { peer });
+        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
+        for id in ids {
+            self.schedule(now, id);
+        }
+    }
+
+    /// Cancels a peer's requests and forgets its holdings, in every download.
+    fn forget_peer(&mut self, peer: PeerId) {
+        let mut cancelled = Vec::new();
+        for d in self.downloads.values_mut() {
+            d.haves.remove(&peer);
+            let mine: Vec<RequestId> = d
+                .peer_requests
+                .iter()
+                .filter(|(_, p)| p.peer == peer)
+                .map(|(&r, _)| r)
+                .collect();
+            for request in mine {
+                d.end_fetch(request);
+                cancelled.push(request);
+            }
+        }
+        for request in cancelled {
+            self.requests.remove(&request);
+            self.actions.push_back(Action::Cancel { request });
+        }
+    }
+
+    /// Peer requests that delivered nothing for the stall timeout are cancelled; the peer is
+    /// not asked for that file again.
+    pub(crate) fn drop_stalled_peer_requests(&mut self, now: Instant) {
+        let timeout = self.config.peer_stall_timeout;
+        let mut stalled = Vec::new();
+        for (&id, d) in &mut self.downloads {
+            let late: Vec<(RequestId, PeerId)> = d
+                .peer_requests
+                .iter()
+                .filter(|(_, p)| now >= p.last_progress + timeout)
+                .map(|(&r, p)| (r, p.peer))
+                .collect();
+            for (request, peer) in late {
+                debug!(download = id.0, peer = peer.0, "peer request stalled");
+                d.end_fetch(request);
+                d.haves.remove(&peer);
+                stalled.push(request);
+            }
+        }
+        for request in stalled {
+            self.requests.remove(&request);
+            self.actions.push_back(Action::Cancel { request });
+        }
+    }
+
+    /// The earliest peer-related deadline of a download: a stall, or the end of the origin
+    /// fallback delay while it holds the origin back.
+    pub(crate) fn peer_deadline(&self, d: &Download) -> Option<Instant> {
+        let stall = d
+            .peer_requests
+            .values()
+            .map(|p| p.last_progress + self.config.peer_stall_timeout)
+            .min();
+        let fallback = (!d.haves.is_empty() && d.manifest_trusted)
+            .then(|| d.started_at + self.config.origin_fallback_delay);
+        [stall, fallback].into_iter().flatten().min()
+    }
+
+    /// Asks peers for missing blocks they hold: nearest class first, the rarest blocks first
+    /// (from a random point, so that downloads spread over the file), within each peer's slots.
+    pub(crate) fn schedule_peers(&mut self, now: Instant, id: DownloadId) {
+        if !self.downloads[&id].manifest_trusted {
+            return;
+        }
+        let mut order: Vec<(PeerClass, PeerId)> = self.downloads[&id]
+            .haves
+            .keys()
+            .filter_map(|p| {
+                self.peers
+                    .get(p)
+                    .filter(|info| !info.banned)
+                    .map(|info| (info.class, *p))
+            })
+            .collect();
+        order.sort();
+        for (_, peer) in order {
+            while self.peer_load(peer) < self.config.peer_slots {
+                let d = &self.downloads[&id];
+                let offset = self.rng.next_u64();
+                let Some(blocks) = pick(d, peer, offset, self.config.peer_request_blocks) else {
+                    break;
+                };
+                let request = self.new_request(id);
+                let d = self.downloads.get_mut(&id).expect("live");
+                d.begin_fetch(request, blocks.clone());
+                d.peer_requests.insert(
+                    request,
+                    PeerRequest {
+                        peer,
+                        last_progress: now,
+                    },
+                );
+                self.actions.push_back(Action::RequestBlocks {
+                    request,
+                    id,
+                    peer,
+                    blocks,
+                });
+            }
+        }
+    }
+
+    /// The missing blocks the origin may fetch now: all of them without usable peers; with
+    /// peers, only what no peer holds, and only after the fallback delay. `None`: not yet.
+    pub(crate) fn origin_candidates(&self, now: Instant, id: DownloadId) -> Option<RangeSet> {
+        let d = &self.downloads[&id];
+        let mut missing = d.missing();
+        let usable: Vec<&RangeSet> = d
+            .haves
+            .iter()
+            .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
+            .map(|(_, h)| h)
+            .collect();
+        if !d.manifest_trusted || usable.is_empty() {
+            return Some(missing);
+        }
+        if now < d.started_at + self.config.origin_fallback_delay {
+            return None;
+        }
+        for have in usable {
+            for run in have.runs() {
+                missing.remove(run.start, run.end);
+            }
+        }
+        Some(missing)
+    }
+
+    /// Requests in flight to `peer`, over all downloads.
+    fn peer_load(&self, peer: PeerId) -> usize {
+        self.downloads
+            .values()
+            .map(|d| d.peer_requests.values().filter(|p| p.peer == peer).count())
+            .sum()
+    }
+}
+
+/// Picks the rarest missing block `peer` holds, scanning from `offset`, and extends it into a
+/// run of at most `max` blocks the peer holds and nobody is bringing.
+fn pick(d: &Download, peer: PeerId, offset: u64, max: u64) -> Option<std::ops::Range<u64>> {
+    let have = d.haves.get(&peer)?;
+    let missing = d.missing();
+    let mut wanted = RangeSet::new();
+    for run in have.runs() {
+        for m in missing.clipped(run.start, run.end).runs() {
+            wanted.insert(m.start, m.end);
+        }
+    }
+    let count = wanted.count();
+    if count == 0 {
+        return None;
+    }
+    let availability = |b: u64| d.haves.values().filter(|h| h.contains(b)).count();
+    // Scan from a random point; keep the first block of least availability.
+    let start = (offset % count) as usize;
+    let mut best: Option<(usize, u64)> = None;
+    for b in wanted.iter().skip(start).chain(wanted.iter().take(start)) {
+        let a = availability(b);
+        if best.is_none_or(|(ba, _)| a < ba) {
+            best = Some((a, b));
+            if a == 1 {
+                break;
+            }
+        }
+    }
+    let (_, first) = best?;
+    let mut end = first + 1;
+    while end - first < max && wanted.contains(end) {
+        end += 1;
+    }
+    Some(first..end)
+}
