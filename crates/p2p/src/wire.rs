@@ -1,0 +1,267 @@
+//! The block exchange protocol: messages and their framing.
+//!
+//! One request, one response, over a libp2p request-response stream. A frame is a 4-byte
+//! big-endian length, then a version byte, then the bincode (v2, standard configuration)
+//! encoding of the message. Every decoder bounds what it reads before allocating.
+
+use std::io;
+
+use futures::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// The protocol name negotiated on streams.
+pub const PROTOCOL: &str = "/donode/blocks/1";
+/// The version byte this build writes and reads.
+pub const VERSION: u8 = 1;
+/// Largest request frame.
+pub const MAX_REQUEST: usize = 4 * 1024;
+/// Largest response frame: 16 blocks of 64 KiB, or the manifest of a 256 GiB file.
+pub const MAX_RESPONSE: usize = 8 * 1024 * 1024 + 64;
+/// Most blocks one request may ask for.
+pub const MAX_BLOCKS_PER_REQUEST: u32 = 16;
+
+/// A question to a peer, about one file identified by its content id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// The file's block manifest (`do_content::Manifest` encoding).
+    Manifest {
+        /// The content id (BLAKE3 root).
+        content: [u8; 32],
+    },
+    /// Which blocks the peer holds, verified.
+    Have {
+        /// The content id.
+        content: [u8; 32],
+    },
+    /// Blocks `first .. first + count`.
+    Blocks {
+        /// The content id.
+        content: [u8; 32],
+        /// First block index.
+        first: u64,
+        /// Number of blocks (at most [`MAX_BLOCKS_PER_REQUEST`]).
+        count: u32,
+    },
+}
+
+/// A peer's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The encoded manifest. The asker checks that its root is the content id it trusts.
+    Manifest(Vec<u8>),
+    /// Held blocks as half-open runs `[start, end)`.
+    Have(Vec<(u64, u64)>),
+    /// The blocks' bytes, one after another, from `first`. The asker verifies each block.
+    Blocks {
+        /// First block index.
+        first: u64,
+        /// The bytes of the blocks.
+        data: Vec<u8>,
+    },
+    /// The peer does not hold this (or no longer).
+    NotHere,
+    /// No upload slot free: ask later or elsewhere.
+    Busy,
+}
+
+/// The request-response codec for [`Request`] and [`Response`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Codec;
+
+impl libp2p::request_response::Codec for Codec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let frame = read_frame(io, MAX_REQUEST).await?;
+        let request: Request = decode(&frame)?;
+        if let Request::Blocks { count, .. } = request
+            && (count == 0 || count > MAX_BLOCKS_PER_REQUEST)
+        {
+            return Err(invalid("block count out of range"));
+        }
+        Ok(request)
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        decode(&read_frame(io, MAX_RESPONSE).await?)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&req)?, MAX_REQUEST).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &encode(&res)?, MAX_RESPONSE).await
+    }
+}
+
+/// Encodes a message with its version byte.
+pub fn encode<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
+    let mut out = vec![VERSION];
+    let body = bincode::serde::encode_to_vec(message, bincode::config::standard())
+        .map_err(|e| invalid(&e.to_string()))?;
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a message written by [`encode`]; anything else is an error, never a panic.
+pub fn decode<M: serde::de::DeserializeOwned>(bytes: &[u8]) -> io::Result<M> {
+    let (&version, body) = bytes.split_first().ok_or_else(|| invalid("empty frame"))?;
+    if version != VERSION {
+        return Err(invalid("unknown protocol version"));
+    }
+    let config = bincode::config::standard().with_limit::<{ MAX_RESPONSE }>();
+    let (message, used) =
+        bincode::serde::decode_from_slice(body, config).map_err(|e| invalid(&e.to_string()))?;
+    if used != body.len() {
+        return Err(invalid("trailing bytes"));
+    }
+    Ok(message)
+}
+
+async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(invalid("frame too large"));
+    }
+    let mut frame = vec![0u8; len];
+    io.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    frame: &[u8],
+    max: usize,
+) -> io::Result<()> {
+    if frame.len() > max {
+        return Err(invalid("frame too large"));
+    }
+    io.write_all(&(frame.len() as u32).to_be_bytes()).await?;
+    io.write_all(frame).await?;
+    io.close().await
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            any::<[u8; 32]>().prop_map(|content| Request::Manifest { content }),
+            any::<[u8; 32]>().prop_map(|content| Request::Have { content }),
+            (any::<[u8; 32]>(), any::<u64>(), 1u32..=16).prop_map(|(content, first, count)| {
+                Request::Blocks {
+                    content,
+                    first,
+                    count,
+                }
+            }),
+        ]
+    }
+
+    fn response() -> impl Strategy<Value = Response> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(Response::Manifest),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20).prop_map(Response::Have),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|(first, data)| Response::Blocks { first, data }),
+            Just(Response::NotHere),
+            Just(Response::Busy),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip_through_frames(req in request(), res in response()) {
+            futures::executor::block_on(async {
+                let mut buf = Vec::new();
+                let mut codec = Codec;
+                let protocol = libp2p::StreamProtocol::new(PROTOCOL);
+                libp2p::request_response::Codec::write_request(&mut codec, &protocol, &mut futures::io::Cursor::new(&mut buf), req.clone()).await.unwrap();
+                let got = libp2p::request_response::Codec::read_request(&mut codec, &protocol, &mut futures::io::Cursor::new(&buf)).await.unwrap();
+                assert_eq!(got, req);
+                let mut buf = Vec::new();
+                libp2p::request_response::Codec::write_response(&mut codec, &protocol, &mut futures::io::Cursor::new(&mut buf), res.clone()).await.unwrap();
+                let got = libp2p::request_response::Codec::read_response(&mut codec, &protocol, &mut futures::io::Cursor::new(&buf)).await.unwrap();
+                assert_eq!(got, res);
+            });
+        }
+
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Response>(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_and_foreign_frames_are_refused() {
+        futures::executor::block_on(async {
+            let mut codec = Codec;
+            let protocol = libp2p::StreamProtocol::new(PROTOCOL);
+            let mut frame = (MAX_REQUEST as u32 + 1).to_be_bytes().to_vec();
+            frame.resize(frame.len() + MAX_REQUEST + 1, 0);
+            let r = libp2p::request_response::Codec::read_request(
+                &mut codec,
+                &protocol,
+                &mut futures::io::Cursor::new(&frame),
+            )
+            .await;
+            assert!(r.is_err());
+            let mut v2 = encode(&Request::Have { content: [0; 32] }).unwrap();
+            v2[0] = 2;
+            assert!(
+                decode::<Request>(&v2).is_err(),
+                "another version is refused"
+            );
+            let too_many = encode(&Request::Blocks {
+                content: [0; 32],
+                first: 0,
+                count: 17,
+            })
+            .unwrap();
+            let mut framed = (too_many.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(&too_many);
+            let r = libp2p::request_response::Codec::read_request(
+                &mut codec,
+                &protocol,
+                &mut futures::io::Cursor::new(&framed),
+            )
+            .await;
+            assert!(r.is_err(), "more than 16 blocks per request");
+        });
+    }
+}
