@@ -12,16 +12,18 @@ use do_p2p::{
 use futures::StreamExt;
 use libp2p::{Multiaddr, identity::Keypair, request_response, swarm::SwarmEvent};
 
+/// A node without mDNS (it skips loopback anyway): peers are dialled by address.
+fn node() -> libp2p::Swarm<do_p2p::Behaviour> {
+    let config = Config {
+        mdns: false,
+        ..Config::default()
+    };
+    do_p2p::swarm(Keypair::generate_ed25519(), &config).unwrap()
+}
+
 /// Serves `data` from a node; a `corrupt` node flips one byte of every block it sends.
 async fn serve(data: Vec<u8>, corrupt: bool) -> (libp2p::PeerId, Multiaddr) {
-    let mut swarm = do_p2p::swarm(
-        Keypair::generate_ed25519(),
-        &Config {
-            mdns: false,
-            ..Config::default()
-        },
-    )
-    .unwrap();
+    let mut swarm = node();
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
@@ -83,14 +85,7 @@ async fn fetch(
     content: ContentId,
     blocks: u64,
 ) -> (bool, u64, u64) {
-    let mut swarm = do_p2p::swarm(
-        Keypair::generate_ed25519(),
-        &Config {
-            mdns: false,
-            ..Config::default()
-        },
-    )
-    .unwrap();
+    let mut swarm = node();
     swarm.dial(addr).unwrap();
     // Ask once connected (the protocol does not know the address to dial by itself).
     loop {
