@@ -157,12 +157,16 @@ fn control_commands() {
     );
 
     // Watch in the background while the download runs.
-    let watch = Command::new(donode_bin())
+    let mut watch = Command::new(donode_bin())
         .args(["watch", &id, "--json", "--run-dir"])
         .arg(run.path())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // The first event is the status when the stream opens: wait for it before starting.
+    let mut lines = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
     stdout(&donode(run.path(), &["resume", &id]));
     std::thread::sleep(std::time::Duration::from_millis(600));
     stdout(&donode(run.path(), &["pause", &id]));
@@ -181,10 +185,11 @@ fn control_commands() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     stdout(&donode(run.path(), &["finalize", &id]));
-    let watched = watch.wait_with_output().unwrap();
-    let states: Vec<String> = String::from_utf8(watched.stdout)
-        .unwrap()
-        .lines()
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    assert!(watch.wait().unwrap().success());
+    let states: Vec<String> = std::iter::once(first.as_str())
+        .chain(rest.lines())
         .map(|l| {
             serde_json::from_str::<Value>(l).unwrap()["State"]
                 .as_str()

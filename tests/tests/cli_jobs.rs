@@ -72,13 +72,16 @@ fn a_job_from_the_command_line() {
         String::from_utf8_lossy(&e.stderr).contains("0x80d02014"),
         "no error object while SUSPENDED"
     );
-    let watch = Command::new(donode_bin())
+    let mut watch = Command::new(donode_bin())
         .args(["job", "watch", &id, "--json", "--run-dir"])
         .arg(r)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    thread::sleep(Duration::from_millis(200));
+    // The stream opens with the job as it is: once that line is here, nothing can be missed.
+    let mut lines = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut first).unwrap();
     ok(job(r, &["resume", &id]));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -108,10 +111,11 @@ fn a_job_from_the_command_line() {
     assert_eq!(files[1]["Progress"]["Completed"], true);
     let list: Value = serde_json::from_str(&ok(job(r, &["list", "--json"]))).unwrap();
     assert_eq!(list[0]["State"], "ACKNOWLEDGED");
-    let watched = watch.wait_with_output().unwrap();
-    let events: Vec<Value> = String::from_utf8(watched.stdout)
-        .unwrap()
-        .lines()
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut lines, &mut rest).unwrap();
+    assert!(watch.wait().unwrap().success());
+    let events: Vec<Value> = std::iter::once(first.as_str())
+        .chain(rest.lines())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(
