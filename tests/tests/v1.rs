@@ -317,7 +317,9 @@ fn a_non_volatile_download_survives_a_daemon_restart() {
     let volatile = d
         .create(json!({ "Uri": nginx.url("/slow/f.bin"), "LocalPath": work.path().join("v.bin") }));
     d.ok("POST", &format!("/v1/downloads/{id}/start"), None);
-    thread::sleep(Duration::from_millis(1500));
+    // Long enough for a checkpoint (at least one per second) on a slow machine, short enough
+    // that 24 MiB at 4 x 1 MiB/s is not done.
+    thread::sleep(Duration::from_millis(2000));
     let before = d.ok("GET", &format!("/v1/downloads/{id}/status"), None);
     assert_eq!(before["State"], "Transferring", "{before}");
     // A crash, not a shutdown: nothing gets a chance to be saved at the end.
