@@ -19,5 +19,5 @@ fi
 # Debian starts a packaged nginx on install; the tests run their own private instances.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
 
-cargo build -p donode
+cargo build -p donode -p do-p2p-probe
 cargo test --workspace "$@"

@@ -1,0 +1,128 @@
+//! The p2p layer across a real LAN: two network namespaces joined by a bridge (which this test
+//! creates and removes). One host serves a file; the other finds it by mDNS, takes the manifest
+//! only for the content id it was given, and fetches and verifies every block.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use do_tests::{b3sum, temp_dir, write_random_file};
+
+/// The probe binary beside the test's `donode`.
+fn probe() -> PathBuf {
+    let bin = do_tests::donode_bin().with_file_name("do-p2p-probe");
+    assert!(bin.exists(), "build it first: cargo build -p do-p2p-probe");
+    bin
+}
+
+/// Namespaces created by the test, deleted (with everything in them) on drop.
+struct Lan {
+    names: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+/// A bridge namespace and `hosts` host namespaces on 10.253.0.0/24.
+fn lan(hosts: usize) -> Lan {
+    let tag = std::process::id();
+    let bridge = format!("dn{tag}b");
+    let mut lan = Lan {
+        names: vec![bridge.clone()],
+        children: Vec::new(),
+    };
+    ip(&["netns", "add", &bridge]);
+    ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+    for i in 1..=hosts {
+        let host = format!("dn{tag}h{i}");
+        ip(&["netns", "add", &host]);
+        lan.names.push(host.clone());
+        let port = format!("p{i}");
+        ip(&[
+            "-n", &host, "link", "add", "e0", "type", "veth", "peer", "name", &port, "netns",
+            &bridge,
+        ]);
+        ip(&["-n", &bridge, "link", "set", &port, "master", "br0"]);
+        ip(&["-n", &bridge, "link", "set", &port, "up"]);
+        ip(&[
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("10.253.0.{i}/24"),
+            "dev",
+            "e0",
+        ]);
+        ip(&["-n", &host, "link", "set", "e0", "up"]);
+        ip(&["-n", &host, "link", "set", "lo", "up"]);
+    }
+    lan
+}
+
+#[test]
+fn a_file_crosses_the_lan_between_two_hosts_found_by_mdns() {
+    let mut lan = lan(2);
+    let work = temp_dir();
+    let file = work.path().join("file.bin");
+    write_random_file(&file, (5 << 20) + 77, 41).unwrap();
+    let content = b3sum(&file).unwrap();
+    let server = Command::new("ip")
+        .args(["netns", "exec", &lan.names[1]])
+        .arg(probe())
+        .arg("serve")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    lan.children.push(server);
+    thread::sleep(Duration::from_millis(300));
+    let out = work.path().join("fetched.bin");
+    let fetched = Command::new("ip")
+        .args(["netns", "exec", &lan.names[2]])
+        .arg(probe())
+        .args(["fetch", &content])
+        .arg(&out)
+        .args(["--timeout", "30"])
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&fetched.stdout).unwrap();
+    assert_eq!(summary["bytes"], (5 << 20) + 77);
+    assert_eq!(b3sum(&out).unwrap(), content);
+
+    // Asked for a content id nobody holds, the fetch fails and nothing is written.
+    let wrong = "1".repeat(64);
+    let refused = Command::new("ip")
+        .args(["netns", "exec", &lan.names[2]])
+        .arg(probe())
+        .args(["fetch", &wrong])
+        .arg(work.path().join("wrong.bin"))
+        .args(["--timeout", "30"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(!work.path().join("wrong.bin").exists());
+}
