@@ -18,6 +18,7 @@ pub(crate) struct File {
     pub(crate) ports: Option<String>,
     pub(crate) log: Option<String>,
     pub(crate) log_format: Option<LogFormat>,
+    pub(crate) p2p: Option<bool>,
     #[serde(default)]
     pub(crate) cache: Cache,
     #[serde(default)]

@@ -40,6 +40,9 @@ pub(crate) struct Args {
     /// Log line format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Serve the cache's complete files to LAN peers (mDNS discovery, verified blocks).
+    #[arg(long)]
+    p2p: bool,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -90,6 +93,9 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
     }
     if let Some(r) = file.download.background_yield_rate {
         node_config.background_yield_rate = r;
+    }
+    if args.p2p || file.p2p.unwrap_or(false) {
+        node_config.p2p = Some(do_driver::P2pConfig::default());
     }
 
     let validate = Arc::new(AtomicBool::new(true));

@@ -43,7 +43,10 @@ fn ip(args: &[&str]) {
 
 /// A bridge namespace and `hosts` host namespaces on 10.253.0.0/24.
 fn lan(hosts: usize) -> Lan {
-    let tag = std::process::id();
+    // Unique per test in this process, and per process.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}{}", std::process::id(), (b'a' + n as u8) as char);
     let bridge = format!("dn{tag}b");
     let mut lan = Lan {
         names: vec![bridge.clone()],
@@ -125,4 +128,66 @@ fn a_file_crosses_the_lan_between_two_hosts_found_by_mdns() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(!work.path().join("wrong.bin").exists());
+}
+
+#[test]
+fn a_daemon_serves_its_cache_to_a_lan_peer() {
+    let mut lan = lan(2);
+    let root = temp_dir();
+    write_random_file(&root.path().join("f.bin"), (3 << 20) + 5, 43).unwrap();
+    let nginx = do_tests::Nginx::start(root.path()).unwrap();
+    let work = temp_dir();
+    let cache = work.path().join("cache");
+    // Fill the cache in this namespace, from the origin.
+    let got = Command::new(do_tests::donode_bin())
+        .args(["get", "--embedded", &nginx.url("/files/f.bin"), "-o"])
+        .arg(work.path().join("first.bin"))
+        .arg("--cache-dir")
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(got.success());
+    let content = b3sum(&root.path().join("f.bin")).unwrap();
+    // The daemon on host 1 serves that cache; the probe on host 2 finds it and fetches.
+    let run = work.path().join("run");
+    let daemon = Command::new("ip")
+        .args(["netns", "exec", &lan.names[1]])
+        .arg(do_tests::donode_bin())
+        .args(["run", "--p2p", "--cache-dir"])
+        .arg(&cache)
+        .arg("--run-dir")
+        .arg(&run)
+        .arg("--admin-config")
+        .arg(work.path().join("none.json"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    lan.children.push(daemon);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&run).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = work.path().join("from-peer.bin");
+    let fetched = Command::new("ip")
+        .args(["netns", "exec", &lan.names[2]])
+        .arg(probe())
+        .args(["fetch", &content])
+        .arg(&out)
+        .args(["--timeout", "30"])
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert_eq!(b3sum(&out).unwrap(), content);
+    assert!(
+        cache.join("node.key").exists(),
+        "the node's identity is kept in its cache"
+    );
 }

@@ -128,6 +128,8 @@ pub(crate) struct Actor {
     resolving: Arc<Mutex<()>>,
     /// True while some foreground download transfers; background fetches then yield.
     foreground_active: watch::Sender<bool>,
+    /// The p2p side, when enabled.
+    serving: Option<crate::serve::Serving>,
 }
 
 impl Actor {
@@ -136,6 +138,10 @@ impl Actor {
     ) -> Result<(mpsc::Sender<Command>, tokio::task::JoinHandle<()>), Error> {
         let store = Arc::new(Store::open(&config.cache_dir, config.store.clone())?);
         let origin = Client::new(config.origin.clone())?;
+        let serving = match &config.p2p {
+            Some(p2p) => Some(crate::serve::Serving::start(p2p, &config.cache_dir)?),
+            None => None,
+        };
         let seed = seed_from_clock();
         let (tx, rx) = mpsc::channel(64);
         let (io_tx, io_rx) = mpsc::channel(1024);
@@ -152,6 +158,7 @@ impl Actor {
             next_id: 1,
             resolving: Arc::default(),
             foreground_active: watch::Sender::new(false),
+            serving,
         };
         let task = tokio::spawn(actor.run(rx, io_rx).instrument(info_span!("node")));
         Ok((tx, task))
@@ -176,6 +183,11 @@ impl Actor {
                 Some(event) = io_rx.recv() => self.on_io(event),
                 () = sleep_until(timer) => self.engine.handle_timeout(Instant::now()),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                served = next_served(&mut self.serving), if self.serving.is_some() => {
+                    if let Some(serving) = &mut self.serving {
+                        serving.handle(served, &self.store, &mut self.tasks);
+                    }
+                }
             }
             self.drain();
         }
@@ -700,6 +712,14 @@ fn assemble(
         .export(entry, place.output, ranges, place.layout, place.overwrite)
         .map_err(fatal)?;
     Ok(root)
+}
+
+/// The next p2p event (only polled when serving is on).
+async fn next_served(serving: &mut Option<crate::serve::Serving>) -> crate::serve::Served {
+    match serving {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

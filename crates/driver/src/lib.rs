@@ -15,6 +15,7 @@
 
 mod actor;
 mod fetch;
+mod serve;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -48,6 +49,30 @@ pub struct Config {
     /// (DO's `ForegroundPriority`). Default 256 KiB/s: background downloads keep moving (and
     /// never hit their no-progress timeout) but take little.
     pub background_yield_rate: u64,
+    /// Serve the cache to LAN peers over the p2p layer; `None` (the default) keeps the node
+    /// to itself. Peers are not yet used as sources by downloads.
+    pub p2p: Option<P2pConfig>,
+}
+
+/// The p2p side of a node.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    /// Discovery and protocol settings.
+    pub layer: do_p2p::Config,
+    /// Where to listen. Default all IPv4 addresses, a free TCP port.
+    pub listen: libp2p::Multiaddr,
+    /// Peer requests answered at once; more get `Busy`. Default 4 (DO's upload slots).
+    pub upload_slots: usize,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            layer: do_p2p::Config::default(),
+            listen: "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
+            upload_slots: 4,
+        }
+    }
 }
 
 impl Config {
@@ -61,6 +86,7 @@ impl Config {
             checkpoint_bytes: 16 << 20,
             checkpoint_interval: Duration::from_secs(1),
             background_yield_rate: 256 << 10,
+            p2p: None,
         }
     }
 }
@@ -149,6 +175,9 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error(transparent)]
     Origin(#[from] do_origin::Error),
+    /// The p2p layer could not start.
+    #[error(transparent)]
+    P2p(#[from] do_p2p::Error),
     /// The engine refused the command.
     #[error(transparent)]
     Command(#[from] CommandError),

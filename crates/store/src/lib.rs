@@ -349,6 +349,61 @@ impl Store {
         })
     }
 
+    /// Reads blocks `[first, first + count)` (clipped to the file) and checks each against its
+    /// recorded hash. `None` when any is not verified or fails the check (those are forgotten):
+    /// bytes that do not verify are never handed out.
+    pub fn read_verified(
+        &self,
+        id: EntryId,
+        first: u64,
+        count: u64,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let meta = self.meta(id)?;
+        let end = first.saturating_add(count).min(block_count(meta.len));
+        if first >= end {
+            return Ok(None);
+        }
+        let hashes: Vec<(u64, BlockHash)> = {
+            let txn = self.db.begin_read().map_err(db)?;
+            let table = txn.open_table(BLOCKS).map_err(db)?;
+            let mut out = Vec::new();
+            for row in table.range((id.0, first)..(id.0, end)).map_err(db)? {
+                let (key, value) = row.map_err(db)?;
+                let hash: [u8; 32] = value
+                    .value()
+                    .try_into()
+                    .map_err(|_| Error::CorruptIndex("block hash is not 32 bytes"))?;
+                out.push((key.value().1, BlockHash(hash)));
+            }
+            out
+        };
+        if hashes.len() as u64 != end - first {
+            return Ok(None);
+        }
+        let start = do_content::block_range(meta.len, BlockIndex(first)).start;
+        let stop = do_content::block_range(meta.len, BlockIndex(end - 1)).end;
+        let path = self.data_path(id);
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let mut data = vec![0u8; (stop - start) as usize];
+        file.read_exact_at(&mut data, start)
+            .map_err(|e| Error::io(&path, e))?;
+        let bad: Vec<BlockIndex> = hashes
+            .iter()
+            .filter(|(index, hash)| {
+                let r = do_content::block_range(meta.len, BlockIndex(*index));
+                let bytes = &data[(r.start - start) as usize..(r.end - start) as usize];
+                do_content::hash_block(meta.len, BlockIndex(*index), bytes) != *hash
+            })
+            .map(|(index, _)| BlockIndex(*index))
+            .collect();
+        if bad.is_empty() {
+            return Ok(Some(data));
+        }
+        self.forget_blocks(id, &bad)?;
+        self.mark_incomplete(id)?;
+        Ok(None)
+    }
+
     /// Records that entry `id` was just used (for LRU eviction).
     pub fn touch(&self, id: EntryId) -> Result<(), Error> {
         self.update_meta(id, |m| m.accessed_unix = unix_now())

@@ -226,3 +226,27 @@ fn delete_removes_index_rows_and_data() {
     assert!(store.blocks(id).unwrap().is_empty());
     assert!(matches!(store.meta(id), Err(Error::NoSuchEntry(_))));
 }
+
+#[test]
+fn read_verified_hands_out_only_bytes_that_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let data = sample(3 * BLOCK_SIZE as usize + 10);
+    let id = fill(&store, "http://x/r", &data);
+    let got = store.read_verified(id, 1, 16).unwrap().unwrap();
+    assert_eq!(got, &data[BLOCK_SIZE as usize..]);
+    let path = store.data_path(id);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[5] ^= 1;
+    fs::write(&path, bytes).unwrap();
+    assert_eq!(
+        store.read_verified(id, 0, 2).unwrap(),
+        None,
+        "a changed block is never served"
+    );
+    assert!(
+        !store.verified(id).unwrap().contains(0),
+        "and it is forgotten"
+    );
+    assert_eq!(store.read_verified(id, 9, 1).unwrap(), None, "past the end");
+}
