@@ -81,6 +81,18 @@ fn lan(hosts: usize) -> Lan {
     lan
 }
 
+/// Runs the probe's `fetch` of `content` into `out` inside namespace `ns`.
+fn fetch_in(ns: &str, content: &str, out: &std::path::Path) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(probe())
+        .args(["fetch", content])
+        .arg(out)
+        .args(["--timeout", "30"])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_file_crosses_the_lan_between_two_hosts_found_by_mdns() {
     let mut lan = lan(2);
@@ -99,14 +111,7 @@ fn a_file_crosses_the_lan_between_two_hosts_found_by_mdns() {
     lan.children.push(server);
     thread::sleep(Duration::from_millis(300));
     let out = work.path().join("fetched.bin");
-    let fetched = Command::new("ip")
-        .args(["netns", "exec", &lan.names[2]])
-        .arg(probe())
-        .args(["fetch", &content])
-        .arg(&out)
-        .args(["--timeout", "30"])
-        .output()
-        .unwrap();
+    let fetched = fetch_in(&lan.names[2], &content, &out);
     assert!(
         fetched.status.success(),
         "{}",
@@ -118,14 +123,7 @@ fn a_file_crosses_the_lan_between_two_hosts_found_by_mdns() {
 
     // Asked for a content id nobody holds, the fetch fails and nothing is written.
     let wrong = "1".repeat(64);
-    let refused = Command::new("ip")
-        .args(["netns", "exec", &lan.names[2]])
-        .arg(probe())
-        .args(["fetch", &wrong])
-        .arg(work.path().join("wrong.bin"))
-        .args(["--timeout", "30"])
-        .output()
-        .unwrap();
+    let refused = fetch_in(&lan.names[2], &wrong, &work.path().join("wrong.bin"));
     assert!(!refused.status.success());
     assert!(!work.path().join("wrong.bin").exists());
 }
@@ -172,14 +170,7 @@ fn a_daemon_serves_its_cache_to_a_lan_peer() {
         thread::sleep(Duration::from_millis(20));
     }
     let out = work.path().join("from-peer.bin");
-    let fetched = Command::new("ip")
-        .args(["netns", "exec", &lan.names[2]])
-        .arg(probe())
-        .args(["fetch", &content])
-        .arg(&out)
-        .args(["--timeout", "30"])
-        .output()
-        .unwrap();
+    let fetched = fetch_in(&lan.names[2], &content, &out);
     assert!(
         fetched.status.success(),
         "{}",

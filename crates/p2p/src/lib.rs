@@ -7,7 +7,10 @@
 //! key, and the driver's use of all this (see `docs/p2p-design.md`).
 #![warn(missing_docs)]
 
+mod memory;
 pub mod wire;
+
+pub use memory::InMemory;
 
 use std::{path::Path, time::Duration};
 

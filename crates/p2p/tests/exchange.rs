@@ -33,46 +33,24 @@ async fn serve(data: Vec<u8>, corrupt: bool) -> (libp2p::PeerId, Multiaddr) {
         }
     };
     let peer = *swarm.local_peer_id();
-    let manifest = Manifest::from_bytes(&data);
-    let content = *manifest.root().as_bytes();
+    let file = do_p2p::InMemory::new(data);
     tokio::spawn(async move {
         loop {
-            let SwarmEvent::Behaviour(BehaviourEvent::Blocks(request_response::Event::Message {
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            })) = swarm.select_next_some().await
-            else {
-                continue;
-            };
-            let response = match request {
-                Request::Manifest { content: c } if c == content => {
-                    Response::Manifest(manifest.encode())
-                }
-                Request::Have { content: c } if c == content => {
-                    Response::Have(vec![(0, manifest.blocks().len() as u64)])
-                }
-                Request::Blocks {
-                    content: c,
-                    first,
-                    count,
-                } if c == content => {
-                    let start = (first * BLOCK_SIZE) as usize;
-                    let end = (((first + u64::from(count)) * BLOCK_SIZE) as usize).min(data.len());
-                    let mut bytes = data.get(start..end).unwrap_or_default().to_vec();
-                    if corrupt && !bytes.is_empty() {
-                        bytes[0] ^= 1;
-                    }
-                    Response::Blocks { first, data: bytes }
-                }
-                _ => Response::NotHere,
-            };
-            let _ = swarm
-                .behaviour_mut()
-                .blocks
-                .send_response(channel, response);
+            if let SwarmEvent::Behaviour(BehaviourEvent::Blocks(
+                request_response::Event::Message {
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                },
+            )) = swarm.select_next_some().await
+            {
+                let _ = swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, file.answer(&request, corrupt));
+            }
         }
     });
     (peer, addr)

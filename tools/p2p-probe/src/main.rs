@@ -13,9 +13,9 @@ use std::{
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use do_content::{BLOCK_SIZE, BlockIndex, ContentId, Manifest, block_range};
+use do_content::{BlockIndex, ContentId, Manifest, block_range};
 use do_p2p::{
-    BehaviourEvent, Config,
+    BehaviourEvent, Config, InMemory,
     wire::{MAX_BLOCKS_PER_REQUEST, Request, Response},
 };
 use futures::StreamExt;
@@ -57,53 +57,28 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(file: PathBuf) -> anyhow::Result<()> {
     let data = std::fs::read(&file).with_context(|| file.display().to_string())?;
-    let manifest = Manifest::from_bytes(&data);
-    let content = *manifest.root().as_bytes();
+    let file = InMemory::new(data);
     let mut swarm = do_p2p::swarm(Keypair::generate_ed25519(), &Config::default())?;
     swarm.listen_on("/ip4/0.0.0.0/tcp/0".parse()?)?;
+    let serving = file.manifest().root().to_string();
     println!(
         "{}",
-        serde_json::json!({ "serving": manifest.root().to_string(), "peer": swarm.local_peer_id().to_string() })
+        serde_json::json!({ "serving": serving, "peer": swarm.local_peer_id().to_string() })
     );
     loop {
-        let SwarmEvent::Behaviour(BehaviourEvent::Blocks(request_response::Event::Message {
+        if let SwarmEvent::Behaviour(BehaviourEvent::Blocks(request_response::Event::Message {
             message:
                 request_response::Message::Request {
                     request, channel, ..
                 },
             ..
         })) = swarm.select_next_some().await
-        else {
-            continue;
-        };
-        let response = match request {
-            Request::Manifest { content: c } if c == content => {
-                Response::Manifest(manifest.encode())
-            }
-            Request::Have { content: c } if c == content => {
-                Response::Have(vec![(0, manifest.blocks().len() as u64)])
-            }
-            Request::Blocks {
-                content: c,
-                first,
-                count,
-            } if c == content => {
-                let start = (first.saturating_mul(BLOCK_SIZE) as usize).min(data.len());
-                let end = ((first
-                    .saturating_add(u64::from(count))
-                    .saturating_mul(BLOCK_SIZE)) as usize)
-                    .min(data.len());
-                Response::Blocks {
-                    first,
-                    data: data[start..end].to_vec(),
-                }
-            }
-            _ => Response::NotHere,
-        };
-        let _ = swarm
-            .behaviour_mut()
-            .blocks
-            .send_response(channel, response);
+        {
+            let _ = swarm
+                .behaviour_mut()
+                .blocks
+                .send_response(channel, file.answer(&request, false));
+        }
     }
 }
 
