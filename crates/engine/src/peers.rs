@@ -133,7 +133,8 @@ impl Engine {
             .values()
             .map(|p| p.last_progress + self.config.peer_stall_timeout)
             .min();
-        let fallback = (!d.haves.is_empty() && d.manifest_trusted)
+        let fallback = self
+            .peering(d)
             .then(|| d.started_at + self.config.origin_fallback_delay);
         [stall, fallback].into_iter().flatten().min()
     }
@@ -182,29 +183,33 @@ impl Engine {
         }
     }
 
-    /// The missing blocks the origin may fetch now: all of them without usable peers; with
-    /// peers, only what no peer holds, and only after the fallback delay. `None`: not yet.
+    /// The missing blocks the origin may fetch now: none before the fallback delay while
+    /// peering; after it, what no usable peer (with a trusted manifest) holds. `None`: not yet.
     pub(crate) fn origin_candidates(&self, now: Instant, id: DownloadId) -> Option<RangeSet> {
         let d = &self.downloads[&id];
-        let mut missing = d.missing();
-        let usable: Vec<&RangeSet> = d
-            .haves
-            .iter()
-            .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
-            .map(|(_, h)| h)
-            .collect();
-        if !d.manifest_trusted || usable.is_empty() {
-            return Some(missing);
-        }
-        if now < d.started_at + self.config.origin_fallback_delay {
+        if self.peering(d) && now < d.started_at + self.config.origin_fallback_delay {
             return None;
         }
-        for have in usable {
-            for run in have.runs() {
-                missing.remove(run.start, run.end);
+        let mut missing = d.missing();
+        if d.manifest_trusted {
+            let usable = d
+                .haves
+                .iter()
+                .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned));
+            for (_, have) in usable {
+                for run in have.runs() {
+                    missing.remove(run.start, run.end);
+                }
             }
         }
         Some(missing)
+    }
+
+    /// True when peers could help this download: it knows the content id it must hash to (so
+    /// peer blocks can be verified once a manifest arrives) and some peer is known. Only then
+    /// does the origin wait out the fallback delay, as DO delays HTTP only when peering.
+    fn peering(&self, d: &Download) -> bool {
+        d.spec.content_id.is_some() && self.peers.values().any(|p| !p.banned)
     }
 
     /// Requests in flight to `peer`, over all downloads.

@@ -837,6 +837,47 @@ fn a_stalled_peer_request_is_cancelled_and_its_blocks_fetched_elsewhere() {
 }
 
 #[test]
+fn the_origin_waits_for_known_peers_to_answer_but_not_without_a_content_id() {
+    let config = Config {
+        origin_fallback_delay: Duration::from_secs(5),
+        ..Config::default()
+    };
+    // A peer is known but has not said what it holds yet: the origin waits.
+    let mut h = Harness::new(config.clone());
+    h.create(Some(root()));
+    h.command(Command::Start {
+        id: ID,
+        ranges: None,
+    })
+    .unwrap();
+    h.input(Input::PeerAdded {
+        peer: PeerId(1),
+        class: PeerClass::Lan,
+    });
+    h.answer_stat(Ok(info(16 * BLOCK_SIZE)));
+    assert!(h.take().is_empty(), "no origin fetch during the delay");
+    h.advance(Duration::from_secs(5));
+    assert!(
+        h.take().iter().any(|a| matches!(a, Action::Fetch { .. })),
+        "the origin after it"
+    );
+    // Without a content id, peers cannot help: no delay.
+    let mut h = Harness::new(config);
+    h.create(None);
+    h.command(Command::Start {
+        id: ID,
+        ranges: None,
+    })
+    .unwrap();
+    h.input(Input::PeerAdded {
+        peer: PeerId(1),
+        class: PeerClass::Lan,
+    });
+    h.answer_stat(Ok(info(16 * BLOCK_SIZE)));
+    assert!(h.take().iter().any(|a| matches!(a, Action::Fetch { .. })));
+}
+
+#[test]
 fn the_origin_waits_out_the_fallback_delay_while_peers_offer_the_file() {
     let config = Config {
         origin_fallback_delay: Duration::from_secs(30),
