@@ -338,12 +338,7 @@ impl Jobs {
         }
         touch(&mut job.record);
         let index = job.files.len() - 1;
-        emit(
-            job,
-            NOTIFY_MODIFICATION,
-            "JobModification",
-            job_json(id, job).to_string(),
-        );
+        notify_modified(id, job);
         drop(jobs);
         self.save(id);
         Ok(index)
@@ -480,7 +475,7 @@ impl Jobs {
     /// `Job5::SetProperty`.
     pub(crate) fn set_property(&self, id: &str, name: &str, value: &Json) -> Result<()> {
         let which = job5_property(name)?;
-        let calls = match which {
+        match which {
             1 => {
                 let flags = value
                     .as_u64()
@@ -489,7 +484,7 @@ impl Jobs {
                 self.update(id, |job| {
                     job.record.cost_flags = flags;
                     Vec::new()
-                })?
+                })
             }
             _ => {
                 let clsid = value
@@ -503,11 +498,10 @@ impl Jobs {
                 self.update(id, |job| {
                     job.record.notify_clsid = if null { String::new() } else { clsid };
                     Vec::new()
-                })?
+                })
             }
-        };
-        debug_assert!(calls.is_empty());
-        Ok(())
+        }
+        .map(drop)
     }
 
     /// `GetError`.
@@ -694,12 +688,7 @@ impl Jobs {
             }
             job.record.state = state;
             touch(&mut job.record);
-            emit(
-                job,
-                NOTIFY_MODIFICATION,
-                "JobModification",
-                job_json(id, job).to_string(),
-            );
+            notify_modified(id, job);
             // Whatever the flags, event streams of an ended job close.
             let _ = job.events.send((END_OF_EVENTS, String::new()));
             calls
@@ -718,12 +707,7 @@ impl Jobs {
             }
             let calls = f(job);
             touch(&mut job.record);
-            emit(
-                job,
-                NOTIFY_MODIFICATION,
-                "JobModification",
-                job_json(id, job).to_string(),
-            );
+            notify_modified(id, job);
             calls
         };
         self.save(id);
@@ -869,6 +853,16 @@ fn live(job: &Job) -> impl Iterator<Item = DownloadId> + '_ {
         .iter()
         .filter(|f| !f.record.transferred)
         .filter_map(|f| f.download.as_ref().map(|(d, _)| *d))
+}
+
+/// `JobModification`, with the job as it is now.
+fn notify_modified(id: &str, job: &Job) {
+    emit(
+        job,
+        NOTIFY_MODIFICATION,
+        "JobModification",
+        job_json(id, job).to_string(),
+    );
 }
 
 fn emit(job: &Job, flag: u32, kind: &'static str, data: String) {
