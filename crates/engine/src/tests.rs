@@ -40,6 +40,16 @@ impl Harness {
             .unwrap();
     }
 
+    /// Creates the download and starts it for the whole file.
+    fn start_whole(&mut self, content_id: Option<ContentId>) {
+        self.create(content_id);
+        self.command(Command::Start {
+            id: ID,
+            ranges: None,
+        })
+        .unwrap();
+    }
+
     fn command(&mut self, command: Command) -> Result<(), CommandError> {
         let r = self.engine.handle_command(self.now, command);
         self.collect();
@@ -186,12 +196,7 @@ fn whole_file_download_goes_created_transferring_transferred_finalized() {
 #[test]
 fn cached_blocks_are_not_fetched_again() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     let cached: RangeSet = [0..30, 50..60].into_iter().collect();
     h.answer_stat(Ok(FileInfo {
         len: 64 * BLOCK_SIZE,
@@ -208,12 +213,7 @@ fn cached_blocks_are_not_fetched_again() {
 #[test]
 fn a_fatal_origin_error_pauses_with_the_error_and_stops() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Err(Failure::Fatal(0x8019_0194)));
     let s = h.status();
     assert_eq!((s.state, s.error), (State::Paused, 0x8019_0194));
@@ -229,12 +229,7 @@ fn a_fatal_origin_error_pauses_with_the_error_and_stops() {
 #[test]
 fn transient_errors_pause_with_extended_error_then_retry_with_backoff() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Err(Failure::Transient(0x8019_01F7)));
     let s = h.status();
     assert_eq!(
@@ -265,12 +260,7 @@ fn a_dropped_connection_refetches_only_what_it_still_owed() {
         origin_connections: 1,
         ..Config::default()
     });
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Ok(info(40 * BLOCK_SIZE)));
     let [Action::Fetch { request, range, .. }] = h.take()[..] else {
         panic!()
@@ -301,12 +291,7 @@ fn a_dropped_connection_refetches_only_what_it_still_owed() {
 #[test]
 fn one_outage_across_parallel_fetches_is_one_failure() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Ok(info(64 * BLOCK_SIZE)));
     let requests: Vec<RequestId> = h
         .take()
@@ -334,12 +319,7 @@ fn one_outage_across_parallel_fetches_is_one_failure() {
 #[test]
 fn no_progress_for_the_timeout_fails_the_download() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Ok(info(10 * BLOCK_SIZE)));
     let fetches = h.take();
     h.advance(Duration::from_secs(59));
@@ -364,12 +344,7 @@ fn pause_cancels_and_resume_continues_where_it_stopped() {
         origin_connections: 1,
         ..Config::default()
     });
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Ok(info(20 * BLOCK_SIZE)));
     let [Action::Fetch { request, .. }] = h.take()[..] else {
         panic!()
@@ -474,12 +449,7 @@ fn a_changed_origin_file_restarts_then_fails_after_too_many_changes() {
         max_restarts: 1,
         ..Config::default()
     });
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Ok(info(40 * BLOCK_SIZE)));
     let Some(Action::Fetch { request, .. }) = h.take().into_iter().next() else {
         panic!()
@@ -521,12 +491,7 @@ fn a_changed_origin_file_restarts_then_fails_after_too_many_changes() {
 #[test]
 fn an_origin_without_ranges_gets_one_whole_file_request() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Ok(info(40 * BLOCK_SIZE)));
     let requests: Vec<RequestId> = h
         .take()
@@ -564,12 +529,7 @@ fn an_origin_without_ranges_gets_one_whole_file_request() {
 #[test]
 fn a_content_id_mismatch_at_assembly_is_fatal() {
     let mut h = Harness::new(Config::default());
-    h.create(Some(root()));
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(Some(root()));
     h.answer_stat(Ok(info(3)));
     h.serve_all(Err(Failure::Integrity));
     let s = h.status();
@@ -582,12 +542,7 @@ fn a_content_id_mismatch_at_assembly_is_fatal() {
 #[test]
 fn an_empty_file_completes() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.answer_stat(Ok(info(0)));
     h.serve_all(Ok(Some(ContentId::of(&[]))));
     assert_eq!(h.status().state, State::Transferred);
@@ -597,12 +552,7 @@ fn an_empty_file_completes() {
 /// unless said) holding the given blocks; returns the harness with the first actions pending.
 fn with_peers(config: Config, blocks: u64, peers: &[(u64, PeerClass, RangeSet)]) -> Harness {
     let mut h = Harness::new(config);
-    h.create(Some(root()));
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(Some(root()));
     for (p, class, _) in peers {
         h.input(Input::PeerAdded {
             peer: PeerId(*p),
@@ -720,12 +670,7 @@ fn the_origin_fetches_only_what_no_peer_holds() {
 #[test]
 fn without_a_trusted_manifest_peers_are_not_asked() {
     let mut h = Harness::new(Config::default());
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.input(Input::PeerAdded {
         peer: PeerId(1),
         class: PeerClass::Lan,
@@ -844,12 +789,7 @@ fn the_origin_waits_for_known_peers_to_answer_but_not_without_a_content_id() {
     };
     // A peer is known but has not said what it holds yet: the origin waits.
     let mut h = Harness::new(config.clone());
-    h.create(Some(root()));
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(Some(root()));
     h.input(Input::PeerAdded {
         peer: PeerId(1),
         class: PeerClass::Lan,
@@ -863,12 +803,7 @@ fn the_origin_waits_for_known_peers_to_answer_but_not_without_a_content_id() {
     );
     // Without a content id, peers cannot help: no delay.
     let mut h = Harness::new(config);
-    h.create(None);
-    h.command(Command::Start {
-        id: ID,
-        ranges: None,
-    })
-    .unwrap();
+    h.start_whole(None);
     h.input(Input::PeerAdded {
         peer: PeerId(1),
         class: PeerClass::Lan,
