@@ -606,6 +606,7 @@ async fn stat(
                 len,
                 accepts_ranges: stat.accepts_ranges,
                 cached,
+                content_id: None,
             },
         }))
     })

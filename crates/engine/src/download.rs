@@ -17,6 +17,18 @@ pub(crate) struct PeerRequest {
     pub(crate) last_progress: Instant,
 }
 
+/// A peer fetching the same file (see `Input::PeerFetching`).
+pub(crate) struct CoFetcher {
+    /// Its rank key.
+    pub(crate) key: u64,
+    /// Blocks it held when last heard of.
+    pub(crate) held: u64,
+    /// When its holdings last grew (or it joined).
+    pub(crate) last_grew: Instant,
+    /// It has not grown for the stall timeout.
+    pub(crate) stalled: bool,
+}
+
 /// The origin's answer, once known.
 pub(crate) struct Known {
     pub(crate) len: u64,
@@ -43,6 +55,8 @@ pub(crate) struct Download {
     pub(crate) peer_requests: BTreeMap<RequestId, PeerRequest>,
     /// What each usable peer holds of this file.
     pub(crate) haves: BTreeMap<PeerId, RangeSet>,
+    /// Peers fetching this file at the same time, who split the origin's work with this node.
+    pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
     /// The driver holds a manifest whose root is a trusted content id: peer blocks can be
     /// verified one by one, so peers may be asked.
     pub(crate) manifest_trusted: bool,
@@ -58,6 +72,8 @@ pub(crate) struct Download {
     pub(crate) stat_pending: bool,
     pub(crate) assembling: bool,
     pub(crate) content_id: Option<ContentId>,
+    /// The content id the origin published for the current version, if any.
+    pub(crate) published: Option<ContentId>,
     bytes_total: u64,
     bytes_transferred: u64,
 }
@@ -77,6 +93,7 @@ impl Download {
             fetches: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
             haves: BTreeMap::new(),
+            co_fetchers: BTreeMap::new(),
             manifest_trusted: false,
             started_at: now,
             retry_at: None,
@@ -87,6 +104,7 @@ impl Download {
             stat_pending: false,
             assembling: false,
             content_id: None,
+            published: None,
             bytes_total: 0,
             bytes_transferred: 0,
         }
@@ -100,6 +118,11 @@ impl Download {
             error: self.error,
             extended_error: self.extended_error,
         }
+    }
+
+    /// The content id the bytes must hash to: the caller's, else the origin's published one.
+    pub(crate) fn trusted_id(&self) -> Option<ContentId> {
+        self.spec.content_id.or(self.published)
     }
 
     /// True while the download should be moving: the no-progress clock runs.
@@ -215,6 +238,8 @@ impl Download {
         self.fetches.clear();
         self.peer_requests.clear();
         self.haves.clear();
+        self.co_fetchers.clear();
+        self.published = None;
         self.manifest_trusted = false;
         self.bytes_total = 0;
         self.bytes_transferred = 0;

@@ -72,6 +72,10 @@ pub struct Config {
     /// While peers offer a file, wait this long after a start before asking the origin for
     /// what they lack (DO's `DODelay{Background,Foreground}DownloadFromHttp`). Default 0.
     pub origin_fallback_delay: Duration,
+    /// This node's rank among nodes fetching the same file at once ([`Input::PeerFetching`]):
+    /// the origin's work is split between them in the order of their keys. Any value unique
+    /// in the swarm; the driver derives it from the node's identity. Default 0.
+    pub node_key: u64,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             peer_request_blocks: 16,
             peer_stall_timeout: Duration::from_secs(10),
             origin_fallback_delay: Duration::ZERO,
+            node_key: 0,
         }
     }
 }
@@ -262,6 +267,9 @@ pub struct FileInfo {
     pub accepts_ranges: bool,
     /// Blocks of this exact version the cache already holds, verified.
     pub cached: RangeSet,
+    /// The content id the origin publishes for this version (a BLAKE3 digest beside the
+    /// file), trusted like the caller's; used when the caller gave none.
+    pub content_id: Option<ContentId>,
 }
 
 /// An outcome reported by the driver.
@@ -287,6 +295,18 @@ pub enum Input {
         peer: PeerId,
         /// Its verified blocks.
         blocks: RangeSet,
+    },
+    /// A peer is downloading this download's file too: the origin's work is split between
+    /// the nodes fetching it (each takes the share its key ranks it), so that each byte
+    /// leaves the origin about once. A peer whose share stops growing for
+    /// [`Config::peer_stall_timeout`] loses it to the others.
+    PeerFetching {
+        /// The download.
+        id: DownloadId,
+        /// The peer.
+        peer: PeerId,
+        /// Its rank key (its [`Config::node_key`]).
+        key: u64,
     },
     /// The driver holds a manifest whose root is a content id the download trusts: blocks
     /// from peers can be verified, so peers may be asked.
@@ -503,6 +523,7 @@ impl Engine {
             Input::PeerAdded { .. }
             | Input::PeerRemoved { .. }
             | Input::PeerHas { .. }
+            | Input::PeerFetching { .. }
             | Input::ManifestTrusted { .. } => {
                 self.on_peer_input(now, input);
                 return;
@@ -529,6 +550,7 @@ impl Engine {
             Input::PeerAdded { .. }
             | Input::PeerRemoved { .. }
             | Input::PeerHas { .. }
+            | Input::PeerFetching { .. }
             | Input::ManifestTrusted { .. }
             | Input::BlockCorrupt { .. } => unreachable!("handled before the lookup"),
         }
@@ -585,9 +607,13 @@ impl Engine {
         self.downloads.get(&id).map(Download::status)
     }
 
-    /// The content id of a transferred download, once known.
+    /// The content id of a download's file, once known: the one its bytes hashed to once
+    /// transferred, before that the trusted one it must hash to (the caller's, or the
+    /// origin's published digest).
     pub fn content_id(&self, id: DownloadId) -> Option<ContentId> {
-        self.downloads.get(&id).and_then(|d| d.content_id)
+        self.downloads
+            .get(&id)
+            .and_then(|d| d.content_id.or(d.trusted_id()))
     }
 
     /// Forgets a download in a final state (Finalized or Aborted); returns true if it did.
@@ -656,6 +682,7 @@ impl Engine {
                     cached = info.cached.count(),
                     "stat"
                 );
+                d.published = info.content_id;
                 d.set_info(info);
                 d.last_progress = now;
                 self.emit_status(id);
@@ -822,7 +849,7 @@ impl Engine {
         if d.missing().is_empty() {
             if d.fetches.is_empty() {
                 d.assembling = true;
-                let (ranges, content_id) = (d.ranges.clone(), d.spec.content_id);
+                let (ranges, content_id) = (d.ranges.clone(), d.trusted_id());
                 let request = self.new_request(id);
                 self.actions.push_back(Action::Assemble {
                     request,

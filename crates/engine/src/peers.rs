@@ -9,7 +9,7 @@ use tracing::{debug, info};
 
 use crate::{
     Action, DownloadId, Engine, Event, Input, PeerClass, PeerId, RequestId,
-    download::{Download, PeerRequest},
+    download::{CoFetcher, Download, PeerRequest},
 };
 
 /// What the engine knows of a peer.
@@ -38,7 +38,26 @@ impl Engine {
             Input::PeerHas { id, peer, blocks } => {
                 let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
                 if let (true, Some(d)) = (usable, self.downloads.get_mut(&id)) {
+                    if let Some(co) = d.co_fetchers.get_mut(&peer)
+                        && blocks.count() > co.held
+                    {
+                        co.held = blocks.count();
+                        co.last_grew = now;
+                        co.stalled = false;
+                    }
                     d.haves.insert(peer, blocks);
+                }
+            }
+            Input::PeerFetching { id, peer, key } => {
+                let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
+                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id)) {
+                    let held = d.haves.get(&peer).map_or(0, RangeSet::count);
+                    d.co_fetchers.entry(peer).or_insert(CoFetcher {
+                        key,
+                        held,
+                        last_grew: now,
+                        stalled: false,
+                    });
                 }
             }
             Input::ManifestTrusted { id } => {
@@ -83,6 +102,7 @@ impl Engine {
         let mut cancelled = Vec::new();
         for d in self.downloads.values_mut() {
             d.haves.remove(&peer);
+            d.co_fetchers.remove(&peer);
             let mine: Vec<RequestId> = d
                 .peer_requests
                 .iter()
@@ -106,6 +126,16 @@ impl Engine {
         let timeout = self.config.peer_stall_timeout;
         let mut stalled = Vec::new();
         for (&id, d) in &mut self.downloads {
+            for (peer, co) in &mut d.co_fetchers {
+                if !co.stalled && now >= co.last_grew + timeout {
+                    debug!(
+                        download = id.0,
+                        peer = peer.0,
+                        "co-fetching peer stopped growing"
+                    );
+                    co.stalled = true;
+                }
+            }
             let late: Vec<(RequestId, PeerId)> = d
                 .peer_requests
                 .iter()
@@ -136,7 +166,13 @@ impl Engine {
         let fallback = self
             .peering(d)
             .then(|| d.started_at + self.config.origin_fallback_delay);
-        [stall, fallback].into_iter().flatten().min()
+        let co_stall = d
+            .co_fetchers
+            .values()
+            .filter(|co| !co.stalled)
+            .map(|co| co.last_grew + self.config.peer_stall_timeout)
+            .min();
+        [stall, fallback, co_stall].into_iter().flatten().min()
     }
 
     /// Asks peers for missing blocks they hold: nearest class first, the rarest blocks first
@@ -191,7 +227,14 @@ impl Engine {
             return None;
         }
         let mut missing = d.missing();
-        if d.manifest_trusted {
+        let share = self.origin_share(d);
+        if let Some(share) = &share {
+            missing = missing.clipped(share.start, share.end);
+        }
+        // Blocks a peer holds come from it once the manifest is trusted; while co-fetching,
+        // the manifest becomes trusted when the co-fetchers' shares are in, so their
+        // holdings are not fetched again either.
+        if d.manifest_trusted || share.is_some() {
             let usable = d
                 .haves
                 .iter()
@@ -205,11 +248,56 @@ impl Engine {
         Some(missing)
     }
 
+    /// This node's share of the origin's work on a whole-file download that other nodes
+    /// fetch at the same time: the nodes, ordered by key, take equal contiguous parts of the
+    /// file. A co-fetcher that stopped growing while its part still has blocks nobody holds
+    /// drops out, and the parts are cut again among the rest. `None`: nobody to share with.
+    fn origin_share(&self, d: &Download) -> Option<std::ops::Range<u64>> {
+        if d.ranges.is_some() || d.co_fetchers.is_empty() {
+            return None;
+        }
+        let blocks = d.info.as_ref().map(|i| do_content::block_count(i.len))?;
+        let mut nodes: Vec<(u64, Option<PeerId>)> = d
+            .co_fetchers
+            .iter()
+            .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
+            .map(|(&p, co)| (co.key, Some(p)))
+            .chain(std::iter::once((self.config.node_key, None)))
+            .collect();
+        nodes.sort_unstable();
+        // Needed blocks that neither this node nor any usable peer holds or is bringing.
+        let mut unheld = d.missing();
+        for (p, have) in &d.haves {
+            if self.peers.get(p).is_some_and(|info| !info.banned) {
+                for run in have.runs() {
+                    unheld.remove(run.start, run.end);
+                }
+            }
+        }
+        loop {
+            let n = nodes.len() as u64;
+            let dropout = nodes.iter().enumerate().position(|(i, &(_, peer))| {
+                let Some(peer) = peer else { return false };
+                let part = share_of(blocks, i as u64, n);
+                d.co_fetchers[&peer].stalled && !unheld.clipped(part.start, part.end).is_empty()
+            });
+            match dropout {
+                Some(i) => {
+                    nodes.remove(i);
+                }
+                None => {
+                    let me = nodes.iter().position(|(_, p)| p.is_none())?;
+                    return (n > 1).then(|| share_of(blocks, me as u64, n));
+                }
+            }
+        }
+    }
+
     /// True when peers could help this download: it knows the content id it must hash to (so
     /// peer blocks can be verified once a manifest arrives) and some peer is known. Only then
     /// does the origin wait out the fallback delay, as DO delays HTTP only when peering.
     fn peering(&self, d: &Download) -> bool {
-        d.spec.content_id.is_some() && self.peers.values().any(|p| !p.banned)
+        d.trusted_id().is_some() && self.peers.values().any(|p| !p.banned)
     }
 
     /// Requests in flight to `peer`, over all downloads.
@@ -219,6 +307,12 @@ impl Engine {
             .map(|d| d.peer_requests.values().filter(|p| p.peer == peer).count())
             .sum()
     }
+}
+
+/// Part `i` of `n` equal contiguous parts of `blocks` blocks.
+fn share_of(blocks: u64, i: u64, n: u64) -> std::ops::Range<u64> {
+    let cut = |k: u64| (u128::from(blocks) * u128::from(k) / u128::from(n)) as u64;
+    cut(i)..cut(i + 1)
 }
 
 /// Picks the rarest missing block `peer` holds, scanning from `offset`, and extends it into a

@@ -139,6 +139,7 @@ fn info(len: u64) -> FileInfo {
         len,
         accepts_ranges: true,
         cached: RangeSet::new(),
+        content_id: None,
     }
 }
 
@@ -202,6 +203,7 @@ fn cached_blocks_are_not_fetched_again() {
         len: 64 * BLOCK_SIZE,
         accepts_ranges: true,
         cached,
+        content_id: None,
     }));
     assert_eq!(h.status().bytes_transferred, 40 * BLOCK_SIZE);
     let mut delivered = h.serve_all(Ok(Some(root())));
@@ -838,6 +840,145 @@ fn the_origin_waits_out_the_fallback_delay_while_peers_offer_the_file() {
     assert_eq!(h.status().state, State::Transferred);
 }
 
+/// Origin blocks the pending fetches ask for, answering them all (blocks and end).
+fn serve_origin(h: &mut Harness) -> Vec<u64> {
+    let mut got = Vec::new();
+    for action in h.take() {
+        if let Action::Fetch { request, range, .. } = action {
+            for b in range.blocks() {
+                got.push(b);
+                h.input(Input::Block {
+                    request,
+                    block: BlockIndex(b),
+                });
+            }
+            h.input(Input::FetchEnded {
+                request,
+                result: Ok(()),
+            });
+        }
+    }
+    got.sort_unstable();
+    got
+}
+
+/// A download of 90 blocks started together with peers 1 (key 1) and 2 (key 9); this node's
+/// key is 5, so it ranks in the middle.
+fn co_fetching() -> Harness {
+    let config = Config {
+        node_key: 5,
+        origin_fallback_delay: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let mut h = Harness::new(config);
+    h.start_whole(Some(root()));
+    for (peer, key) in [(1, 1), (2, 9)] {
+        h.input(Input::PeerAdded {
+            peer: PeerId(peer),
+            class: PeerClass::Lan,
+        });
+        h.input(Input::PeerFetching {
+            id: ID,
+            peer: PeerId(peer),
+            key,
+        });
+    }
+    h.answer_stat(Ok(info(90 * BLOCK_SIZE)));
+    h.advance(Duration::from_secs(1));
+    h
+}
+
+#[test]
+fn nodes_fetching_a_file_together_split_the_origin_work() {
+    let mut h = co_fetching();
+    assert_eq!(
+        serve_origin(&mut h),
+        (30..60).collect::<Vec<_>>(),
+        "the middle third"
+    );
+    assert!(h.take().is_empty(), "the others' parts are left to them");
+    // The others bring theirs; once the manifest is trusted, the rest comes from them.
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: std::iter::once(0..30).collect(),
+    });
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(2),
+        blocks: std::iter::once(60..90).collect(),
+    });
+    assert!(
+        h.take().is_empty(),
+        "no peer request before the manifest is trusted"
+    );
+    h.input(Input::ManifestTrusted { id: ID });
+    let got = serve_sources(&mut h, &[]);
+    assert!(!got.contains_key(&None), "nothing more from the origin");
+    assert_eq!(got[&Some(1)].len() + got[&Some(2)].len(), 60);
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
+fn a_co_fetcher_that_stops_growing_loses_its_part() {
+    let mut h = co_fetching();
+    serve_origin(&mut h);
+    // Peer 1 brings its part; peer 2 never brings anything.
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: std::iter::once(0..30).collect(),
+    });
+    h.advance(Duration::from_secs(5));
+    assert!(h.take().is_empty(), "peer 2 still has time");
+    h.advance(Duration::from_secs(6));
+    // Peer 2 dropped out: cut in two, this node's part is 45..90, of which 60..90 is missing.
+    assert_eq!(serve_origin(&mut h), (60..90).collect::<Vec<_>>());
+    // A co-fetcher that holds its part and stops growing keeps it: peer 1 is not dropped.
+    h.advance(Duration::from_secs(20));
+    assert!(
+        h.take().is_empty(),
+        "peer 1 holds 0..30; nothing to take over"
+    );
+}
+
+#[test]
+fn an_origin_published_content_id_is_trusted_like_the_callers() {
+    let mut h = Harness::new(Config::default());
+    h.start_whole(None);
+    h.answer_stat(Ok(FileInfo {
+        content_id: Some(root()),
+        ..info(4 * BLOCK_SIZE)
+    }));
+    assert_eq!(h.engine.content_id(ID), Some(root()));
+    let mut assembled = None;
+    for _ in 0..4 {
+        for action in h.take() {
+            match action {
+                Action::Fetch { request, range, .. } => {
+                    for b in range.blocks() {
+                        h.input(Input::Block {
+                            request,
+                            block: BlockIndex(b),
+                        });
+                    }
+                    h.input(Input::FetchEnded {
+                        request,
+                        result: Ok(()),
+                    });
+                }
+                Action::Assemble { content_id, .. } => assembled = Some(content_id),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(
+        assembled,
+        Some(Some(root())),
+        "assembly checks the published id"
+    );
+}
+
 proptest! {
     /// Scheduler invariants: never ask for a held block, never more fetches than connections,
     /// and every needed block arrives, whatever the completion order and cached set.
@@ -852,7 +993,7 @@ proptest! {
         h.create(None);
         h.command(Command::Start { id: ID, ranges: None }).unwrap();
         let cached: RangeSet = cached.iter().map(|&b| b..b + 1).collect();
-        h.answer_stat(Ok(FileInfo { len: blocks * BLOCK_SIZE, accepts_ranges: true, cached: cached.clone() }));
+        h.answer_stat(Ok(FileInfo { len: blocks * BLOCK_SIZE, accepts_ranges: true, cached: cached.clone(), content_id: None }));
         let mut held: BTreeSet<u64> = cached.iter().filter(|&b| b < blocks).collect();
         let mut open: Vec<(RequestId, Vec<u64>)> = Vec::new();
         let mut picks = picks.into_iter().chain(std::iter::repeat(0));
