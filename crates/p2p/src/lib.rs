@@ -101,6 +101,16 @@ pub fn load_or_create_identity(dir: &Path) -> Result<Keypair, Error> {
     }
 }
 
+/// A peer's rank key: the first 8 bytes of the BLAKE3 hash of its peer id. Every node
+/// computes the same key for a peer, so nodes fetching one file agree on who fetches which
+/// part from the origin without talking about it.
+pub fn rank_key(peer: &libp2p::PeerId) -> u64 {
+    let hash = blake3::hash(&peer.to_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// Builds a swarm with this layer's behaviour on the current tokio runtime.
 pub fn swarm(key: Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
     let protocol = libp2p::StreamProtocol::new(wire::PROTOCOL);

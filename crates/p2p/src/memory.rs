@@ -33,6 +33,17 @@ impl InMemory {
             Request::Have { content } if content == ours => {
                 Response::Have(vec![(0, block_count(self.manifest.len()))])
             }
+            Request::Status { content } if content == ours => Response::Status {
+                have: vec![(0, block_count(self.manifest.len()))],
+                fetching: false,
+            },
+            Request::Hashes { content, first } if content == ours => Response::Hashes {
+                len: self.manifest.len(),
+                blocks: (first..block_count(self.manifest.len()))
+                    .take(crate::wire::MAX_HASHES)
+                    .map(|b| (b, self.manifest.blocks()[b as usize].0))
+                    .collect(),
+            },
             Request::Blocks {
                 content,
                 first,

@@ -42,7 +42,25 @@ pub enum Request {
         /// Number of blocks (at most [`MAX_BLOCKS_PER_REQUEST`]).
         count: u32,
     },
+    /// Which blocks the peer holds, verified, and whether it is fetching the whole file
+    /// right now (so that the origin's work can be split with it).
+    Status {
+        /// The content id.
+        content: [u8; 32],
+    },
+    /// The hashes of the peer's verified blocks, from block `first` on (at most
+    /// [`MAX_HASHES`] of them). Before anyone holds the whole file, the asker collects them
+    /// from several peers and trusts them only once they merge to the content id.
+    Hashes {
+        /// The content id.
+        content: [u8; 32],
+        /// First block index.
+        first: u64,
+    },
 }
+
+/// Most block hashes one [`Response::Hashes`] carries.
+pub const MAX_HASHES: usize = 65_536;
 
 /// A peer's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +80,21 @@ pub enum Response {
     NotHere,
     /// No upload slot free: ask later or elsewhere.
     Busy,
+    /// Answer to [`Request::Status`].
+    Status {
+        /// Held blocks as half-open runs `[start, end)`.
+        have: Vec<(u64, u64)>,
+        /// The peer is fetching the whole file now.
+        fetching: bool,
+    },
+    /// Answer to [`Request::Hashes`]: the file's length and `(block, hash)` pairs in
+    /// ascending block order.
+    Hashes {
+        /// The file's length in bytes.
+        len: u64,
+        /// Verified blocks' hashes (BLAKE3 chaining values, as in the manifest).
+        blocks: Vec<(u64, [u8; 32])>,
+    },
 }
 
 /// The request-response codec for [`Request`] and [`Response`].
@@ -189,6 +222,9 @@ mod tests {
                     count,
                 }
             }),
+            any::<[u8; 32]>().prop_map(|content| Request::Status { content }),
+            (any::<[u8; 32]>(), any::<u64>())
+                .prop_map(|(content, first)| Request::Hashes { content, first }),
         ]
     }
 
@@ -200,6 +236,16 @@ mod tests {
                 .prop_map(|(first, data)| Response::Blocks { first, data }),
             Just(Response::NotHere),
             Just(Response::Busy),
+            (
+                proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20),
+                any::<bool>()
+            )
+                .prop_map(|(have, fetching)| Response::Status { have, fetching }),
+            (
+                any::<u64>(),
+                proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..20)
+            )
+                .prop_map(|(len, blocks)| Response::Hashes { len, blocks }),
         ]
     }
 
