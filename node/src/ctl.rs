@@ -1,5 +1,5 @@
 //! Commands that talk to a running daemon through its `/v1` API: `list`, `status`, `pause`,
-//! `resume`, `abort`, `finalize`, `prop get|set`, `watch`.
+//! `resume`, `abort`, `finalize`, `prop get|set`, `watch`, `stats`, `peers`.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -32,6 +32,59 @@ pub(crate) struct ListArgs {
     /// JSON output.
     #[arg(long)]
     json: bool,
+}
+
+/// Node-wide commands (`stats`, `peers`).
+#[derive(clap::Args)]
+pub(crate) struct NodeArgs {
+    #[command(flatten)]
+    daemon: Daemon,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `donode stats`: bytes by source and destination, node-wide, with DO's names.
+pub(crate) async fn stats(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let stats = args.daemon.connect().await?.node_stats().await?;
+    if args.json {
+        println!("{stats}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    const FIELDS: [&str; 9] = [
+        "NumPeers",
+        "BytesFromHttp",
+        "BytesFromLanPeers",
+        "BytesFromGroupPeers",
+        "BytesFromInternetPeers",
+        "BytesToLanPeers",
+        "BytesToGroupPeers",
+        "BytesToInternetPeers",
+        "PeersBanned",
+    ];
+    for field in FIELDS {
+        println!("{field:<24}{}", stats[field]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `donode peers`: this node's peer id and the peers it is connected to.
+pub(crate) async fn peers(args: NodeArgs) -> anyhow::Result<ExitCode> {
+    let stats = args.daemon.connect().await?.node_stats().await?;
+    if args.json {
+        let listed = json!({ "PeerId": stats["PeerId"], "Peers": stats["Peers"] });
+        println!("{listed}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match stats["PeerId"].as_str() {
+        Some(me) => println!("this node: {me}"),
+        None => println!("this node does not exchange with peers (HTTP only; see `run --p2p`)"),
+    }
+    for peer in stats["Peers"].as_array().into_iter().flatten() {
+        let text = |k: &str| peer[k].as_str().unwrap_or("").to_owned();
+        println!("{}  {}", text("PeerId"), text("Address"));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Commands on one download.

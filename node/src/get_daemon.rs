@@ -74,9 +74,9 @@ pub(crate) async fn run(args: &Args, manager: &Manager) -> anyhow::Result<ExitCo
         }
         Some(s) if s.state == State::Transferred => {
             let content_id = download.property(Property::ContentId).await?;
-            let (http, cache) = download.stats().await?;
+            let sources = download.sources().await?;
             download.finalize().await?;
-            report(args, &s, content_id, http, cache, started.elapsed());
+            report(args, &s, content_id, sources, started.elapsed());
             Ok(ExitCode::SUCCESS)
         }
         Some(s) => {
@@ -92,7 +92,8 @@ pub(crate) async fn run(args: &Args, manager: &Manager) -> anyhow::Result<ExitCo
     }
 }
 
-fn report(args: &Args, s: &Status, content_id: Json, http: u64, cache: u64, elapsed: Duration) {
+fn report(args: &Args, s: &Status, content_id: Json, sources: (u64, u64, u64), elapsed: Duration) {
+    let (http, peers, cache) = sources;
     if args.json {
         let summary = serde_json::json!({
             "url": args.url,
@@ -100,6 +101,7 @@ fn report(args: &Args, s: &Status, content_id: Json, http: u64, cache: u64, elap
             "content_id": content_id,
             "bytes_total": s.bytes_total,
             "BytesFromHttp": http,
+            "BytesFromLanPeers": peers,
             "BytesFromCache": cache,
             "seconds": elapsed.as_secs_f64(),
             "daemon": true,
@@ -107,7 +109,7 @@ fn report(args: &Args, s: &Status, content_id: Json, http: u64, cache: u64, elap
         println!("{summary}");
     } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!(
-            "{}  {} bytes in {:.2} s through the daemon (from origin {http}, from cache {cache})",
+            "{}  {} bytes in {:.2} s through the daemon (from origin {http}, from LAN peers {peers}, from cache {cache})",
             content_id.as_str().unwrap_or_default(),
             s.bytes_total,
             elapsed.as_secs_f64(),

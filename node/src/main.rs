@@ -50,6 +50,10 @@ enum Command {
     Prop(ctl::PropCommand),
     /// Print a download's status events as they happen.
     Watch(ctl::IdArgs),
+    /// Node-wide bytes by source and destination (DO's performance snapshot).
+    Stats(ctl::NodeArgs),
+    /// This node's peer id and its connected peers.
+    Peers(ctl::NodeArgs),
     /// BITS-compatible jobs: create, add, resume, suspend, cancel, complete, info, files,
     /// error, list, watch.
     #[command(subcommand)]
@@ -89,6 +93,8 @@ fn main() -> ExitCode {
             Command::Prop(command) => ctl::prop(command).await,
             Command::Watch(args) => ctl::watch(args).await,
             Command::Job(command) => job::run(command).await,
+            Command::Stats(args) => ctl::stats(args).await,
+            Command::Peers(args) => ctl::peers(args).await,
         }
     });
     match result {

@@ -1,6 +1,6 @@
 //! Test-support library for donode's integration tests.
 //!
-//! Everything here binds to loopback only, creates its state in fresh
+//! Everything here binds to loopback or to namespaces it created, creates its state in fresh
 //! temporary directories, picks its own free ports and cleans up on drop, so
 //! tests using it can run in parallel (and as root).
 //!
@@ -13,6 +13,7 @@
 //! * [`DonodeGet`] — runs `donode get` as a child process and returns its
 //!   [`Outcome`] (exit code, output, parsed `--json` [`Summary`]).
 //! * [`Daemon`] — a `donode run` daemon as a child process.
+//! * [`Lan`] — network namespaces bridged into a LAN (for p2p tests; needs root).
 //! * Helpers: [`donode_bin`], [`write_random_file`], [`random_bytes`],
 //!   [`b3sum`], [`temp_dir`], [`free_port`].
 
@@ -20,6 +21,7 @@ mod cli;
 mod daemon;
 mod fault;
 pub mod http;
+mod lan;
 mod nginx;
 mod util;
 
@@ -29,6 +31,7 @@ pub use cli::{
 };
 pub use daemon::Daemon;
 pub use fault::{DEFAULT_ETAG, Fault, FaultHandle, FaultServer};
+pub use lan::Lan;
 pub use nginx::{LogLine, Nginx, NginxOptions};
 pub use util::{
     b3sum, donode_bin, fill_random, free_port, random_bytes, temp_dir, write_random_file,

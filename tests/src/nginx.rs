@@ -192,6 +192,7 @@ impl Drop for NginxProcess {
 pub struct Nginx {
     // Field order matters: the process must stop before its dir is removed.
     process: NginxProcess,
+    ip: Ipv4Addr,
     port: u16,
     root: PathBuf,
     dir: TempDir,
@@ -206,12 +207,31 @@ impl Nginx {
     /// Starts nginx serving `root` with `options`, waiting until it accepts
     /// connections. Retries with another port if the chosen one was taken.
     pub fn start_with(root: &Path, options: NginxOptions) -> anyhow::Result<Self> {
+        Self::start_at(root, options, &Place::Loopback)
+    }
+
+    /// Starts nginx inside network namespace `netns`, listening on `ip` (an address of that
+    /// namespace) port 8080: an origin on a test LAN.
+    pub fn start_in_netns(
+        root: &Path,
+        options: NginxOptions,
+        netns: &str,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<Self> {
+        let place = Place::Netns {
+            name: netns.to_owned(),
+            ip,
+        };
+        Self::start_at(root, options, &place)
+    }
+
+    fn start_at(root: &Path, options: NginxOptions, place: &Place) -> anyhow::Result<Self> {
         let root = root
             .canonicalize()
             .with_context(|| format!("nginx root {}", root.display()))?;
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(&root, &options)? {
+            match Self::try_start(&root, &options, place)? {
                 Ok(nginx) => return Ok(nginx),
                 Err(e) => last_err = Some(e),
             }
@@ -226,19 +246,33 @@ impl Nginx {
     fn try_start(
         root: &Path,
         options: &NginxOptions,
+        place: &Place,
     ) -> anyhow::Result<Result<Self, anyhow::Error>> {
         let dir = tempfile::Builder::new()
             .prefix("do-tests-nginx-")
             .tempdir()
             .context("creating nginx temp dir")?;
-        let port = free_port()?;
+        let (ip, port) = match place {
+            Place::Loopback => (Ipv4Addr::LOCALHOST, free_port()?),
+            Place::Netns { ip, .. } => (*ip, NETNS_PORT),
+        };
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config(dir.path(), root, port, options))
+        let listen = SocketAddr::from((ip, port));
+        std::fs::write(&conf, config(dir.path(), root, listen, options))
             .context("writing nginx.conf")?;
         let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
         let mut prefix = dir.path().as_os_str().to_owned();
         prefix.push("/");
-        let child = Command::new(NGINX)
+        let mut command = match place {
+            Place::Loopback => Command::new(NGINX),
+            Place::Netns { name, .. } => {
+                // `ip netns exec` execs nginx: the child is nginx's master.
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name, NGINX]);
+                c
+            }
+        };
+        let child = command
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -256,13 +290,24 @@ impl Nginx {
                 child,
                 reaped: false,
             },
+            ip,
             port,
             root: root.to_path_buf(),
             dir,
         };
 
         let pid_file = nginx.dir.path().join("nginx.pid");
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let addr = SocketAddr::from((ip, port));
+        let accepts = || match place {
+            Place::Loopback => {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }
+            Place::Netns { name, .. } => Command::new("ip")
+                .args(["netns", "exec", name, "curl", "-s", "-o", "/dev/null"])
+                .arg(format!("http://{addr}/"))
+                .status()
+                .is_ok_and(|s| s.success()),
+        };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = nginx.process.exited() {
@@ -273,9 +318,7 @@ impl Nginx {
                 bail!("nginx exited during startup ({status}): {}", logs.trim());
             }
             // The pid file is written after the listening sockets are bound.
-            if pid_file.exists()
-                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            {
+            if pid_file.exists() && accepts() {
                 return Ok(Ok(nginx));
             }
             if Instant::now() > deadline {
@@ -295,21 +338,21 @@ impl Nginx {
         format!("{}{}", read("stderr.log"), read("error.log"))
     }
 
-    /// The TCP port nginx listens on (on 127.0.0.1).
+    /// The TCP port nginx listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
 
     /// The socket address nginx listens on.
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::from((self.ip, self.port))
     }
 
     /// Full URL for `path`, e.g. `url("/files/a.bin")` →
     /// `http://127.0.0.1:PORT/files/a.bin`.
     pub fn url(&self, path: &str) -> String {
         let slash = if path.starts_with('/') { "" } else { "/" };
-        format!("http://127.0.0.1:{}{slash}{path}", self.port)
+        format!("http://{}:{}{slash}{path}", self.ip, self.port)
     }
 
     /// The (canonicalised) directory being served.
@@ -398,7 +441,18 @@ fn q(p: &Path) -> String {
     format!("\"{s}\"")
 }
 
-fn config(dir: &Path, root: &Path, port: u16, options: &NginxOptions) -> String {
+/// Where an instance listens.
+enum Place {
+    /// 127.0.0.1, a free port.
+    Loopback,
+    /// Inside a network namespace, on one of its addresses, port [`NETNS_PORT`].
+    Netns { name: String, ip: Ipv4Addr },
+}
+
+/// The port of an instance in a namespace (nothing else listens there).
+const NETNS_PORT: u16 = 8080;
+
+fn config(dir: &Path, root: &Path, listen: SocketAddr, options: &NginxOptions) -> String {
     let mut c = String::new();
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -446,7 +500,7 @@ http {{
     keepalive_timeout 65;
 
     server {{
-        listen 127.0.0.1:{port};
+        listen {listen};
         server_name localhost;
 
         location / {{

@@ -4,12 +4,12 @@
 
 use std::{
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use do_tests::{b3sum, temp_dir, write_random_file};
+use do_tests::{Lan, b3sum, temp_dir, write_random_file};
 
 /// The probe binary beside the test's `donode`.
 fn probe() -> PathBuf {
@@ -18,67 +18,8 @@ fn probe() -> PathBuf {
     bin
 }
 
-/// Namespaces created by the test, deleted (with everything in them) on drop.
-struct Lan {
-    names: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for n in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().unwrap();
-    assert!(status.success(), "ip {args:?}");
-}
-
-/// A bridge namespace and `hosts` host namespaces on 10.253.0.0/24.
 fn lan(hosts: usize) -> Lan {
-    // Unique per test in this process, and per process.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tag = format!("{}{}", std::process::id(), (b'a' + n as u8) as char);
-    let bridge = format!("dn{tag}b");
-    let mut lan = Lan {
-        names: vec![bridge.clone()],
-        children: Vec::new(),
-    };
-    ip(&["netns", "add", &bridge]);
-    ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &bridge, "link", "set", "br0", "up"]);
-    for i in 1..=hosts {
-        let host = format!("dn{tag}h{i}");
-        ip(&["netns", "add", &host]);
-        lan.names.push(host.clone());
-        let port = format!("p{i}");
-        ip(&[
-            "-n", &host, "link", "add", "e0", "type", "veth", "peer", "name", &port, "netns",
-            &bridge,
-        ]);
-        ip(&["-n", &bridge, "link", "set", &port, "master", "br0"]);
-        ip(&["-n", &bridge, "link", "set", &port, "up"]);
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("10.253.0.{i}/24"),
-            "dev",
-            "e0",
-        ]);
-        ip(&["-n", &host, "link", "set", "e0", "up"]);
-        ip(&["-n", &host, "link", "set", "lo", "up"]);
-    }
-    lan
+    Lan::new(hosts)
 }
 
 /// Runs the probe's `fetch` of `content` into `out` inside namespace `ns`.

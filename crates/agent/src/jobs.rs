@@ -126,6 +126,9 @@ struct FileRecord {
     bytes_total: Option<u64>,
     bytes_done: u64,
     bytes_from_http: u64,
+    /// Verified bytes from LAN peers.
+    #[serde(default)]
+    bytes_from_peers: u64,
     transferred: bool,
     completed: bool,
     started_unix_ms: u64,
@@ -323,6 +326,7 @@ impl Jobs {
             bytes_total: None,
             bytes_done: 0,
             bytes_from_http: 0,
+            bytes_from_peers: 0,
             transferred: false,
             completed: false,
             started_unix_ms: 0,
@@ -778,6 +782,7 @@ fn observe(id: &str, job: &mut Job, calls: &mut Vec<NodeCall>) -> bool {
         let p = rx.borrow().clone();
         f.headers = p.response_headers.clone();
         f.record.bytes_from_http = p.bytes_from_http;
+        f.record.bytes_from_peers = p.bytes_from_peers;
         if p.status.bytes_total > 0 || p.status.state == DlState::Transferred {
             f.record.bytes_total = Some(p.status.bytes_total);
         }
@@ -921,7 +926,8 @@ fn file_json(index: usize, f: &File) -> Json {
     })
 }
 
-/// `DOSwarmStats` (HTTP only: peers are not built yet).
+/// `DOSwarmStats`. Only LAN peers exist (Group and Internet modes are not built), and bytes
+/// served to peers are counted node-wide (`/v1/stats`), not per file.
 fn stats_json(job: &JobRecord, f: &File) -> Json {
     let r = &f.record;
     let end = if r.finished_unix_ms > 0 {
@@ -940,7 +946,7 @@ fn stats_json(job: &JobRecord, f: &File) -> Json {
         "FileSize": r.bytes_total.unwrap_or(TO_EOF),
         "TotalBytesDownloaded": r.bytes_done,
         "BytesFromHttp": r.bytes_from_http,
-        "BytesFromLanPeers": 0, "BytesFromGroupPeers": 0, "BytesFromInternetPeers": 0,
+        "BytesFromLanPeers": r.bytes_from_peers, "BytesFromGroupPeers": 0, "BytesFromInternetPeers": 0,
         "BytesToLanPeers": 0, "BytesToGroupPeers": 0, "BytesToInternetPeers": 0,
         "HttpConnectionCount": u32::from(r.started_unix_ms > 0),
         "LanConnectionCount": 0, "GroupConnectionCount": 0, "InternetConnectionCount": 0,

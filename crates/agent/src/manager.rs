@@ -191,14 +191,23 @@ impl Manager {
         Ok(r.download.as_ref().map(|(_, rx)| rx.clone()))
     }
 
-    /// Bytes by source of a started download: (BytesFromHttp, BytesFromCache).
-    pub(crate) fn stats(&self, id: &str) -> Result<(u64, u64)> {
+    /// Bytes by source of a started download: (BytesFromHttp, BytesFromLanPeers,
+    /// BytesFromCache).
+    pub(crate) fn stats(&self, id: &str) -> Result<(u64, u64, u64)> {
         let records = self.lock();
         let r = records.get(id).ok_or(ApiError::NotFound)?;
-        Ok(r.download.as_ref().map_or((0, 0), |(_, rx)| {
+        Ok(r.download.as_ref().map_or((0, 0, 0), |(_, rx)| {
             let p = rx.borrow();
-            (p.bytes_from_http, p.bytes_from_cache)
+            (p.bytes_from_http, p.bytes_from_peers, p.bytes_from_cache)
         }))
+    }
+
+    /// Node-wide figures.
+    pub(crate) async fn node_stats(&self) -> Result<do_driver::NodeStats> {
+        self.node
+            .stats()
+            .await
+            .map_err(|_| ApiError::Refused(E_FAIL))
     }
 
     /// A property's value.

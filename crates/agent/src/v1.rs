@@ -142,9 +142,34 @@ async fn route(
                     props.insert(p.name().into(), v);
                 }
             }
-            let (http, cache) = manager.stats(id)?;
-            let stats = json!({ "BytesFromHttp": http, "BytesFromCache": cache });
+            let (http, peers, cache) = manager.stats(id)?;
+            let stats = json!({
+                "BytesFromHttp": http,
+                "BytesFromLanPeers": peers,
+                "BytesFromCache": cache,
+            });
             ok(json!({ "Id": id, "Status": status, "Properties": props, "Stats": stats }))
+        }
+        ("GET", ["stats"]) => {
+            let s = manager.node_stats().await?;
+            let peers: Vec<Json> = s
+                .peers
+                .iter()
+                .map(|(id, addr)| json!({ "PeerId": id, "Address": addr }))
+                .collect();
+            ok(json!({
+                "PeerId": s.peer_id,
+                "NumPeers": s.peers.len(),
+                "Peers": peers,
+                "BytesFromHttp": s.bytes_from_http,
+                "BytesFromLanPeers": s.bytes_from_lan_peers,
+                "BytesFromGroupPeers": 0,
+                "BytesFromInternetPeers": 0,
+                "BytesToLanPeers": s.bytes_to_lan_peers,
+                "BytesToGroupPeers": 0,
+                "BytesToInternetPeers": 0,
+                "PeersBanned": s.peers_banned,
+            }))
         }
         ("GET", ["downloads", id, "status"]) => ok(json!(manager.status(id)?)),
         ("POST", ["downloads", id, "start"]) => {

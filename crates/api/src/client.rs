@@ -119,6 +119,13 @@ impl Manager {
         }
     }
 
+    /// Node-wide figures (`GET /v1/stats`): the peer id, connected peers and bytes by source
+    /// and destination, with DO's names (`NumPeers`, `BytesFromHttp`, `BytesFromLanPeers`,
+    /// `BytesToLanPeers`, ...).
+    pub async fn node_stats(&self) -> Result<Json> {
+        self.call(reqwest::Method::GET, "/stats", None).await
+    }
+
     /// `EnumDownloads`, optionally filtered by one category (Id, Uri, ContentId, DisplayName,
     /// LocalPath).
     pub async fn enumerate(&self, filter: Option<(Property, &str)>) -> Result<Vec<Listed>> {
@@ -225,6 +232,12 @@ impl Download {
 
     /// Bytes by source so far: `(BytesFromHttp, BytesFromCache)`.
     pub async fn stats(&self) -> Result<(u64, u64)> {
+        let (http, _, cache) = self.sources().await?;
+        Ok((http, cache))
+    }
+
+    /// Bytes by source so far: `(BytesFromHttp, BytesFromLanPeers, BytesFromCache)`.
+    pub async fn sources(&self) -> Result<(u64, u64, u64)> {
         let v = self
             .manager
             .call(
@@ -234,7 +247,11 @@ impl Download {
             )
             .await?;
         let n = |k: &str| v["Stats"][k].as_u64().unwrap_or(0);
-        Ok((n("BytesFromHttp"), n("BytesFromCache")))
+        Ok((
+            n("BytesFromHttp"),
+            n("BytesFromLanPeers"),
+            n("BytesFromCache"),
+        ))
     }
 
     /// `GetProperty`.

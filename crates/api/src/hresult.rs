@@ -2,6 +2,8 @@
 
 /// Not implemented.
 pub const E_NOTIMPL: u32 = 0x8000_4001;
+/// Unspecified failure (the node stopped).
+pub const E_FAIL: u32 = 0x8000_4005;
 /// A missing, unknown or malformed argument.
 pub const E_INVALIDARG: u32 = 0x8007_0057;
 /// No such download (the Linux agent's and SDK's `not_found`).

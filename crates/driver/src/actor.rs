@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Instant,
 };
 
@@ -20,6 +20,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::{
     Config, Download, Error, Progress, Request,
     fetch::{self, FetchTask},
+    p2p::{Ctx, Join, P2p, P2pEvent},
 };
 
 /// DO_E_FILE_SIZE_UNKNOWN_HTTP_200: the origin did not say how long the file is.
@@ -69,6 +70,9 @@ pub(crate) enum Command {
         id: DownloadId,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    Stats {
+        reply: oneshot::Sender<crate::NodeStats>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -85,6 +89,17 @@ pub(crate) enum IoEvent {
         request: RequestId,
         block: BlockIndex,
         bytes: u64,
+    },
+    /// A block from a peer, verified against the trusted manifest, written and recorded.
+    PeerBlock {
+        request: RequestId,
+        block: BlockIndex,
+        bytes: u64,
+    },
+    /// A block from a peer failed verification; its bytes were dropped.
+    PeerCorrupt {
+        request: RequestId,
+        block: BlockIndex,
     },
     FetchEnded {
         request: RequestId,
@@ -129,17 +144,28 @@ pub(crate) struct Actor {
     /// True while some foreground download transfers; background fetches then yield.
     foreground_active: watch::Sender<bool>,
     /// The p2p side, when enabled.
-    serving: Option<crate::serve::Serving>,
+    p2p: Option<P2p>,
+    /// Bytes received from origins since the node started.
+    bytes_from_http: u64,
 }
 
 impl Actor {
     pub(crate) fn spawn(
         config: Config,
     ) -> Result<(mpsc::Sender<Command>, tokio::task::JoinHandle<()>), Error> {
+        let mut config = config;
         let store = Arc::new(Store::open(&config.cache_dir, config.store.clone())?);
         let origin = Client::new(config.origin.clone())?;
-        let serving = match &config.p2p {
-            Some(p2p) => Some(crate::serve::Serving::start(p2p, &config.cache_dir)?),
+        let p2p = match &config.p2p {
+            Some(p2p_config) => {
+                let p2p = P2p::start(p2p_config, &config.cache_dir)?;
+                config.engine.node_key = p2p.key();
+                config.engine.origin_fallback_delay = config
+                    .engine
+                    .origin_fallback_delay
+                    .max(p2p_config.origin_fallback_delay);
+                Some(p2p)
+            }
             None => None,
         };
         let seed = seed_from_clock();
@@ -158,7 +184,8 @@ impl Actor {
             next_id: 1,
             resolving: Arc::default(),
             foreground_active: watch::Sender::new(false),
-            serving,
+            p2p,
+            bytes_from_http: 0,
         };
         let task = tokio::spawn(actor.run(rx, io_rx).instrument(info_span!("node")));
         Ok((tx, task))
@@ -183,9 +210,16 @@ impl Actor {
                 Some(event) = io_rx.recv() => self.on_io(event),
                 () = sleep_until(timer) => self.engine.handle_timeout(Instant::now()),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                served = next_served(&mut self.serving), if self.serving.is_some() => {
-                    if let Some(serving) = &mut self.serving {
-                        serving.handle(served, &self.store, &mut self.tasks);
+                event = next_p2p(&mut self.p2p), if self.p2p.is_some() => {
+                    if let Some(p2p) = &mut self.p2p {
+                        let mut ctx = Ctx {
+                            now: Instant::now(),
+                            engine: &mut self.engine,
+                            store: &self.store,
+                            tasks: &mut self.tasks,
+                            io_tx: &self.io_tx,
+                        };
+                        p2p.handle(event, &mut ctx);
                     }
                 }
             }
@@ -256,6 +290,9 @@ impl Actor {
                     .handle_command(now, do_engine::Command::Finalize { id });
                 let _ = reply.send(r.map_err(Error::from));
             }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }
@@ -274,6 +311,7 @@ impl Actor {
         let (progress, rx) = watch::channel(Progress {
             status,
             bytes_from_http: 0,
+            bytes_from_peers: 0,
             bytes_from_cache: 0,
             content_id: None,
             response_headers: None,
@@ -334,8 +372,20 @@ impl Actor {
                 if let Some(job) = self.requests.get(&request).and_then(|id| self.jobs.get(id)) {
                     job.progress.send_modify(|p| p.bytes_from_http += bytes);
                 }
+                self.bytes_from_http += bytes;
                 Input::Block { request, block }
             }
+            IoEvent::PeerBlock {
+                request,
+                block,
+                bytes,
+            } => {
+                if let Some(job) = self.requests.get(&request).and_then(|id| self.jobs.get(id)) {
+                    job.progress.send_modify(|p| p.bytes_from_peers += bytes);
+                }
+                Input::Block { request, block }
+            }
+            IoEvent::PeerCorrupt { request, block } => Input::BlockCorrupt { request, block },
             IoEvent::FetchEnded { request, result } => {
                 self.forget_request(request);
                 Input::FetchEnded { request, result }
@@ -345,7 +395,58 @@ impl Actor {
                 Input::Assembled { request, result }
             }
         };
+        let joined = match &input {
+            Input::Stat { request, .. } => self.requests.get(request).copied(),
+            _ => None,
+        };
         self.engine.handle_input(now, input);
+        if let Some(id) = joined {
+            self.join_swarm(id);
+        }
+    }
+
+    /// Once a download knows its file's length, cache entry and content id, it exchanges the
+    /// file with peers.
+    fn join_swarm(&mut self, id: DownloadId) {
+        let Some(p2p) = &mut self.p2p else { return };
+        let (Some(job), Some(content)) = (self.jobs.get(&id), self.engine.content_id(id)) else {
+            return;
+        };
+        let Some((entry, _)) = job.entry else { return };
+        if p2p.is_swarming(id) {
+            return;
+        }
+        let join = Join {
+            content,
+            entry,
+            len: job.len,
+            fetching: job.request.ranges.is_none(),
+        };
+        let mut ctx = Ctx {
+            now: Instant::now(),
+            engine: &mut self.engine,
+            store: &self.store,
+            tasks: &mut self.tasks,
+            io_tx: &self.io_tx,
+        };
+        p2p.join(&mut ctx, id, join);
+    }
+
+    /// Node-wide counters.
+    fn stats(&self) -> crate::NodeStats {
+        let mut stats = crate::NodeStats {
+            bytes_from_http: self.bytes_from_http,
+            ..crate::NodeStats::default()
+        };
+        if let Some(p2p) = &self.p2p {
+            let c = &p2p.counters;
+            stats.peer_id = Some(p2p.peer_id());
+            stats.peers = p2p.peer_list();
+            stats.bytes_from_lan_peers = c.bytes_from_lan_peers.load(Ordering::Relaxed);
+            stats.bytes_to_lan_peers = c.bytes_to_lan_peers.load(Ordering::Relaxed);
+            stats.peers_banned = c.peers_banned.load(Ordering::Relaxed);
+        }
+        stats
     }
 
     /// Carries out the engine's actions and publishes its events.
@@ -353,7 +454,25 @@ impl Actor {
         while let Some(action) = self.engine.poll_action() {
             self.perform(action);
         }
-        while let Some(Event::Status { id, status }) = self.engine.poll_event() {
+        while let Some(event) = self.engine.poll_event() {
+            let (id, status) = match event {
+                Event::Status { id, status } => (id, status),
+                Event::PeerBanned { peer } => {
+                    if let Some(p2p) = &mut self.p2p {
+                        p2p.ban(peer);
+                    }
+                    continue;
+                }
+            };
+            if matches!(
+                status.state,
+                do_engine::State::Transferred
+                    | do_engine::State::Finalized
+                    | do_engine::State::Aborted
+            ) && let Some(p2p) = &mut self.p2p
+            {
+                p2p.leave(id);
+            }
             let content_id = self.engine.content_id(id);
             let Some(job) = self.jobs.get(&id) else {
                 continue;
@@ -405,13 +524,20 @@ impl Actor {
                 let headers = job.request.headers.clone();
                 let previous = job.request.previous_url.clone();
                 let entries = Arc::clone(&self.resolving);
+                // Peers can help only against a trusted content id: without the caller's,
+                // look for the one the origin publishes.
+                let published = self.p2p.is_some() && job.request.content_id.is_none();
                 self.tasks.spawn(
                     async move {
                         let urls = Urls {
                             url: &url,
                             previous: previous.as_deref(),
                         };
-                        let result = stat(&origin, &store, &entries, urls, &headers).await;
+                        let mut result = stat(&origin, &store, &entries, urls, &headers).await;
+                        if let (true, Ok(found)) = (published, &mut result) {
+                            found.info.content_id =
+                                published_content_id(&origin, &url, &headers).await;
+                        }
                         let _ = io_tx
                             .send(IoEvent::Stat {
                                 request,
@@ -478,13 +604,30 @@ impl Actor {
                     fetch::run(task).instrument(info_span!("fetch", download = id.0, %range)),
                 );
             }
-            Action::RequestBlocks { request, peer, .. } => {
-                // This driver has no peer layer yet and never reports peers or a trusted
-                // manifest, so the engine does not ask; should it, the request fails and the
-                // engine stops counting on that peer.
-                warn!(peer = peer.0, "peer request without a peer layer");
-                let result = Err(Failure::Transient(DO_E_FATAL_CORE_ERROR));
-                let _ = self.io_tx.try_send(IoEvent::FetchEnded { request, result });
+            Action::RequestBlocks {
+                request,
+                id,
+                peer,
+                blocks,
+            } => {
+                self.requests.insert(request, id);
+                match &mut self.p2p {
+                    Some(p2p) => {
+                        let mut ctx = Ctx {
+                            now: Instant::now(),
+                            engine: &mut self.engine,
+                            store: &self.store,
+                            tasks: &mut self.tasks,
+                            io_tx: &self.io_tx,
+                        };
+                        p2p.request_blocks(&mut ctx, request, id, peer, blocks);
+                    }
+                    None => {
+                        warn!(peer = peer.0, "peer request without a peer layer");
+                        let result = Err(Failure::Transient(DO_E_FATAL_CORE_ERROR));
+                        let _ = self.io_tx.try_send(IoEvent::FetchEnded { request, result });
+                    }
+                }
             }
             Action::Cancel { request } => {
                 if let Some(cancel) = self.cancels.remove(&request) {
@@ -567,6 +710,31 @@ impl Actor {
 struct Urls<'a> {
     url: &'a str,
     previous: Option<&'a str>,
+}
+
+/// Longest published digest file read.
+const PUBLISHED_MAX: usize = 4096;
+
+/// The content id the origin publishes beside the file: `URL.b3`, in `b3sum` format (the
+/// hex digest first). `None` when there is none or it does not parse.
+async fn published_content_id(
+    origin: &Client,
+    url: &str,
+    headers: &do_origin::Headers,
+) -> Option<ContentId> {
+    let digest_url = format!("{url}.b3");
+    let mut body = origin.get(&digest_url, headers, None, None).await.ok()?;
+    let mut text = Vec::new();
+    while let Ok(Some(chunk)) = body.chunk().await {
+        text.extend_from_slice(&chunk);
+        if text.len() > PUBLISHED_MAX {
+            return None;
+        }
+    }
+    let text = std::str::from_utf8(&text).ok()?;
+    let id = text.split_whitespace().next()?.parse().ok();
+    tracing::debug!(url = %digest_url, ?id, "published content id");
+    id
 }
 
 /// Asks the origin about the file and finds or creates the cache entry for that version.
@@ -715,9 +883,9 @@ fn assemble(
     Ok(root)
 }
 
-/// The next p2p event (only polled when serving is on).
-async fn next_served(serving: &mut Option<crate::serve::Serving>) -> crate::serve::Served {
-    match serving {
+/// The next p2p event (only polled when the p2p side is on).
+async fn next_p2p(p2p: &mut Option<P2p>) -> P2pEvent {
+    match p2p {
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }

@@ -15,7 +15,7 @@
 
 mod actor;
 mod fetch;
-mod serve;
+mod p2p;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -49,8 +49,9 @@ pub struct Config {
     /// (DO's `ForegroundPriority`). Default 256 KiB/s: background downloads keep moving (and
     /// never hit their no-progress timeout) but take little.
     pub background_yield_rate: u64,
-    /// Serve the cache to LAN peers over the p2p layer; `None` (the default) keeps the node
-    /// to itself. Peers are not yet used as sources by downloads.
+    /// Exchange files with LAN peers over the p2p layer (DO's LAN download mode): downloads
+    /// take verified blocks from peers and the cache is served to them. `None` (the default)
+    /// is HTTP only.
     pub p2p: Option<P2pConfig>,
 }
 
@@ -61,8 +62,12 @@ pub struct P2pConfig {
     pub layer: do_p2p::Config,
     /// Where to listen. Default all IPv4 addresses, a free TCP port.
     pub listen: libp2p::Multiaddr,
-    /// Peer requests answered at once; more get `Busy`. Default 4 (DO's upload slots).
+    /// Peer requests answered at once; more wait in a queue (DO's upload slots). Default 4.
     pub upload_slots: usize,
+    /// While peers could supply a file, the origin waits this long after a download starts
+    /// (for peers to say what they hold and who else fetches it) before fetching what they
+    /// lack; the larger of this and the engine's own delay applies. Default 2 s.
+    pub origin_fallback_delay: Duration,
 }
 
 impl Default for P2pConfig {
@@ -71,6 +76,7 @@ impl Default for P2pConfig {
             layer: do_p2p::Config::default(),
             listen: "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
             upload_slots: 4,
+            origin_fallback_delay: Duration::from_secs(2),
         }
     }
 }
@@ -125,6 +131,8 @@ pub struct Progress {
     pub status: Status,
     /// Bytes received from the HTTP origin (DO's `BytesFromHttp`).
     pub bytes_from_http: u64,
+    /// Verified bytes received from LAN peers (DO's `BytesFromLanPeers`).
+    pub bytes_from_peers: u64,
     /// Requested bytes that were already verified in the local cache.
     pub bytes_from_cache: u64,
     /// The file's content id, once known.
@@ -143,6 +151,23 @@ impl Progress {
             State::Transferred | State::Finalized | State::Aborted
         ) || (self.status.state == State::Paused && self.status.error != 0)
     }
+}
+
+/// Node-wide p2p figures (DO's `Get-DeliveryOptimizationPerfSnap`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// This node's libp2p peer id, when the p2p side is on.
+    pub peer_id: Option<String>,
+    /// Connected peers: peer id and address.
+    pub peers: Vec<(String, String)>,
+    /// Bytes received from HTTP origins (`BytesFromHttp`).
+    pub bytes_from_http: u64,
+    /// Verified bytes received from LAN peers (`BytesFromLanPeers`).
+    pub bytes_from_lan_peers: u64,
+    /// Bytes served to LAN peers (`BytesToLanPeers`).
+    pub bytes_to_lan_peers: u64,
+    /// Peers banned for sending bytes that failed verification.
+    pub peers_banned: u64,
 }
 
 /// A started download: its id and a live view of its progress.
@@ -254,6 +279,11 @@ impl Node {
     pub async fn finalize(&self, id: DownloadId) -> Result<(), Error> {
         self.call(|reply| actor::Command::Finalize { id, reply })
             .await?
+    }
+
+    /// Node-wide p2p figures.
+    pub async fn stats(&self) -> Result<NodeStats, Error> {
+        self.call(|reply| actor::Command::Stats { reply }).await
     }
 
     /// Stops every task, recording the verified blocks they hold, and ends the actor.

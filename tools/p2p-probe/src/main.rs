@@ -28,6 +28,9 @@ enum Probe {
     Serve {
         /// The file.
         file: PathBuf,
+        /// Lie: flip the first byte of every block sent (a corrupt peer, for tests).
+        #[arg(long)]
+        corrupt: bool,
     },
     /// Fetch the file with this content id from a LAN peer into OUT.
     Fetch {
@@ -44,7 +47,7 @@ enum Probe {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Probe::parse() {
-        Probe::Serve { file } => serve(file).await,
+        Probe::Serve { file, corrupt } => serve(file, corrupt).await,
         Probe::Fetch {
             content,
             out,
@@ -55,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(file: PathBuf) -> anyhow::Result<()> {
+async fn serve(file: PathBuf, corrupt: bool) -> anyhow::Result<()> {
     let data = std::fs::read(&file).with_context(|| file.display().to_string())?;
     let file = InMemory::new(data);
     let mut swarm = do_p2p::swarm(Keypair::generate_ed25519(), &Config::default())?;
@@ -77,7 +80,7 @@ async fn serve(file: PathBuf) -> anyhow::Result<()> {
             let _ = swarm
                 .behaviour_mut()
                 .blocks
-                .send_response(channel, file.answer(&request, false));
+                .send_response(channel, file.answer(&request, corrupt));
         }
     }
 }

@@ -1,0 +1,875 @@
+//! The node's p2p side: finding LAN peers, telling the engine who holds what, carrying the
+//! engine's block requests to peers (verifying every block before it is written), building a
+//! trusted manifest from peers' block hashes, and serving the cache (complete files and the
+//! verified blocks of downloads in progress) to others.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use do_content::{BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count, block_range};
+use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId};
+use do_p2p::{
+    BehaviourEvent,
+    wire::{MAX_HASHES, Request, Response},
+};
+use do_store::{EntryId, Store};
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, Swarm, mdns,
+    request_response::{self, OutboundRequestId, ResponseChannel},
+    swarm::{SwarmEvent, dial_opts::DialOpts},
+};
+use tokio::{sync::mpsc, task::JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::actor::IoEvent;
+
+/// DO_E_FATAL_CORE_ERROR: a peer request could not be sent or its answer handled.
+const DO_E_PEER_REQUEST_FAILED: u32 = 0x80D0_6802;
+/// How often peers are asked what they hold of the files being downloaded.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Requests waiting for an upload slot; beyond this, peers get `Busy`.
+const UPLOAD_QUEUE: usize = 256;
+
+/// Answers computed off the actor, waiting to be sent.
+type Answer = (ResponseChannel<Response>, Response);
+
+/// Byte and peer counters, node-wide (DO's `Get-DeliveryOptimizationPerfSnap` fields).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) bytes_from_lan_peers: AtomicU64,
+    pub(crate) bytes_to_lan_peers: AtomicU64,
+    pub(crate) peers_banned: AtomicU64,
+}
+
+/// A file this node is downloading and exchanging with peers.
+struct Swarming {
+    content: ContentId,
+    entry: EntryId,
+    len: u64,
+    /// Block hashes collected so far (own verified blocks and peers' claims), until the
+    /// manifest is trusted.
+    hashes: Vec<Option<BlockHash>>,
+    /// Set once the collected hashes merged to the content id (or a peer's did).
+    manifest: Option<Arc<Manifest>>,
+    /// Peers asked for their status and not yet answered.
+    polling: HashSet<libp2p::PeerId>,
+    /// Peers asked for hashes and not yet answered.
+    hashing: HashSet<libp2p::PeerId>,
+    /// Peers already reported to the engine as fetching this file too.
+    co_fetchers: HashSet<libp2p::PeerId>,
+}
+
+/// A connected peer.
+struct Known {
+    id: PeerId,
+    addr: Multiaddr,
+}
+
+/// What a request sent to a peer was for.
+enum Pending {
+    Status {
+        download: DownloadId,
+    },
+    Hashes {
+        download: DownloadId,
+    },
+    Blocks {
+        request: RequestId,
+        download: DownloadId,
+        first: u64,
+        count: u64,
+    },
+}
+
+/// What the serving side knows of downloads in progress (read by answering threads).
+#[derive(Clone, Copy)]
+struct Active {
+    entry: EntryId,
+    len: u64,
+    fetching: bool,
+}
+
+type ActiveMap = Arc<Mutex<HashMap<ContentId, Active>>>;
+
+/// What woke the p2p side.
+pub(crate) enum P2pEvent {
+    Swarm(Box<SwarmEvent<BehaviourEvent>>),
+    Answer(Answer),
+    Tick,
+}
+
+/// What the p2p side needs of the actor.
+pub(crate) struct Ctx<'a> {
+    pub(crate) now: Instant,
+    pub(crate) engine: &'a mut Engine,
+    pub(crate) store: &'a Arc<Store>,
+    pub(crate) tasks: &'a mut JoinSet<()>,
+    pub(crate) io_tx: &'a mpsc::Sender<IoEvent>,
+}
+
+/// The p2p side of the node.
+pub(crate) struct P2p {
+    swarm: Swarm<do_p2p::Behaviour>,
+    key: u64,
+    answers_tx: mpsc::Sender<Answer>,
+    answers_rx: mpsc::Receiver<Answer>,
+    /// Answers being computed, and requests waiting for a slot (DO's upload slots).
+    busy: usize,
+    slots: usize,
+    queue: VecDeque<(libp2p::PeerId, Request, ResponseChannel<Response>)>,
+    peers: HashMap<libp2p::PeerId, Known>,
+    by_engine: HashMap<PeerId, libp2p::PeerId>,
+    next_peer: u64,
+    swarms: HashMap<DownloadId, Swarming>,
+    pending: HashMap<OutboundRequestId, Pending>,
+    active: ActiveMap,
+    tick: tokio::time::Interval,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl P2p {
+    /// Starts the swarm with the node's persisted identity.
+    pub(crate) fn start(
+        config: &crate::P2pConfig,
+        identity_dir: &Path,
+    ) -> Result<Self, do_p2p::Error> {
+        let key = do_p2p::load_or_create_identity(identity_dir)?;
+        let mut swarm = do_p2p::swarm(key, &config.layer)?;
+        swarm
+            .listen_on(config.listen.clone())
+            .map_err(|e| do_p2p::Error::Transport(e.to_string()))?;
+        let me = *swarm.local_peer_id();
+        info!(peer = %me, "p2p layer up");
+        let (answers_tx, answers_rx) = mpsc::channel(64);
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self {
+            swarm,
+            key: do_p2p::rank_key(&me),
+            answers_tx,
+            answers_rx,
+            busy: 0,
+            slots: config.upload_slots.max(1),
+            queue: VecDeque::new(),
+            peers: HashMap::new(),
+            by_engine: HashMap::new(),
+            next_peer: 1,
+            swarms: HashMap::new(),
+            pending: HashMap::new(),
+            active: ActiveMap::default(),
+            tick,
+            counters: Arc::default(),
+        })
+    }
+
+    /// This node's rank key (see `do_p2p::rank_key`).
+    pub(crate) fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// This node's peer id.
+    pub(crate) fn peer_id(&self) -> String {
+        self.swarm.local_peer_id().to_string()
+    }
+
+    /// The peers it is connected to, with the address of the connection.
+    pub(crate) fn peer_list(&self) -> Vec<(String, String)> {
+        let mut listed: Vec<(String, String)> = self
+            .peers
+            .iter()
+            .map(|(p, known)| (p.to_string(), known.addr.to_string()))
+            .collect();
+        listed.sort();
+        listed
+    }
+
+    /// The engine banned a peer: its connections are closed. It may connect again, but the
+    /// engine never asks it for blocks again.
+    pub(crate) fn ban(&mut self, peer: PeerId) {
+        if let Some(&target) = self.by_engine.get(&peer) {
+            warn!(peer = %target, "peer sent bytes that failed verification: banned");
+            let _ = self.swarm.disconnect_peer_id(target);
+        }
+    }
+
+    /// The next thing to handle. Cancel-safe.
+    pub(crate) async fn next(&mut self) -> P2pEvent {
+        tokio::select! {
+            event = self.swarm.select_next_some() => P2pEvent::Swarm(Box::new(event)),
+            Some(answer) = self.answers_rx.recv() => P2pEvent::Answer(answer),
+            _ = self.tick.tick() => P2pEvent::Tick,
+        }
+    }
+
+    /// A download learned its file: exchange it with peers. `fetching` when the whole file is
+    /// wanted (it then splits the origin's work with peers fetching it too).
+    pub(crate) fn join(&mut self, ctx: &mut Ctx<'_>, download: DownloadId, swarming: Join) {
+        let Join {
+            content,
+            entry,
+            len,
+            fetching,
+        } = swarming;
+        self.active.lock().expect("active map").insert(
+            content,
+            Active {
+                entry,
+                len,
+                fetching,
+            },
+        );
+        self.swarms.insert(
+            download,
+            Swarming {
+                content,
+                entry,
+                len,
+                hashes: vec![None; block_count(len) as usize],
+                manifest: None,
+                polling: HashSet::new(),
+                hashing: HashSet::new(),
+                co_fetchers: HashSet::new(),
+            },
+        );
+        self.refresh_own_hashes(ctx, download);
+        self.poll_peers(download);
+    }
+
+    /// A download stopped wanting its file (transferred, paused, aborted).
+    pub(crate) fn leave(&mut self, download: DownloadId) {
+        if let Some(s) = self.swarms.remove(&download) {
+            let still = self.swarms.values().any(|o| o.content == s.content);
+            if !still {
+                self.active.lock().expect("active map").remove(&s.content);
+            }
+        }
+    }
+
+    /// True when the download is exchanged with peers.
+    pub(crate) fn is_swarming(&self, download: DownloadId) -> bool {
+        self.swarms.contains_key(&download)
+    }
+
+    /// Carries out the engine's `RequestBlocks`.
+    pub(crate) fn request_blocks(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        request: RequestId,
+        download: DownloadId,
+        peer: PeerId,
+        blocks: std::ops::Range<u64>,
+    ) {
+        let target = self.by_engine.get(&peer).copied();
+        let content = self.swarms.get(&download).map(|s| s.content);
+        let (Some(target), Some(content)) = (target, content) else {
+            let _ = ctx.io_tx.try_send(IoEvent::FetchEnded {
+                request,
+                result: Err(Failure::Transient(DO_E_PEER_REQUEST_FAILED)),
+            });
+            return;
+        };
+        let count = blocks.end - blocks.start;
+        let sent = self.swarm.behaviour_mut().blocks.send_request(
+            &target,
+            Request::Blocks {
+                content: *content.as_bytes(),
+                first: blocks.start,
+                count: count as u32,
+            },
+        );
+        self.pending.insert(
+            sent,
+            Pending::Blocks {
+                request,
+                download,
+                first: blocks.start,
+                count,
+            },
+        );
+    }
+
+    /// Handles one event.
+    pub(crate) fn handle(&mut self, event: P2pEvent, ctx: &mut Ctx<'_>) {
+        match event {
+            P2pEvent::Tick => {
+                let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
+                for id in ids {
+                    if self.swarms[&id].manifest.is_none() {
+                        self.refresh_own_hashes(ctx, id);
+                    }
+                    self.poll_peers(id);
+                }
+            }
+            P2pEvent::Answer((channel, response)) => {
+                self.busy -= 1;
+                if let Response::Blocks { data, .. } = &response {
+                    self.counters
+                        .bytes_to_lan_peers
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .blocks
+                    .send_response(channel, response);
+                self.serve_queued(ctx);
+            }
+            P2pEvent::Swarm(event) => self.on_swarm(*event, ctx),
+        }
+    }
+
+    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>, ctx: &mut Ctx<'_>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut by_peer: HashMap<libp2p::PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    if self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    debug!(%peer, "found on the LAN; dialing");
+                    let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        debug!(%peer, error = %e, "dial failed");
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if self.peers.contains_key(&peer_id) {
+                    return;
+                }
+                let id = PeerId(self.next_peer);
+                self.next_peer += 1;
+                let addr = endpoint.get_remote_address().clone();
+                self.peers.insert(peer_id, Known { id, addr });
+                self.by_engine.insert(id, peer_id);
+                info!(peer = %peer_id, "peer connected");
+                ctx.engine.handle_input(
+                    ctx.now,
+                    Input::PeerAdded {
+                        peer: id,
+                        class: PeerClass::Lan,
+                    },
+                );
+                let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
+                for download in ids {
+                    self.poll_peers(download);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if let Some(Known { id, .. }) = self.peers.remove(&peer_id) {
+                    info!(peer = %peer_id, "peer gone");
+                    self.by_engine.remove(&id);
+                    for s in self.swarms.values_mut() {
+                        s.polling.remove(&peer_id);
+                        s.hashing.remove(&peer_id);
+                        s.co_fetchers.remove(&peer_id);
+                    }
+                    ctx.engine
+                        .handle_input(ctx.now, Input::PeerRemoved { peer: id });
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => self.on_blocks(event, ctx),
+            _ => {}
+        }
+    }
+
+    fn on_blocks(&mut self, event: request_response::Event<Request, Response>, ctx: &mut Ctx<'_>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                if self.queue.len() >= UPLOAD_QUEUE {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .blocks
+                        .send_response(channel, Response::Busy);
+                    return;
+                }
+                self.queue.push_back((peer, request, channel));
+                self.serve_queued(ctx);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(pending) = self.pending.remove(&request_id) {
+                    self.on_response(peer, pending, response, ctx);
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "peer request failed");
+                if let Some(pending) = self.pending.remove(&request_id) {
+                    self.on_response(peer, pending, Response::NotHere, ctx);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts answering queued requests while upload slots are free.
+    fn serve_queued(&mut self, ctx: &mut Ctx<'_>) {
+        while self.busy < self.slots {
+            let Some((peer, request, channel)) = self.queue.pop_front() else {
+                return;
+            };
+            debug!(%peer, ?request, "peer request");
+            self.busy += 1;
+            let (store, tx, active) = (
+                Arc::clone(ctx.store),
+                self.answers_tx.clone(),
+                Arc::clone(&self.active),
+            );
+            ctx.tasks.spawn(async move {
+                let response =
+                    tokio::task::spawn_blocking(move || answer(&store, &active, request))
+                        .await
+                        .unwrap_or(Response::NotHere);
+                let _ = tx.send((channel, response)).await;
+            });
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        from: libp2p::PeerId,
+        pending: Pending,
+        response: Response,
+        ctx: &mut Ctx<'_>,
+    ) {
+        let Some(peer) = self.peers.get(&from).map(|k| k.id) else {
+            if let Pending::Blocks { request, .. } = pending {
+                fail_request(ctx, request);
+            }
+            return;
+        };
+        match pending {
+            Pending::Status { download } => {
+                let Some(s) = self.swarms.get_mut(&download) else {
+                    return;
+                };
+                s.polling.remove(&from);
+                let Response::Status { have, fetching } = response else {
+                    return;
+                };
+                let blocks = runs_to_set(&have, block_count(s.len));
+                let lacking =
+                    s.manifest.is_none() && blocks.iter().any(|b| s.hashes[b as usize].is_none());
+                let first_lacking = blocks
+                    .iter()
+                    .find(|&b| s.hashes[b as usize].is_none())
+                    .unwrap_or(0);
+                let new_co = fetching && s.co_fetchers.insert(from);
+                let content = s.content;
+                if new_co {
+                    debug!(peer = %from, download = download.0, "peer fetches this file too");
+                    ctx.engine.handle_input(
+                        ctx.now,
+                        Input::PeerFetching {
+                            id: download,
+                            peer,
+                            key: do_p2p::rank_key(&from),
+                        },
+                    );
+                }
+                ctx.engine.handle_input(
+                    ctx.now,
+                    Input::PeerHas {
+                        id: download,
+                        peer,
+                        blocks,
+                    },
+                );
+                if lacking && !self.swarms[&download].hashing.contains(&from) {
+                    self.ask_hashes(download, from, content, first_lacking);
+                }
+            }
+            Pending::Hashes { download } => {
+                let Some(s) = self.swarms.get_mut(&download) else {
+                    return;
+                };
+                s.hashing.remove(&from);
+                let Response::Hashes { len, blocks } = response else {
+                    return;
+                };
+                if len != s.len || s.manifest.is_some() {
+                    return;
+                }
+                let full = blocks.len() >= MAX_HASHES;
+                let last = blocks.last().map(|&(b, _)| b);
+                for (b, hash) in blocks {
+                    if let Some(slot) = s.hashes.get_mut(b as usize)
+                        && slot.is_none()
+                    {
+                        *slot = Some(BlockHash(hash));
+                    }
+                }
+                let content = s.content;
+                self.check_manifest(ctx, download);
+                if let (true, Some(last), false) = (full, last, self.is_trusted(download)) {
+                    self.ask_hashes(download, from, content, last + 1);
+                }
+            }
+            Pending::Blocks {
+                request,
+                download,
+                first,
+                count,
+            } => {
+                let Response::Blocks { first: got, data } = response else {
+                    fail_request(ctx, request);
+                    return;
+                };
+                let Some(s) = self.swarms.get(&download) else {
+                    fail_request(ctx, request);
+                    return;
+                };
+                let Some(manifest) = s.manifest.clone() else {
+                    fail_request(ctx, request);
+                    return;
+                };
+                let (store, io_tx, entry) = (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry);
+                let counters = Arc::clone(&self.counters);
+                ctx.tasks.spawn(async move {
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        let blocks = first..first + count;
+                        write_peer_blocks(&store, entry, &manifest, blocks, got, &data)
+                    })
+                    .await;
+                    let events = match outcome {
+                        Ok(written) => written.into_events(request, &counters),
+                        Err(_) => vec![IoEvent::FetchEnded {
+                            request,
+                            result: Err(Failure::Transient(DO_E_PEER_REQUEST_FAILED)),
+                        }],
+                    };
+                    for event in events {
+                        let _ = io_tx.send(event).await;
+                    }
+                });
+            }
+        }
+    }
+
+    fn is_trusted(&self, download: DownloadId) -> bool {
+        self.swarms
+            .get(&download)
+            .is_some_and(|s| s.manifest.is_some())
+    }
+
+    fn ask_hashes(
+        &mut self,
+        download: DownloadId,
+        peer: libp2p::PeerId,
+        content: ContentId,
+        first: u64,
+    ) {
+        let sent = self.swarm.behaviour_mut().blocks.send_request(
+            &peer,
+            Request::Hashes {
+                content: *content.as_bytes(),
+                first,
+            },
+        );
+        self.pending.insert(sent, Pending::Hashes { download });
+        if let Some(s) = self.swarms.get_mut(&download) {
+            s.hashing.insert(peer);
+        }
+    }
+
+    /// Asks every connected peer (not already asked) what it holds of the download's file.
+    fn poll_peers(&mut self, download: DownloadId) {
+        let Some(s) = self.swarms.get(&download) else {
+            return;
+        };
+        let content = *s.content.as_bytes();
+        let targets: Vec<libp2p::PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| !s.polling.contains(p))
+            .copied()
+            .collect();
+        for peer in targets {
+            let sent = self
+                .swarm
+                .behaviour_mut()
+                .blocks
+                .send_request(&peer, Request::Status { content });
+            self.pending.insert(sent, Pending::Status { download });
+            self.swarms
+                .get_mut(&download)
+                .expect("checked above")
+                .polling
+                .insert(peer);
+        }
+    }
+
+    /// Adds the hashes of the download's own verified blocks, then checks the manifest.
+    fn refresh_own_hashes(&mut self, ctx: &mut Ctx<'_>, download: DownloadId) {
+        let Some(s) = self.swarms.get_mut(&download) else {
+            return;
+        };
+        match ctx.store.blocks(s.entry) {
+            Ok(blocks) => {
+                for (b, hash) in blocks {
+                    if let Some(slot) = s.hashes.get_mut(b.0 as usize) {
+                        // Own blocks are the truth for this node: they override claims.
+                        *slot = Some(hash);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "reading own block hashes failed"),
+        }
+        self.check_manifest(ctx, download);
+    }
+
+    /// Once every block has a hash, checks that they merge to the content id: then the
+    /// manifest is trusted and peers may be asked for blocks. If they do not, some peer lied:
+    /// every claim is dropped and collected again.
+    fn check_manifest(&mut self, ctx: &mut Ctx<'_>, download: DownloadId) {
+        let Some(s) = self.swarms.get_mut(&download) else {
+            return;
+        };
+        if s.manifest.is_some() || s.hashes.iter().any(Option::is_none) {
+            return;
+        }
+        let hashes: Vec<BlockHash> = s.hashes.iter().map(|h| h.expect("all present")).collect();
+        match Manifest::new(s.len, hashes) {
+            Ok(m) if m.root() == s.content => {
+                info!(
+                    download = download.0,
+                    "manifest trusted: peers' blocks can be verified"
+                );
+                s.manifest = Some(Arc::new(m));
+                ctx.engine
+                    .handle_input(ctx.now, Input::ManifestTrusted { id: download });
+            }
+            _ => {
+                warn!(
+                    download = download.0,
+                    "block hashes from peers do not merge to the content id; collecting again"
+                );
+                s.hashes.iter_mut().for_each(|h| *h = None);
+            }
+        }
+    }
+}
+
+/// What a download needs to join the swarm of its file.
+pub(crate) struct Join {
+    pub(crate) content: ContentId,
+    pub(crate) entry: EntryId,
+    pub(crate) len: u64,
+    pub(crate) fetching: bool,
+}
+
+fn fail_request(ctx: &mut Ctx<'_>, request: RequestId) {
+    let _ = ctx.io_tx.try_send(IoEvent::FetchEnded {
+        request,
+        result: Err(Failure::Transient(DO_E_PEER_REQUEST_FAILED)),
+    });
+}
+
+fn runs_to_set(runs: &[(u64, u64)], blocks: u64) -> RangeSet {
+    let mut set = RangeSet::new();
+    for &(start, end) in runs {
+        let end = end.min(blocks);
+        if start < end {
+            set.insert(start, end);
+        }
+    }
+    set
+}
+
+/// What became of a peer's answer to a block request.
+struct Written {
+    /// Blocks verified, written and recorded, with their sizes.
+    good: Vec<(u64, u64)>,
+    /// The first block that failed verification (the peer is banned).
+    corrupt: Option<u64>,
+    /// Writing or recording failed.
+    failed: Option<u32>,
+}
+
+impl Written {
+    fn into_events(self, request: RequestId, counters: &Counters) -> Vec<IoEvent> {
+        let mut events: Vec<IoEvent> = self
+            .good
+            .iter()
+            .map(|&(block, bytes)| {
+                counters
+                    .bytes_from_lan_peers
+                    .fetch_add(bytes, Ordering::Relaxed);
+                IoEvent::PeerBlock {
+                    request,
+                    block: BlockIndex(block),
+                    bytes,
+                }
+            })
+            .collect();
+        if let Some(block) = self.corrupt {
+            counters.peers_banned.fetch_add(1, Ordering::Relaxed);
+            events.push(IoEvent::PeerCorrupt {
+                request,
+                block: BlockIndex(block),
+            });
+        }
+        let result = match self.failed {
+            Some(code) => Err(Failure::Transient(code)),
+            None => Ok(()),
+        };
+        events.push(IoEvent::FetchEnded { request, result });
+        events
+    }
+}
+
+/// Verifies each block of a peer's answer against the trusted manifest, writes the good ones
+/// at their offsets and records them; stops at the first bad one. An answer for other blocks
+/// than asked, or of the wrong size, is bad.
+fn write_peer_blocks(
+    store: &Store,
+    entry: EntryId,
+    manifest: &Manifest,
+    blocks: std::ops::Range<u64>,
+    first: u64,
+    data: &[u8],
+) -> Written {
+    let mut written = Written {
+        good: Vec::new(),
+        corrupt: None,
+        failed: None,
+    };
+    if first != blocks.start {
+        written.corrupt = Some(blocks.start);
+        return written;
+    }
+    let writer = match store.writer(entry) {
+        Ok(w) => w,
+        Err(e) => {
+            written.failed = Some(e.hresult());
+            return written;
+        }
+    };
+    let len = manifest.len();
+    let mut at = 0usize;
+    let mut record = Vec::new();
+    for b in blocks.clone() {
+        let r = block_range(len, BlockIndex(b));
+        let bytes = data.get(at..at + r.len() as usize);
+        let Some(bytes) = bytes.filter(|bytes| manifest.verify_block(BlockIndex(b), bytes).is_ok())
+        else {
+            written.corrupt = Some(b);
+            break;
+        };
+        if let Err(e) = writer.write_at(r.start, bytes) {
+            written.failed = Some(e.hresult());
+            break;
+        }
+        record.push((BlockIndex(b), manifest.blocks()[b as usize]));
+        written.good.push((b, r.len()));
+        at += r.len() as usize;
+    }
+    if written.corrupt.is_none() && written.failed.is_none() && at != data.len() {
+        // Extra bytes after the last block: the peer does not follow the protocol.
+        written.corrupt = Some(blocks.end - 1);
+    }
+    if let Err(e) = store.commit_blocks(entry, &record) {
+        written.good.clear();
+        written.failed = Some(e.hresult());
+    }
+    written
+}
+
+/// Answers one request from the cache: verified bytes only, of complete files or of downloads
+/// in progress.
+fn answer(store: &Store, active: &ActiveMap, request: Request) -> Response {
+    let content = match &request {
+        Request::Manifest { content }
+        | Request::Have { content }
+        | Request::Blocks { content, .. }
+        | Request::Status { content }
+        | Request::Hashes { content, .. } => ContentId::from_bytes(*content),
+    };
+    let in_progress = active.lock().expect("active map").get(&content).copied();
+    let (id, len, fetching, complete) = match in_progress {
+        Some(a) => (a.entry, a.len, a.fetching, false),
+        None => match store.lookup_content(&content) {
+            Ok(Some((id, meta))) if meta.complete => (id, meta.len, false, true),
+            Ok(_) => return Response::NotHere,
+            Err(e) => {
+                warn!(error = %e, "cache lookup for a peer failed");
+                return Response::NotHere;
+            }
+        },
+    };
+    let runs = |set: RangeSet| set.runs().map(|r| (r.start, r.end)).collect::<Vec<_>>();
+    let result = match request {
+        Request::Manifest { .. } if complete => store.blocks(id).map(|blocks| {
+            let hashes: Vec<_> = blocks.into_iter().map(|(_, h)| h).collect();
+            match Manifest::new(len, hashes) {
+                Ok(m) if m.root() == content => Response::Manifest(m.encode()),
+                _ => Response::NotHere,
+            }
+        }),
+        Request::Manifest { .. } => Ok(Response::NotHere),
+        Request::Have { .. } => store.verified(id).map(|set| Response::Have(runs(set))),
+        Request::Status { .. } => store.verified(id).map(|set| Response::Status {
+            have: runs(set),
+            fetching,
+        }),
+        Request::Hashes { first, .. } => store.blocks(id).map(|blocks| Response::Hashes {
+            len,
+            blocks: blocks
+                .into_iter()
+                .filter(|(b, _)| b.0 >= first)
+                .take(MAX_HASHES)
+                .map(|(b, h)| (b.0, h.0))
+                .collect(),
+        }),
+        Request::Blocks { first, count, .. } => {
+            let count = u64::from(count).min(block_count(len).saturating_sub(first));
+            store
+                .read_verified(id, first, count)
+                .map(|data| match data {
+                    Some(data) => Response::Blocks { first, data },
+                    None => Response::NotHere,
+                })
+        }
+    };
+    result.unwrap_or_else(|e| {
+        warn!(error = %e, "answering a peer failed");
+        Response::NotHere
+    })
+}
