@@ -45,7 +45,18 @@ impl Lan {
             children: Vec::new(),
         };
         ip(&["netns", "add", &bridge]);
-        ip(&["-n", &bridge, "link", "add", "br0", "type", "bridge"]);
+        // Without snooping the bridge floods multicast to every port: mDNS always crosses.
+        ip(&[
+            "-n",
+            &bridge,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         ip(&["-n", &bridge, "link", "set", "br0", "up"]);
         for i in 1..=hosts {
             let host = format!("dn{tag}h{i}");

@@ -137,9 +137,16 @@ impl Fleet {
 
     /// Starts `donode get` of the file on `host`.
     fn spawn_get(&self, host: usize) -> Child {
+        self.spawn_get_with(host, &[])
+    }
+
+    /// Starts `donode get` of the file on `host` with more arguments.
+    fn spawn_get_with(&self, host: usize, more: &[&str]) -> Child {
         let output = self.output(host);
         let output = output.to_str().expect("UTF-8 path");
-        self.cli(host, &["get", &self.url(), "--json", "-o", output])
+        let url = format!("http://{}:8080{PATH}", Lan::addr(1));
+        self.cli(host, &["get", &url, "--json", "-o", output])
+            .args(more)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -272,4 +279,53 @@ fn a_corrupted_cache_and_a_lying_peer_never_reach_an_output() {
     );
     let served = fleet.stats(2).unwrap()["BytesToLanPeers"].as_u64();
     assert_eq!(served, Some(0), "host 2 caught its corrupted blocks itself");
+}
+
+#[test]
+fn when_a_peer_dies_mid_transfer_the_others_finish() {
+    let mut fleet = Fleet::new(3);
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    // Host 2 sends slowly (80 Mbit/s: about 7 s for the file), so it dies mid-transfer.
+    fleet.lan.limit_egress(2, 80);
+    let gets: Vec<(usize, Child)> = (3..=4).map(|h| (h, fleet.spawn_get(h))).collect();
+    thread::sleep(Duration::from_millis(3500));
+    let daemon = &mut fleet.lan.children[0];
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    for (host, child) in gets {
+        let out = child.wait_with_output().unwrap();
+        let summary = fleet.check(host, &out);
+        let from_peers = summary["BytesFromLanPeers"].as_u64().unwrap();
+        assert!(
+            from_peers > 0 && from_peers < FILE,
+            "host {host} took part from the dead peer, the rest elsewhere: {summary}"
+        );
+    }
+}
+
+#[test]
+fn with_the_origin_gone_peers_deliver_a_file_whose_content_id_is_given() {
+    let mut fleet = Fleet::new(3);
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    let served_before = fleet.origin_bytes();
+    drop(fleet.nginx.take());
+    let content = fleet.content.clone();
+    let gets: Vec<(usize, Child)> = (3..=4)
+        .map(|h| (h, fleet.spawn_get_with(h, &["--content-id", &content])))
+        .collect();
+    for (host, child) in gets {
+        let out = child.wait_with_output().unwrap();
+        let summary = fleet.check(host, &out);
+        assert_eq!(
+            summary["BytesFromLanPeers"].as_u64(),
+            Some(FILE),
+            "{summary}"
+        );
+    }
+    assert_eq!(
+        served_before, FILE,
+        "the origin sent the file once, before it stopped"
+    );
 }

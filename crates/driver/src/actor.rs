@@ -20,7 +20,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::{
     Config, Download, Error, Progress, Request,
     fetch::{self, FetchTask},
-    p2p::{Ctx, Join, P2p, P2pEvent},
+    p2p::{Ctx, Join, Outcome, P2p, P2pEvent},
 };
 
 /// DO_E_FILE_SIZE_UNKNOWN_HTTP_200: the origin did not say how long the file is.
@@ -211,15 +211,21 @@ impl Actor {
                 () = sleep_until(timer) => self.engine.handle_timeout(Instant::now()),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 event = next_p2p(&mut self.p2p), if self.p2p.is_some() => {
-                    if let Some(p2p) = &mut self.p2p {
-                        let mut ctx = Ctx {
-                            now: Instant::now(),
-                            engine: &mut self.engine,
-                            store: &self.store,
-                            tasks: &mut self.tasks,
-                            io_tx: &self.io_tx,
-                        };
-                        p2p.handle(event, &mut ctx);
+                    let outcome = match &mut self.p2p {
+                        Some(p2p) => {
+                            let mut ctx = Ctx {
+                                now: Instant::now(),
+                                engine: &mut self.engine,
+                                store: &self.store,
+                                tasks: &mut self.tasks,
+                                io_tx: &self.io_tx,
+                            };
+                            p2p.handle(event, &mut ctx)
+                        }
+                        None => None,
+                    };
+                    if let Some(outcome) = outcome {
+                        self.on_p2p_outcome(outcome);
                     }
                 }
             }
@@ -339,6 +345,16 @@ impl Actor {
 
     fn on_io(&mut self, event: IoEvent) {
         let now = Instant::now();
+        // An unreachable origin (not one that refused) can be stood in for by peers.
+        if let IoEvent::Stat {
+            request,
+            id,
+            result: Err(failure @ Failure::Transient(_)),
+        } = &event
+            && self.stat_from_peers(*id, *request, *failure)
+        {
+            return;
+        }
         let input = match event {
             IoEvent::Stat {
                 request,
@@ -405,9 +421,77 @@ impl Actor {
         }
     }
 
+    /// The origin failed a download's stat: when the caller gave the content id, peers that
+    /// hold the file can stand in for the origin. True when peers were asked.
+    fn stat_from_peers(&mut self, id: DownloadId, request: RequestId, failure: Failure) -> bool {
+        let Some(p2p) = &mut self.p2p else {
+            return false;
+        };
+        let Some(job) = self.jobs.get(&id) else {
+            return false;
+        };
+        match (job.request.content_id, &job.request.ranges) {
+            (Some(content), None) => p2p.stat_from_peers(id, request, content, failure),
+            _ => false,
+        }
+    }
+
+    /// Finishes what the p2p side started.
+    fn on_p2p_outcome(&mut self, outcome: Outcome) {
+        let now = Instant::now();
+        match outcome {
+            Outcome::NoPeerStat { request, failure } => {
+                self.engine.handle_input(
+                    now,
+                    Input::Stat {
+                        request,
+                        result: Err(failure),
+                    },
+                );
+            }
+            Outcome::PeerStat {
+                download,
+                request,
+                manifest,
+            } => {
+                let Some(job) = self.jobs.get_mut(&download) else {
+                    return;
+                };
+                let found = {
+                    let _resolving = self.resolving.lock().expect("entry resolution lock");
+                    peer_entry(&self.store, &job.request.url, &manifest)
+                };
+                let result = match found {
+                    Ok((entry, cached)) => {
+                        job.entry = Some((entry, self.store.pin(entry)));
+                        job.validators = Validators::default();
+                        job.len = manifest.len();
+                        Ok(FileInfo {
+                            len: manifest.len(),
+                            accepts_ranges: true,
+                            cached,
+                            content_id: None,
+                        })
+                    }
+                    Err(e) => Err(Failure::Fatal(e.hresult())),
+                };
+                let ok = result.is_ok();
+                self.engine
+                    .handle_input(now, Input::Stat { request, result });
+                if ok {
+                    self.join_swarm_with(download, Some(manifest));
+                }
+            }
+        }
+    }
+
     /// Once a download knows its file's length, cache entry and content id, it exchanges the
     /// file with peers.
     fn join_swarm(&mut self, id: DownloadId) {
+        self.join_swarm_with(id, None);
+    }
+
+    fn join_swarm_with(&mut self, id: DownloadId, manifest: Option<Arc<Manifest>>) {
         let Some(p2p) = &mut self.p2p else { return };
         let (Some(job), Some(content)) = (self.jobs.get(&id), self.engine.content_id(id)) else {
             return;
@@ -421,6 +505,7 @@ impl Actor {
             entry,
             len: job.len,
             fetching: job.request.ranges.is_none(),
+            manifest,
         };
         let mut ctx = Ctx {
             now: Instant::now(),
@@ -834,6 +919,35 @@ fn find_entry(
     let meta = EntryMeta::new(url, len, v.etag.clone(), v.last_modified.clone());
     let id = store.create_entry(meta)?;
     store.writer(id)?.set_len(len)?;
+    Ok((id, RangeSet::new()))
+}
+
+/// The cache entry for `url` when its file comes from peers (the origin is unreachable): the
+/// existing one when its length and every recorded block hash agree with the trusted
+/// manifest (a download resumed), else a new one.
+fn peer_entry(
+    store: &Store,
+    url: &str,
+    manifest: &Manifest,
+) -> Result<(EntryId, RangeSet), do_store::Error> {
+    if let Some((id, meta)) = store.lookup_url(url)? {
+        let agrees = meta.len == manifest.len()
+            && store
+                .blocks(id)?
+                .iter()
+                .all(|(b, h)| manifest.blocks().get(b.0 as usize) == Some(h));
+        if agrees {
+            let recheck = store.recheck(id)?;
+            store.touch(id)?;
+            return Ok((id, recheck.good));
+        }
+        if !store.is_pinned(id) {
+            store.delete(id)?;
+        }
+    }
+    store.evict(manifest.len())?;
+    let id = store.create_entry(EntryMeta::new(url, manifest.len(), None, None))?;
+    store.writer(id)?.set_len(manifest.len())?;
     Ok((id, RangeSet::new()))
 }
 

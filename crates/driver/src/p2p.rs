@@ -73,8 +73,38 @@ struct Known {
     addr: Multiaddr,
 }
 
+/// A download whose origin could not be reached, asking peers for the file's manifest.
+struct PeerStat {
+    /// The engine's stat request, answered once peers have.
+    request: RequestId,
+    content: ContentId,
+    /// The origin's failure, reported if no peer has the manifest.
+    failure: Failure,
+    /// Manifest requests not yet answered.
+    asked: usize,
+}
+
+/// What the actor must finish after an event (it owns the jobs and the cache entries).
+pub(crate) enum Outcome {
+    /// A peer sent the manifest of a download whose origin is unreachable: the download can
+    /// go on from peers.
+    PeerStat {
+        download: DownloadId,
+        request: RequestId,
+        manifest: Arc<Manifest>,
+    },
+    /// No peer had it: the origin's failure stands.
+    NoPeerStat {
+        request: RequestId,
+        failure: Failure,
+    },
+}
+
 /// What a request sent to a peer was for.
 enum Pending {
+    Manifest {
+        download: DownloadId,
+    },
     Status {
         download: DownloadId,
     },
@@ -129,6 +159,7 @@ pub(crate) struct P2p {
     by_engine: HashMap<PeerId, libp2p::PeerId>,
     next_peer: u64,
     swarms: HashMap<DownloadId, Swarming>,
+    peer_stats: HashMap<DownloadId, PeerStat>,
     pending: HashMap<OutboundRequestId, Pending>,
     active: ActiveMap,
     tick: tokio::time::Interval,
@@ -163,6 +194,7 @@ impl P2p {
             by_engine: HashMap::new(),
             next_peer: 1,
             swarms: HashMap::new(),
+            peer_stats: HashMap::new(),
             pending: HashMap::new(),
             active: ActiveMap::default(),
             tick,
@@ -209,6 +241,44 @@ impl P2p {
         }
     }
 
+    /// The origin could not be reached for a download whose content id is trusted: asks every
+    /// peer for the file's manifest. False when there is no peer to ask.
+    pub(crate) fn stat_from_peers(
+        &mut self,
+        download: DownloadId,
+        request: RequestId,
+        content: ContentId,
+        failure: Failure,
+    ) -> bool {
+        let peers: Vec<libp2p::PeerId> = self.peers.keys().copied().collect();
+        if peers.is_empty() {
+            return false;
+        }
+        for peer in &peers {
+            let sent = self.swarm.behaviour_mut().blocks.send_request(
+                peer,
+                Request::Manifest {
+                    content: *content.as_bytes(),
+                },
+            );
+            self.pending.insert(sent, Pending::Manifest { download });
+        }
+        info!(
+            download = download.0,
+            "origin unreachable: asking peers for the file"
+        );
+        self.peer_stats.insert(
+            download,
+            PeerStat {
+                request,
+                content,
+                failure,
+                asked: peers.len(),
+            },
+        );
+        true
+    }
+
     /// A download learned its file: exchange it with peers. `fetching` when the whole file is
     /// wanted (it then splits the origin's work with peers fetching it too).
     pub(crate) fn join(&mut self, ctx: &mut Ctx<'_>, download: DownloadId, swarming: Join) {
@@ -217,6 +287,7 @@ impl P2p {
             entry,
             len,
             fetching,
+            manifest,
         } = swarming;
         self.active.lock().expect("active map").insert(
             content,
@@ -233,13 +304,18 @@ impl P2p {
                 entry,
                 len,
                 hashes: vec![None; block_count(len) as usize],
-                manifest: None,
+                manifest: manifest.clone(),
                 polling: HashSet::new(),
                 hashing: HashSet::new(),
                 co_fetchers: HashSet::new(),
             },
         );
-        self.refresh_own_hashes(ctx, download);
+        if manifest.is_some() {
+            ctx.engine
+                .handle_input(ctx.now, Input::ManifestTrusted { id: download });
+        } else {
+            self.refresh_own_hashes(ctx, download);
+        }
         self.poll_peers(download);
     }
 
@@ -297,7 +373,7 @@ impl P2p {
     }
 
     /// Handles one event.
-    pub(crate) fn handle(&mut self, event: P2pEvent, ctx: &mut Ctx<'_>) {
+    pub(crate) fn handle(&mut self, event: P2pEvent, ctx: &mut Ctx<'_>) -> Option<Outcome> {
         match event {
             P2pEvent::Tick => {
                 let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
@@ -307,6 +383,7 @@ impl P2p {
                     }
                     self.poll_peers(id);
                 }
+                None
             }
             P2pEvent::Answer((channel, response)) => {
                 self.busy -= 1;
@@ -321,12 +398,17 @@ impl P2p {
                     .blocks
                     .send_response(channel, response);
                 self.serve_queued(ctx);
+                None
             }
             P2pEvent::Swarm(event) => self.on_swarm(*event, ctx),
         }
     }
 
-    fn on_swarm(&mut self, event: SwarmEvent<BehaviourEvent>, ctx: &mut Ctx<'_>) {
+    fn on_swarm(
+        &mut self,
+        event: SwarmEvent<BehaviourEvent>,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<Outcome> {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
                 let mut by_peer: HashMap<libp2p::PeerId, Vec<Multiaddr>> = HashMap::new();
@@ -348,7 +430,7 @@ impl P2p {
                 peer_id, endpoint, ..
             } => {
                 if self.peers.contains_key(&peer_id) {
-                    return;
+                    return None;
                 }
                 let id = PeerId(self.next_peer);
                 self.next_peer += 1;
@@ -385,12 +467,19 @@ impl P2p {
                         .handle_input(ctx.now, Input::PeerRemoved { peer: id });
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => self.on_blocks(event, ctx),
+            SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
+                return self.on_blocks(event, ctx);
+            }
             _ => {}
         }
+        None
     }
 
-    fn on_blocks(&mut self, event: request_response::Event<Request, Response>, ctx: &mut Ctx<'_>) {
+    fn on_blocks(
+        &mut self,
+        event: request_response::Event<Request, Response>,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<Outcome> {
         match event {
             request_response::Event::Message {
                 peer,
@@ -406,7 +495,7 @@ impl P2p {
                         .behaviour_mut()
                         .blocks
                         .send_response(channel, Response::Busy);
-                    return;
+                    return None;
                 }
                 self.queue.push_back((peer, request, channel));
                 self.serve_queued(ctx);
@@ -421,7 +510,7 @@ impl P2p {
                 ..
             } => {
                 if let Some(pending) = self.pending.remove(&request_id) {
-                    self.on_response(peer, pending, response, ctx);
+                    return self.on_response(peer, pending, response, ctx);
                 }
             }
             request_response::Event::OutboundFailure {
@@ -432,11 +521,12 @@ impl P2p {
             } => {
                 debug!(%peer, %error, "peer request failed");
                 if let Some(pending) = self.pending.remove(&request_id) {
-                    self.on_response(peer, pending, Response::NotHere, ctx);
+                    return self.on_response(peer, pending, Response::NotHere, ctx);
                 }
             }
             _ => {}
         }
+        None
     }
 
     /// Starts answering queued requests while upload slots are free.
@@ -468,21 +558,25 @@ impl P2p {
         pending: Pending,
         response: Response,
         ctx: &mut Ctx<'_>,
-    ) {
+    ) -> Option<Outcome> {
+        if let Pending::Manifest { download } = pending {
+            return self.on_manifest(download, response);
+        }
         let Some(peer) = self.peers.get(&from).map(|k| k.id) else {
             if let Pending::Blocks { request, .. } = pending {
                 fail_request(ctx, request);
             }
-            return;
+            return None;
         };
         match pending {
+            Pending::Manifest { .. } => unreachable!("handled above"),
             Pending::Status { download } => {
                 let Some(s) = self.swarms.get_mut(&download) else {
-                    return;
+                    return None;
                 };
                 s.polling.remove(&from);
                 let Response::Status { have, fetching } = response else {
-                    return;
+                    return None;
                 };
                 let blocks = runs_to_set(&have, block_count(s.len));
                 let lacking =
@@ -518,14 +612,14 @@ impl P2p {
             }
             Pending::Hashes { download } => {
                 let Some(s) = self.swarms.get_mut(&download) else {
-                    return;
+                    return None;
                 };
                 s.hashing.remove(&from);
                 let Response::Hashes { len, blocks } = response else {
-                    return;
+                    return None;
                 };
                 if len != s.len || s.manifest.is_some() {
-                    return;
+                    return None;
                 }
                 let full = blocks.len() >= MAX_HASHES;
                 let last = blocks.last().map(|&(b, _)| b);
@@ -550,15 +644,15 @@ impl P2p {
             } => {
                 let Response::Blocks { first: got, data } = response else {
                     fail_request(ctx, request);
-                    return;
+                    return None;
                 };
                 let Some(s) = self.swarms.get(&download) else {
                     fail_request(ctx, request);
-                    return;
+                    return None;
                 };
                 let Some(manifest) = s.manifest.clone() else {
                     fail_request(ctx, request);
-                    return;
+                    return None;
                 };
                 let (store, io_tx, entry) = (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry);
                 let counters = Arc::clone(&self.counters);
@@ -580,6 +674,41 @@ impl P2p {
                     }
                 });
             }
+        }
+        None
+    }
+
+    /// A peer's answer to a manifest request made because the origin was unreachable.
+    fn on_manifest(&mut self, download: DownloadId, response: Response) -> Option<Outcome> {
+        let stat = self.peer_stats.get_mut(&download)?;
+        stat.asked -= 1;
+        let manifest = match response {
+            Response::Manifest(bytes) => Manifest::decode(&bytes)
+                .ok()
+                .filter(|m| m.root() == stat.content),
+            _ => None,
+        };
+        match manifest {
+            Some(manifest) => {
+                let stat = self.peer_stats.remove(&download)?;
+                info!(
+                    download = download.0,
+                    "a peer has the file: going on without the origin"
+                );
+                Some(Outcome::PeerStat {
+                    download,
+                    request: stat.request,
+                    manifest: Arc::new(manifest),
+                })
+            }
+            None if stat.asked == 0 => {
+                let stat = self.peer_stats.remove(&download)?;
+                Some(Outcome::NoPeerStat {
+                    request: stat.request,
+                    failure: stat.failure,
+                })
+            }
+            None => None,
         }
     }
 
@@ -693,6 +822,8 @@ pub(crate) struct Join {
     pub(crate) entry: EntryId,
     pub(crate) len: u64,
     pub(crate) fetching: bool,
+    /// A manifest already trusted (from a peer, checked against the content id).
+    pub(crate) manifest: Option<Arc<Manifest>>,
 }
 
 fn fail_request(ctx: &mut Ctx<'_>, request: RequestId) {
