@@ -571,9 +571,7 @@ impl P2p {
         match pending {
             Pending::Manifest { .. } => unreachable!("handled above"),
             Pending::Status { download } => {
-                let Some(s) = self.swarms.get_mut(&download) else {
-                    return None;
-                };
+                let s = self.swarms.get_mut(&download)?;
                 s.polling.remove(&from);
                 let Response::Status { have, fetching } = response else {
                     return None;
@@ -611,9 +609,7 @@ impl P2p {
                 }
             }
             Pending::Hashes { download } => {
-                let Some(s) = self.swarms.get_mut(&download) else {
-                    return None;
-                };
+                let s = self.swarms.get_mut(&download)?;
                 s.hashing.remove(&from);
                 let Response::Hashes { len, blocks } = response else {
                     return None;
