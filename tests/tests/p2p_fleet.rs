@@ -123,10 +123,6 @@ impl Fleet {
         std::fs::read_to_string(self.dir(host, "daemon.log")).unwrap_or_default()
     }
 
-    fn url(&self) -> String {
-        self.nginx.as_ref().expect("origin running").url(PATH)
-    }
-
     fn origin_file(&self) -> PathBuf {
         self.work.path().join("origin").join("f.bin")
     }
