@@ -14,12 +14,14 @@
 //!   [`Outcome`] (exit code, output, parsed `--json` [`Summary`]).
 //! * [`Daemon`] — a `donode run` daemon as a child process.
 //! * [`Lan`] — network namespaces bridged into a LAN (for p2p tests; needs root).
+//! * [`Fleet`] — an nginx origin and `donode run --p2p` daemons on a [`Lan`].
 //! * Helpers: [`donode_bin`], [`write_random_file`], [`random_bytes`],
 //!   [`b3sum`], [`temp_dir`], [`free_port`].
 
 mod cli;
 mod daemon;
 mod fault;
+mod fleet;
 pub mod http;
 mod lan;
 mod nginx;
@@ -31,6 +33,7 @@ pub use cli::{
 };
 pub use daemon::Daemon;
 pub use fault::{DEFAULT_ETAG, Fault, FaultHandle, FaultServer};
+pub use fleet::{Fleet, FleetOptions};
 pub use lan::Lan;
 pub use nginx::{LogLine, Nginx, NginxOptions};
 pub use util::{

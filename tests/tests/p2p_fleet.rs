@@ -1,177 +1,26 @@
-//! Fleets of real donode daemons on a LAN of network namespaces: host 1 runs nginx (the
-//! origin), the others run `donode run --p2p`, find each other by mDNS and download through
-//! their daemons with `donode get`. Origin egress is measured from nginx's access log.
-//!
-//! The origin publishes each file's BLAKE3 digest beside it (`f.bin.b3`, `b3sum` format), the
-//! trusted source of the content id in LAN mode.
+//! Fleets of real donode daemons on a LAN of network namespaces (see `do_tests::Fleet`):
+//! origin egress, correctness and resilience of peer-to-peer delivery.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    path::Path,
+    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use do_tests::{Lan, Nginx, NginxOptions, b3sum, donode_bin, temp_dir, write_random_file};
-use serde_json::Value as Json;
+use do_tests::{Fleet, FleetOptions, donode_bin};
 
 /// The test file's size. Large enough that peers, not start-up, dominate.
 const FILE: u64 = 64 << 20;
-/// The file's path on the origin.
-const PATH: &str = "/files/f.bin";
 
-/// An origin and `nodes` daemons (hosts 2 ..= nodes + 1).
-struct Fleet {
-    nginx: Option<Nginx>,
-    content: String,
-    work: tempfile::TempDir,
-    nodes: usize,
-    // Last: the namespaces go after everything running in them.
-    lan: Lan,
-}
-
-impl Fleet {
-    fn new(nodes: usize) -> Self {
-        Self::with_spare_hosts(nodes, 0)
-    }
-
-    /// With `spare` more hosts after the daemons' (for other programs).
-    fn with_spare_hosts(nodes: usize, spare: usize) -> Self {
-        let lan = Lan::new(nodes + 1 + spare);
-        let work = temp_dir();
-        let root = work.path().join("origin");
-        std::fs::create_dir_all(&root).unwrap();
-        let file = root.join("f.bin");
-        write_random_file(&file, FILE, 77).unwrap();
-        let content = b3sum(&file).unwrap();
-        std::fs::write(root.join("f.bin.b3"), format!("{content}  f.bin\n")).unwrap();
-        let nginx =
-            Nginx::start_in_netns(&root, NginxOptions::default(), lan.host(1), Lan::addr(1))
-                .unwrap();
-        let mut fleet = Self {
-            nginx: Some(nginx),
-            content,
-            work,
-            nodes,
-            lan,
-        };
-        for host in 2..=nodes + 1 {
-            fleet.start_daemon(host);
-        }
-        fleet.wait_for_mesh();
-        fleet
-    }
-
-    fn dir(&self, host: usize, what: &str) -> PathBuf {
-        self.work.path().join(format!("h{host}")).join(what)
-    }
-
-    fn start_daemon(&mut self, host: usize) {
-        let run = self.dir(host, "run");
-        std::fs::create_dir_all(&run).unwrap();
-        let log = std::fs::File::create(self.dir(host, "daemon.log")).unwrap();
-        let child = self
-            .lan
-            .command(host, donode_bin())
-            .args(["run", "--p2p", "--cache-dir"])
-            .arg(self.dir(host, "cache"))
-            .arg("--run-dir")
-            .arg(&run)
-            .arg("--admin-config")
-            .arg(self.dir(host, "none.json"))
-            .args(["--log", "info,do_driver=debug"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.lan.children.push(child);
-    }
-
-    /// `donode ARGS --run-dir RUN` on `host`, against its daemon.
-    fn cli(&self, host: usize, args: &[&str]) -> Command {
-        let mut c = self.lan.command(host, donode_bin());
-        c.args(args).arg("--run-dir").arg(self.dir(host, "run"));
-        c
-    }
-
-    fn stats(&self, host: usize) -> Option<Json> {
-        let out = self.cli(host, &["stats", "--json"]).output().ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// Waits until every daemon is up and connected to every other.
-    fn wait_for_mesh(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for host in 2..=self.nodes + 1 {
-            loop {
-                let peers = self.stats(host).and_then(|s| s["NumPeers"].as_u64());
-                if peers.is_some_and(|n| n as usize + 1 >= self.nodes) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "host {host} did not find its peers: {:?}\n{}",
-                    self.stats(host),
-                    self.log(host)
-                );
-                thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-
-    fn log(&self, host: usize) -> String {
-        std::fs::read_to_string(self.dir(host, "daemon.log")).unwrap_or_default()
-    }
-
-    fn origin_file(&self) -> PathBuf {
-        self.work.path().join("origin").join("f.bin")
-    }
-
-    fn output(&self, host: usize) -> PathBuf {
-        self.dir(host, "f.bin")
-    }
-
-    /// Starts `donode get` of the file on `host`.
-    fn spawn_get(&self, host: usize) -> Child {
-        self.spawn_get_with(host, &[])
-    }
-
-    /// Starts `donode get` of the file on `host` with more arguments.
-    fn spawn_get_with(&self, host: usize, more: &[&str]) -> Child {
-        let output = self.output(host);
-        let output = output.to_str().expect("UTF-8 path");
-        let url = format!("http://{}:8080{PATH}", Lan::addr(1));
-        self.cli(host, &["get", &url, "--json", "-o", output])
-            .args(more)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    /// Checks a finished get: success, and the output is the file.
-    fn check(&self, host: usize, out: &Output) -> Json {
-        assert!(
-            out.status.success(),
-            "get on host {host}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.log(host)
-        );
-        assert_eq!(b3sum(&self.output(host)).unwrap(), self.content);
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Body bytes the origin sent for the file.
-    fn origin_bytes(&self) -> u64 {
-        self.nginx
-            .as_ref()
-            .expect("origin running")
-            .log_lines()
-            .iter()
-            .filter(|l| l.uri == PATH && l.method == "GET")
-            .map(|l| l.body_bytes_sent)
-            .sum()
-    }
+/// A fleet of `nodes` daemons (and `spare` more hosts) for the test file.
+fn fleet(nodes: usize, spare: usize) -> Fleet {
+    Fleet::start(FleetOptions {
+        nodes,
+        spare_hosts: spare,
+        file_bytes: FILE,
+        origin_mbit: None,
+    })
 }
 
 fn ratio(bytes: u64) -> f64 {
@@ -180,7 +29,7 @@ fn ratio(bytes: u64) -> f64 {
 
 #[test]
 fn nodes_fetching_one_after_another_take_the_file_from_each_other() {
-    let fleet = Fleet::new(5);
+    let fleet = fleet(5, 0);
     for host in 2..=6 {
         let out = fleet.spawn_get(host).wait_with_output().unwrap();
         let summary = fleet.check(host, &out);
@@ -207,7 +56,7 @@ fn nodes_fetching_one_after_another_take_the_file_from_each_other() {
 
 #[test]
 fn a_flash_crowd_fetches_each_byte_from_the_origin_about_once() {
-    let fleet = Fleet::new(5);
+    let fleet = fleet(5, 0);
     let started = Instant::now();
     let gets: Vec<(usize, Child)> = (2..=6).map(|h| (h, fleet.spawn_get(h))).collect();
     for (host, child) in gets {
@@ -246,7 +95,7 @@ fn corrupt_cache(cache: &Path) {
 #[test]
 fn a_corrupted_cache_and_a_lying_peer_never_reach_an_output() {
     // Hosts 2 and 3 run daemons; host 4 runs a peer that flips a byte in every block it sends.
-    let mut fleet = Fleet::with_spare_hosts(2, 1);
+    let mut fleet = fleet(2, 1);
     let out = fleet.spawn_get(2).wait_with_output().unwrap();
     fleet.check(2, &out);
     corrupt_cache(&fleet.dir(2, "cache"));
@@ -279,7 +128,7 @@ fn a_corrupted_cache_and_a_lying_peer_never_reach_an_output() {
 
 #[test]
 fn when_a_peer_dies_mid_transfer_the_others_finish() {
-    let mut fleet = Fleet::new(3);
+    let mut fleet = fleet(3, 0);
     let out = fleet.spawn_get(2).wait_with_output().unwrap();
     fleet.check(2, &out);
     // Host 2 sends slowly (80 Mbit/s: about 7 s for the file), so it dies mid-transfer.
@@ -302,7 +151,7 @@ fn when_a_peer_dies_mid_transfer_the_others_finish() {
 
 #[test]
 fn with_the_origin_gone_peers_deliver_a_file_whose_content_id_is_given() {
-    let mut fleet = Fleet::new(3);
+    let mut fleet = fleet(3, 0);
     let out = fleet.spawn_get(2).wait_with_output().unwrap();
     fleet.check(2, &out);
     let served_before = fleet.origin_bytes();

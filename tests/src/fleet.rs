@@ -1,0 +1,205 @@
+//! A fleet of real donode daemons on a LAN of network namespaces: host 1 runs nginx (the
+//! origin), the others run `donode run --p2p`, find each other by mDNS and download through
+//! their daemons with `donode get`. Origin egress is measured from nginx's access log.
+//!
+//! The origin publishes the file's BLAKE3 digest beside it (`f.bin.b3`, `b3sum` format), the
+//! trusted source of the content id in LAN mode.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value as Json;
+
+use crate::{Lan, Nginx, NginxOptions, b3sum, donode_bin, temp_dir, write_random_file};
+
+/// The file's path on the origin.
+const PATH: &str = "/files/f.bin";
+
+/// How a fleet is built.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetOptions {
+    /// Daemons (hosts 2 ..= nodes + 1).
+    pub nodes: usize,
+    /// More hosts after the daemons', for other programs.
+    pub spare_hosts: usize,
+    /// The origin's file size.
+    pub file_bytes: u64,
+    /// Limit what the origin sends into the LAN (Mbit/s), with `tc tbf`.
+    pub origin_mbit: Option<u32>,
+}
+
+/// An origin and `nodes` daemons (hosts 2 ..= nodes + 1).
+pub struct Fleet {
+    /// The origin (taken to stop it).
+    pub nginx: Option<Nginx>,
+    /// The file's content id.
+    pub content: String,
+    /// The file's size.
+    pub file_bytes: u64,
+    /// Where hosts keep their state.
+    pub work: tempfile::TempDir,
+    /// Number of daemons.
+    pub nodes: usize,
+    /// The namespaces (last: they go after everything running in them).
+    pub lan: Lan,
+}
+
+impl Fleet {
+    /// Builds the LAN, starts the origin and the daemons, and waits until every daemon is
+    /// connected to every other.
+    pub fn start(options: FleetOptions) -> Self {
+        let FleetOptions {
+            nodes,
+            spare_hosts,
+            file_bytes,
+            origin_mbit,
+        } = options;
+        let lan = Lan::new(nodes + 1 + spare_hosts);
+        if let Some(mbit) = origin_mbit {
+            lan.limit_egress(1, mbit);
+        }
+        let work = temp_dir();
+        let root = work.path().join("origin");
+        std::fs::create_dir_all(&root).unwrap();
+        let file = root.join("f.bin");
+        write_random_file(&file, file_bytes, 77).unwrap();
+        let content = b3sum(&file).unwrap();
+        std::fs::write(root.join("f.bin.b3"), format!("{content}  f.bin\n")).unwrap();
+        let nginx =
+            Nginx::start_in_netns(&root, NginxOptions::default(), lan.host(1), Lan::addr(1))
+                .unwrap();
+        let mut fleet = Self {
+            nginx: Some(nginx),
+            content,
+            file_bytes,
+            work,
+            nodes,
+            lan,
+        };
+        for host in 2..=nodes + 1 {
+            fleet.start_daemon(host);
+        }
+        fleet.wait_for_mesh();
+        fleet
+    }
+
+    /// Host `host`'s file or directory `what`.
+    pub fn dir(&self, host: usize, what: &str) -> PathBuf {
+        self.work.path().join(format!("h{host}")).join(what)
+    }
+
+    /// Starts the daemon of `host` (`donode run --p2p`).
+    pub fn start_daemon(&mut self, host: usize) {
+        let run = self.dir(host, "run");
+        std::fs::create_dir_all(&run).unwrap();
+        let log = std::fs::File::create(self.dir(host, "daemon.log")).unwrap();
+        let child = self
+            .lan
+            .command(host, donode_bin())
+            .args(["run", "--p2p", "--cache-dir"])
+            .arg(self.dir(host, "cache"))
+            .arg("--run-dir")
+            .arg(&run)
+            .arg("--admin-config")
+            .arg(self.dir(host, "none.json"))
+            .args(["--log", "info,do_driver=debug"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.lan.children.push(child);
+    }
+
+    /// `donode ARGS --run-dir RUN` on `host`, against its daemon.
+    pub fn cli(&self, host: usize, args: &[&str]) -> Command {
+        let mut c = self.lan.command(host, donode_bin());
+        c.args(args).arg("--run-dir").arg(self.dir(host, "run"));
+        c
+    }
+
+    /// `donode stats --json` of `host`'s daemon.
+    pub fn stats(&self, host: usize) -> Option<Json> {
+        let out = self.cli(host, &["stats", "--json"]).output().ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until every daemon is up and connected to every other.
+    pub fn wait_for_mesh(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for host in 2..=self.nodes + 1 {
+            loop {
+                let peers = self.stats(host).and_then(|s| s["NumPeers"].as_u64());
+                if peers.is_some_and(|n| n as usize + 1 >= self.nodes) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "host {host} did not find its peers: {:?}\n{}",
+                    self.stats(host),
+                    self.log(host)
+                );
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// `host`'s daemon log.
+    pub fn log(&self, host: usize) -> String {
+        std::fs::read_to_string(self.dir(host, "daemon.log")).unwrap_or_default()
+    }
+
+    /// The file as the origin serves it.
+    pub fn origin_file(&self) -> PathBuf {
+        self.work.path().join("origin").join("f.bin")
+    }
+
+    /// Where `host`'s get writes the file.
+    pub fn output(&self, host: usize) -> PathBuf {
+        self.dir(host, "f.bin")
+    }
+
+    /// Starts `donode get` of the file on `host`.
+    pub fn spawn_get(&self, host: usize) -> Child {
+        self.spawn_get_with(host, &[])
+    }
+
+    /// Starts `donode get` of the file on `host` with more arguments.
+    pub fn spawn_get_with(&self, host: usize, more: &[&str]) -> Child {
+        let output = self.output(host);
+        let output = output.to_str().expect("UTF-8 path");
+        let url = format!("http://{}:8080{PATH}", Lan::addr(1));
+        self.cli(host, &["get", &url, "--json", "-o", output])
+            .args(more)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Checks a finished get: success, and the output is the file.
+    pub fn check(&self, host: usize, out: &Output) -> Json {
+        assert!(
+            out.status.success(),
+            "get on host {host}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log(host)
+        );
+        assert_eq!(b3sum(&self.output(host)).unwrap(), self.content);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Body bytes the origin sent for the file (0 once it is stopped).
+    pub fn origin_bytes(&self) -> u64 {
+        let Some(nginx) = &self.nginx else { return 0 };
+        nginx
+            .log_lines()
+            .iter()
+            .filter(|l| l.uri == PATH && l.method == "GET")
+            .map(|l| l.body_bytes_sent)
+            .sum()
+    }
+}
