@@ -1,0 +1,153 @@
+//! Peer-to-peer benchmarks on a LAN of network namespaces (needs root; build `donode` in the
+//! same profile first: `cargo build --release -p donode -p do-fleet-bench`).
+//!
+//! 1. **Two nodes**: one 1 GiB file across the bridge, from a peer's cache (`donode get`
+//!    through a daemon that takes it from the other daemon), against `curl` from nginx over
+//!    the same path. Goal: p2p ≥ 0.8 × curl's throughput.
+//! 2. **Flash crowd**: N daemons start the same download at once behind an origin limited with
+//!    `tc tbf`. The completion time of the last one is set against the lower bound
+//!    `max(F/u_origin, F/d_min, N·F/(u_origin + Σu_i))`, where the LAN links' `u_i` and `d_i`
+//!    are the bridge's capacity measured by the curl run of part 1. Goal: within 1.3×.
+
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use clap::Parser;
+use do_tests::{Fleet, FleetOptions};
+
+/// Command-line options.
+#[derive(Parser)]
+struct Args {
+    /// File size for the two-node run, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pair_mib: u64,
+    /// File size for the flash crowd, MiB.
+    #[arg(long, default_value_t = 256)]
+    crowd_mib: u64,
+    /// Nodes in the flash crowd.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// The origin's rate limit in the flash crowd, Mbit/s.
+    #[arg(long, default_value_t = 200)]
+    origin_mbit: u32,
+    /// Runs of each measurement (the best is kept).
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let lan_bytes_per_s = pair(&args)?;
+    crowd(&args, lan_bytes_per_s)?;
+    Ok(())
+}
+
+fn mib_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / seconds / f64::from(1 << 20)
+}
+
+/// Part 1; returns curl's throughput across the bridge (bytes/s), the LAN's capacity.
+fn pair(args: &Args) -> anyhow::Result<f64> {
+    let bytes = args.pair_mib << 20;
+    let mut best_curl = f64::MAX;
+    let mut best_p2p = f64::MAX;
+    for _ in 0..args.runs {
+        let fleet = Fleet::start(FleetOptions {
+            nodes: 2,
+            spare_hosts: 0,
+            file_bytes: bytes,
+            origin_mbit: None,
+        });
+        // curl on host 3 from the origin on host 1, writing a file as donode does.
+        let out = fleet.dir(3, "curl.bin");
+        let url = format!("http://{}:8080/files/f.bin", do_tests::Lan::addr(1));
+        let started = Instant::now();
+        let status = fleet
+            .lan
+            .command(3, "curl")
+            .args(["-s", "-o"])
+            .arg(&out)
+            .arg(&url)
+            .status()?;
+        ensure!(status.success(), "curl failed");
+        best_curl = best_curl.min(started.elapsed().as_secs_f64());
+        std::fs::remove_file(&out)?;
+        // Host 2 takes the file from the origin, then host 3 takes it from host 2.
+        let first = fleet.spawn_get(2).wait_with_output()?;
+        fleet.check(2, &first);
+        let started = Instant::now();
+        let second = fleet.spawn_get(3).wait_with_output()?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let summary = fleet.check(3, &second);
+        ensure!(
+            summary["BytesFromLanPeers"].as_u64() == Some(bytes),
+            "host 3 did not take the whole file from its peer: {summary}"
+        );
+        best_p2p = best_p2p.min(elapsed);
+    }
+    println!(
+        "two nodes, {} MiB across the bridge: curl from nginx {best_curl:.2} s ({:.0} MiB/s); \
+         donode from a peer {best_p2p:.2} s ({:.0} MiB/s); p2p/curl throughput {:.2}",
+        args.pair_mib,
+        mib_s(bytes, best_curl),
+        mib_s(bytes, best_p2p),
+        best_curl / best_p2p
+    );
+    Ok(bytes as f64 / best_curl)
+}
+
+/// Part 2.
+fn crowd(args: &Args, lan_bytes_per_s: f64) -> anyhow::Result<()> {
+    let bytes = args.crowd_mib << 20;
+    let n = args.nodes as f64;
+    let f = bytes as f64;
+    let u = f64::from(args.origin_mbit) * 1e6 / 8.0;
+    let terms = [
+        ("F/u_origin", f / u),
+        ("F/d_min", f / lan_bytes_per_s),
+        ("N·F/(u_origin+Σu_i)", n * f / (u + n * lan_bytes_per_s)),
+    ];
+    let (binding, t_min) = terms
+        .iter()
+        .copied()
+        .fold(("", 0.0), |best, t| if t.1 > best.1 { t } else { best });
+    let mut best: Option<(f64, u64)> = None;
+    for _ in 0..args.runs {
+        let fleet = Fleet::start(FleetOptions {
+            nodes: args.nodes,
+            spare_hosts: 0,
+            file_bytes: bytes,
+            origin_mbit: Some(args.origin_mbit),
+        });
+        let started = Instant::now();
+        let gets: Vec<_> = (2..=args.nodes + 1)
+            .map(|h| (h, fleet.spawn_get(h)))
+            .collect();
+        for (host, child) in gets {
+            let out = child.wait_with_output()?;
+            fleet.check(host, &out);
+        }
+        let makespan = started.elapsed().as_secs_f64();
+        let origin = fleet.origin_bytes();
+        if best.is_none_or(|(m, _)| makespan < m) {
+            best = Some((makespan, origin));
+        }
+    }
+    let (makespan, origin) = best.context("no run")?;
+    println!(
+        "flash crowd, {} nodes × {} MiB, origin at {} Mbit/s: makespan {makespan:.2} s, \
+         bound {t_min:.2} s ({binding} binds), makespan/bound {:.2}, origin sent {:.3} × the file",
+        args.nodes,
+        args.crowd_mib,
+        args.origin_mbit,
+        makespan / t_min,
+        origin as f64 / f
+    );
+    // The whole crowd from the origin alone would take N·F/u.
+    println!(
+        "  (the origin alone would need {:.1} s; a single download {:.1} s)",
+        n * f / u,
+        f / u
+    );
+    Ok(())
+}
