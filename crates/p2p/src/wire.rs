@@ -66,7 +66,7 @@ pub const MAX_HASHES: usize = 65_536;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     /// The encoded manifest. The asker checks that its root is the content id it trusts.
-    Manifest(Vec<u8>),
+    Manifest(#[serde(with = "bytes")] Vec<u8>),
     /// Held blocks as half-open runs `[start, end)`.
     Have(Vec<(u64, u64)>),
     /// The blocks' bytes, one after another, from `first`. The asker verifies each block.
@@ -74,6 +74,7 @@ pub enum Response {
         /// First block index.
         first: u64,
         /// The bytes of the blocks.
+        #[serde(with = "bytes")]
         data: Vec<u8>,
     },
     /// The peer does not hold this (or no longer).
@@ -205,6 +206,40 @@ fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
+/// Byte vectors as serde byte strings, which bincode copies whole; as a sequence, every byte
+/// would pass through serde on its own (the encoding is the same: a length, then the bytes).
+mod bytes {
+    use std::fmt;
+
+    use serde::{Deserializer, Serializer, de};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Visitor)
+    }
+
+    struct Visitor;
+
+    impl de::Visitor<'_> for Visitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -271,6 +306,26 @@ mod tests {
             let _ = decode::<Request>(&bytes);
             let _ = decode::<Response>(&bytes);
         }
+    }
+
+    #[test]
+    fn block_data_is_encoded_as_a_plain_byte_sequence() {
+        // What version 1 has always sent: serde's default encoding of the same shape.
+        #[derive(Serialize)]
+        enum Plain {
+            _Manifest(Vec<u8>),
+            _Have(Vec<(u64, u64)>),
+            Blocks { first: u64, data: Vec<u8> },
+        }
+        let data: Vec<u8> = (0..=255).cycle().take(70_000).collect();
+        let plain = encode(&Plain::Blocks {
+            first: 7,
+            data: data.clone(),
+        })
+        .unwrap();
+        let response = Response::Blocks { first: 7, data };
+        assert_eq!(encode(&response).unwrap(), plain);
+        assert_eq!(decode::<Response>(&plain).unwrap(), response);
     }
 
     #[test]
