@@ -40,7 +40,8 @@ pub(crate) struct Args {
     /// Log line format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
-    /// Serve the cache's complete files to LAN peers (mDNS discovery, verified blocks).
+    /// Exchange files with LAN peers (mDNS discovery, verified blocks): downloads take blocks
+    /// from peers, and the cache is served to them.
     #[arg(long)]
     p2p: bool,
 }

@@ -3,8 +3,8 @@
 //!
 //! It carries bytes and makes no decision: which blocks to ask of whom is the engine's job,
 //! and every block a peer sends is verified against a trusted manifest by the caller before
-//! anything uses it. Not here yet: QUIC, Kademlia provider records, Group mode's pre-shared
-//! key, and the driver's use of all this (see `docs/p2p-design.md`).
+//! anything uses it. The driver (`do-driver`) uses it for downloads and serving. Not here yet:
+//! QUIC, Kademlia provider records, Group mode's pre-shared key (see `docs/p2p-design.md`).
 #![warn(missing_docs)]
 
 mod memory;
