@@ -62,6 +62,9 @@ pub(crate) struct Download {
     pub(crate) manifest_trusted: bool,
     /// When the download last started (for the origin fallback delay).
     pub(crate) started_at: Instant,
+    /// The origin fallback delay of the current start has passed (its deadline is no longer
+    /// a timer).
+    pub(crate) fallback_passed: bool,
     pub(crate) retry_at: Option<Instant>,
     pub(crate) last_progress: Instant,
     pub(crate) no_progress_timeout: Duration,
@@ -96,6 +99,7 @@ impl Download {
             co_fetchers: BTreeMap::new(),
             manifest_trusted: false,
             started_at: now,
+            fallback_passed: false,
             retry_at: None,
             last_progress: now,
             no_progress_timeout,

@@ -654,6 +654,7 @@ impl Engine {
         d.failures = 0;
         d.last_progress = now;
         d.started_at = now;
+        d.fallback_passed = false;
         if d.state == State::Transferred {
             d.refresh_needed();
         }
@@ -828,6 +829,9 @@ impl Engine {
         let Some(d) = self.downloads.get_mut(&id) else {
             return;
         };
+        if now >= d.started_at + self.config.origin_fallback_delay {
+            d.fallback_passed = true;
+        }
         if d.state != State::Transferring
             && !(d.state == State::Paused && !d.user_paused && d.error == 0)
         {

@@ -163,8 +163,8 @@ impl Engine {
             .values()
             .map(|p| p.last_progress + self.config.peer_stall_timeout)
             .min();
-        let fallback = self
-            .peering(d)
+        // Only while it is ahead: a deadline in the past would wake the driver forever.
+        let fallback = (self.peering(d) && !d.fallback_passed)
             .then(|| d.started_at + self.config.origin_fallback_delay);
         let co_stall = d
             .co_fetchers

@@ -840,6 +840,26 @@ fn the_origin_waits_out_the_fallback_delay_while_peers_offer_the_file() {
     assert_eq!(h.status().state, State::Transferred);
 }
 
+#[test]
+fn a_passed_fallback_delay_is_no_longer_a_timer() {
+    // Peers known, blocks in flight to them: the next timer must lie ahead, else a driver
+    // that sleeps until it would spin.
+    for delay in [Duration::ZERO, Duration::from_secs(5)] {
+        let config = Config {
+            origin_fallback_delay: delay,
+            ..Config::default()
+        };
+        let some: RangeSet = std::iter::once(0..8).collect();
+        let mut h = with_peers(config, 16, &[(1, PeerClass::Lan, some)]);
+        h.advance(delay + Duration::from_secs(1));
+        let next = h
+            .engine
+            .poll_timeout()
+            .expect("peer requests have stall timers");
+        assert!(next > h.now, "timer {next:?} not after now {:?}", h.now);
+    }
+}
+
 /// Origin blocks the pending fetches ask for, answering them all (blocks and end).
 fn serve_origin(h: &mut Harness) -> Vec<u64> {
     let mut got = Vec::new();
