@@ -1,7 +1,7 @@
 //! One download's bookkeeping: what is wanted, held and in flight.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ops::Range,
     time::{Duration, Instant},
 };
@@ -57,6 +57,9 @@ pub(crate) struct Download {
     pub(crate) haves: BTreeMap<PeerId, RangeSet>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
+    /// Peers whose requests for this file stalled: what they say they hold is ignored until
+    /// they reconnect, so their blocks come from elsewhere (the origin if need be).
+    pub(crate) dropped: BTreeSet<PeerId>,
     /// The driver holds a manifest whose root is a trusted content id: peer blocks can be
     /// verified one by one, so peers may be asked.
     pub(crate) manifest_trusted: bool,
@@ -97,6 +100,7 @@ impl Download {
             peer_requests: BTreeMap::new(),
             haves: BTreeMap::new(),
             co_fetchers: BTreeMap::new(),
+            dropped: BTreeSet::new(),
             manifest_trusted: false,
             started_at: now,
             fallback_passed: false,

@@ -67,7 +67,8 @@ pub struct Config {
     /// Blocks asked of a peer in one request. Default 16 (1 MiB).
     pub peer_request_blocks: u64,
     /// A peer request that delivers nothing for this long is cancelled and its blocks asked
-    /// elsewhere; the peer is no longer asked for this file. Default 10 s.
+    /// elsewhere; the peer is no longer asked for this file (what it says it holds of it is
+    /// ignored) until it reconnects. Default 10 s.
     pub peer_stall_timeout: Duration,
     /// While peers offer a file, wait this long after a start before asking the origin for
     /// what they lack (DO's `DODelay{Background,Foreground}DownloadFromHttp`). Default 0.

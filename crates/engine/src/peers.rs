@@ -34,10 +34,16 @@ impl Engine {
             Input::PeerRemoved { peer } => {
                 self.peers.remove(&peer);
                 self.forget_peer(peer);
+                // A peer that comes back gets a fresh chance.
+                for d in self.downloads.values_mut() {
+                    d.dropped.remove(&peer);
+                }
             }
             Input::PeerHas { id, peer, blocks } => {
                 let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
-                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id)) {
+                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id))
+                    && !d.dropped.contains(&peer)
+                {
                     if let Some(co) = d.co_fetchers.get_mut(&peer)
                         && blocks.count() > co.held
                     {
@@ -50,7 +56,9 @@ impl Engine {
             }
             Input::PeerFetching { id, peer, key } => {
                 let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
-                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id)) {
+                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id))
+                    && !d.dropped.contains(&peer)
+                {
                     let held = d.haves.get(&peer).map_or(0, RangeSet::count);
                     d.co_fetchers.entry(peer).or_insert(CoFetcher {
                         key,
@@ -143,9 +151,15 @@ impl Engine {
                 .map(|(&r, p)| (r, p.peer))
                 .collect();
             for (request, peer) in late {
-                debug!(download = id.0, peer = peer.0, "peer request stalled");
+                debug!(
+                    download = id.0,
+                    peer = peer.0,
+                    "peer request stalled; peer dropped"
+                );
                 d.end_fetch(request);
                 d.haves.remove(&peer);
+                d.co_fetchers.remove(&peer);
+                d.dropped.insert(peer);
                 stalled.push(request);
             }
         }

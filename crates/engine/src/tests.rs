@@ -784,6 +784,31 @@ fn a_stalled_peer_request_is_cancelled_and_its_blocks_fetched_elsewhere() {
 }
 
 #[test]
+fn a_stalled_peer_stays_dropped_when_it_says_again_what_it_holds() {
+    // A peer that answers have-polls but never sends blocks must not hold the download
+    // hostage: after one stall its holdings are ignored, and the origin brings its blocks.
+    let mut h = with_peers(Config::default(), 16, &[(1, PeerClass::Lan, all(16))]);
+    h.take();
+    h.advance(Duration::from_secs(11));
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: all(16),
+    });
+    let actions = h.take();
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::RequestBlocks { .. })),
+        "the stalled peer was asked again: {actions:?}"
+    );
+    h.pending = actions;
+    let got = serve_sources(&mut h, &[]);
+    assert_eq!(got[&None].len(), 16, "the origin takes over");
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
 fn the_origin_waits_for_known_peers_to_answer_but_not_without_a_content_id() {
     let config = Config {
         origin_fallback_delay: Duration::from_secs(5),
