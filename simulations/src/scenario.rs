@@ -1,0 +1,383 @@
+//! Scenario files: sites, hosts, WAN links, the origin, files, arrivals, churn, faults and the
+//! download mode, as TOML. Parsed once into [`Scenario`] and checked before a run starts.
+
+use std::path::Path;
+
+use anyhow::{Context, bail, ensure};
+use serde::Deserialize;
+
+/// Which peers a node may take bytes from (DO's download modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// HTTP only: no peers.
+    Http,
+    /// Peers on the same site's LAN.
+    Lan,
+    /// Peers of the node's group, on any site (LAN peers first).
+    Group,
+    /// Any peer (LAN peers first).
+    Internet,
+}
+
+/// A whole scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name (used for output files).
+    pub name: String,
+    /// What it shows.
+    #[serde(default)]
+    pub description: String,
+    /// The download mode.
+    pub mode: Mode,
+    /// The default seed (`--seed` overrides it).
+    #[serde(default = "one")]
+    pub seed: u64,
+    /// The files every node downloads, in order.
+    pub files: Vec<FileSpec>,
+    /// The HTTP origin.
+    pub origin: Origin,
+    /// Sites (LANs), each behind its WAN link.
+    pub sites: Vec<Site>,
+    /// When nodes start.
+    #[serde(default)]
+    pub arrivals: Arrivals,
+    /// Nodes leaving, crashing and rejoining.
+    #[serde(default)]
+    pub churn: Churn,
+    /// Misbehaving peers.
+    #[serde(default)]
+    pub faults: Faults,
+    /// Engine and driver knobs.
+    #[serde(default)]
+    pub engine: EngineKnobs,
+    /// Stop the run at this simulated time (seconds), finished or not. Default 86,400.
+    #[serde(default = "day")]
+    pub max_time_s: f64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn day() -> f64 {
+    86_400.0
+}
+
+/// One file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Size in MiB (fractions allowed).
+    pub size_mib: f64,
+    /// Seconds after a node's arrival at which it starts this file. Default 0.
+    #[serde(default)]
+    pub start_s: f64,
+}
+
+impl FileSpec {
+    /// Size in bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.size_mib * 1_048_576.0).round() as u64
+    }
+}
+
+/// The origin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// Upload capacity, Mbit/s.
+    pub up_mbit: f64,
+    /// One-way latency to every site's WAN edge, ms. Default 10.
+    #[serde(default = "ten")]
+    pub latency_ms: f64,
+    /// Windows in which the origin answers nothing but errors.
+    #[serde(default)]
+    pub outages: Vec<Outage>,
+}
+
+fn ten() -> f64 {
+    10.0
+}
+
+/// An origin outage: from `start_s` to `end_s` (never over if absent).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    /// Start, seconds.
+    pub start_s: f64,
+    /// End, seconds; absent: the origin never comes back.
+    pub end_s: Option<f64>,
+}
+
+/// A site: a LAN of hosts behind one WAN link.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Name.
+    pub name: String,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// WAN download capacity into the site, Mbit/s; absent: unlimited.
+    pub wan_down_mbit: Option<f64>,
+    /// WAN upload capacity out of the site, Mbit/s; absent: unlimited.
+    pub wan_up_mbit: Option<f64>,
+    /// One-way latency between the site's edge and the core, ms. Default 10.
+    #[serde(default = "ten")]
+    pub wan_latency_ms: f64,
+    /// One-way latency between two hosts of the site, ms. Default 0.25.
+    #[serde(default = "quarter")]
+    pub lan_latency_ms: f64,
+    /// Host classes; their shares are normalised. Default: one class, 100/100 Mbit/s.
+    #[serde(default = "default_hosts")]
+    pub hosts: Vec<HostClass>,
+}
+
+fn quarter() -> f64 {
+    0.25
+}
+
+fn default_hosts() -> Vec<HostClass> {
+    vec![HostClass {
+        share: 1.0,
+        up_mbit: 100.0,
+        down_mbit: 100.0,
+    }]
+}
+
+/// A kind of host and its share of a site's nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostClass {
+    /// Share of the site's nodes.
+    pub share: f64,
+    /// Upload capacity, Mbit/s.
+    pub up_mbit: f64,
+    /// Download capacity, Mbit/s.
+    pub down_mbit: f64,
+}
+
+/// Arrival times: uniform over a window, or a Poisson process.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arrivals {
+    /// Nodes arrive uniformly at random in `[0, window_s]`. Default 0: all at once.
+    #[serde(default)]
+    pub window_s: f64,
+    /// Instead, a Poisson process with this mean gap between arrivals, seconds.
+    pub poisson_mean_gap_s: Option<f64>,
+}
+
+/// Churn.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Churn {
+    /// Share of nodes that go away once, at a uniform time in `window_s`.
+    #[serde(default)]
+    pub leave_fraction: f64,
+    /// When they go, seconds `[from, to]`.
+    #[serde(default)]
+    pub window_s: [f64; 2],
+    /// `true`: they crash (in-flight work lost, verified blocks kept on disk); `false`: they
+    /// leave cleanly. Either way they are gone until they rejoin.
+    #[serde(default)]
+    pub crash: bool,
+    /// Seconds after leaving at which they come back and resume; absent: never.
+    pub rejoin_after_s: Option<f64>,
+    /// Seconds a node stays online after finishing its last file; absent: forever.
+    pub linger_s: Option<f64>,
+}
+
+/// Misbehaving peers (never the origin).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// Share of nodes whose served blocks fail verification (a corrupt cache or a liar).
+    #[serde(default)]
+    pub corrupt_fraction: f64,
+    /// Share of nodes that accept requests and never answer them.
+    #[serde(default)]
+    pub stall_fraction: f64,
+}
+
+/// Engine and driver knobs the scenario may set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineKnobs {
+    /// Peers a node is connected to (a random sample of those its mode allows). Default 32.
+    #[serde(default = "thirty_two")]
+    pub peers_per_node: usize,
+    /// The engine's origin fallback delay, seconds. Default 2, the node's default with peers.
+    #[serde(default = "two")]
+    pub origin_fallback_delay_s: f64,
+    /// Upload slots per node (requests served at once; more wait in a queue). Default 4.
+    #[serde(default = "four")]
+    pub upload_slots: usize,
+    /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 1.
+    #[serde(default = "one_f")]
+    pub have_interval_s: f64,
+}
+
+fn thirty_two() -> usize {
+    32
+}
+
+fn two() -> f64 {
+    2.0
+}
+
+fn four() -> usize {
+    4
+}
+
+fn one_f() -> f64 {
+    1.0
+}
+
+impl Default for EngineKnobs {
+    fn default() -> Self {
+        Self {
+            peers_per_node: 32,
+            origin_fallback_delay_s: 2.0,
+            upload_slots: 4,
+            have_interval_s: 1.0,
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses and checks a scenario.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let scenario: Self = toml::from_str(text)?;
+        scenario.check()?;
+        Ok(scenario)
+    }
+
+    /// Total nodes.
+    pub fn nodes(&self) -> usize {
+        self.sites.iter().map(|s| s.nodes).sum()
+    }
+
+    /// Scales every site's node count so that the total is `nodes` (at least one per site).
+    pub fn scale_nodes(&mut self, nodes: usize) {
+        let total = self.nodes().max(1) as f64;
+        let mut left = nodes;
+        let sites = self.sites.len();
+        for (i, site) in self.sites.iter_mut().enumerate() {
+            let n = if i + 1 == sites {
+                left.max(1)
+            } else {
+                ((site.nodes as f64 / total * nodes as f64).round() as usize).clamp(1, left.max(1))
+            };
+            left = left.saturating_sub(n);
+            site.nodes = n;
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(!self.files.is_empty(), "a scenario needs at least one file");
+        for f in &self.files {
+            ensure!(
+                f.size_mib > 0.0 && f.bytes() > 0,
+                "file sizes must be positive"
+            );
+            ensure!(f.start_s >= 0.0, "file start_s must not be negative");
+        }
+        ensure!(!self.sites.is_empty(), "a scenario needs at least one site");
+        ensure!(self.origin.up_mbit > 0.0, "origin.up_mbit must be positive");
+        for site in &self.sites {
+            ensure!(site.nodes > 0, "site {}: nodes must be positive", site.name);
+            ensure!(!site.hosts.is_empty(), "site {}: no host class", site.name);
+            for h in &site.hosts {
+                ensure!(
+                    h.share > 0.0 && h.up_mbit > 0.0 && h.down_mbit > 0.0,
+                    "site {}: host shares and capacities must be positive",
+                    site.name
+                );
+            }
+            for cap in [site.wan_down_mbit, site.wan_up_mbit].into_iter().flatten() {
+                ensure!(
+                    cap > 0.0,
+                    "site {}: WAN capacities must be positive",
+                    site.name
+                );
+            }
+        }
+        for o in &self.origin.outages {
+            if let Some(end) = o.end_s {
+                ensure!(end > o.start_s, "an outage must end after it starts");
+            }
+        }
+        let fraction = |x: f64| (0.0..=1.0).contains(&x);
+        ensure!(
+            fraction(self.churn.leave_fraction)
+                && fraction(self.faults.corrupt_fraction)
+                && fraction(self.faults.stall_fraction),
+            "fractions must lie in [0, 1]"
+        );
+        if self.churn.window_s[1] < self.churn.window_s[0] {
+            bail!("churn.window_s must be [from, to] with from <= to");
+        }
+        ensure!(
+            self.engine.have_interval_s > 0.0 && self.engine.upload_slots > 0,
+            "engine.have_interval_s and engine.upload_slots must be positive"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        name = "t"
+        mode = "lan"
+        files = [{ size_mib = 4 }]
+        origin = { up_mbit = 100 }
+        sites = [{ name = "a", nodes = 10 }]
+    "#;
+
+    #[test]
+    fn a_minimal_scenario_gets_defaults() {
+        let s = Scenario::parse(MINIMAL).unwrap();
+        assert_eq!(s.nodes(), 10);
+        assert_eq!(s.files[0].bytes(), 4 << 20);
+        assert_eq!(s.sites[0].hosts[0].up_mbit, 100.0);
+        assert_eq!(s.engine.peers_per_node, 32);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_errors() {
+        let typo = MINIMAL.replace("nodes = 10", "node = 10");
+        assert!(Scenario::parse(&typo).is_err());
+        let empty = MINIMAL.replace("nodes = 10", "nodes = 0");
+        let err = Scenario::parse(&empty).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("nodes must be positive"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn scaling_keeps_the_total_and_every_site() {
+        let mut s = Scenario::parse(&MINIMAL.replace(
+            r#"sites = [{ name = "a", nodes = 10 }]"#,
+            r#"sites = [{ name = "a", nodes = 10 }, { name = "b", nodes = 30 }]"#,
+        ))
+        .unwrap();
+        s.scale_nodes(1000);
+        assert_eq!(s.nodes(), 1000);
+        assert_eq!(s.sites[0].nodes, 250);
+        s.scale_nodes(1);
+        assert!(s.sites.iter().all(|site| site.nodes >= 1));
+    }
+}

@@ -1,0 +1,1342 @@
+//! The discrete-event loop: one [`do_engine::Engine`] per node, a virtual clock, the
+//! flow-level [`Net`], and the simulator's stand-ins for the driver's I/O (origin requests,
+//! peer requests, have-map polls, verification).
+//!
+//! The simulator plays the driver's part exactly where the real node's tokio driver would:
+//! it carries out the engine's actions and reports their outcomes. Verification is modelled,
+//! not computed: a block served by a corrupt peer is reported as [`Input::BlockCorrupt`], as
+//! the driver's BLAKE3 check would report it.
+
+use std::{
+    cmp::Reverse,
+    collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use do_content::{BLOCK_SIZE, BlockIndex, ContentId, RangeSet, block_count};
+use do_engine::{
+    Action, Command, Config, DownloadId, Engine, Event, Failure, FileInfo, Input, PeerClass,
+    PeerId, RequestId, Spec, State,
+};
+
+use crate::{
+    net::{Eta, FlowId, Net, ResId},
+    rng::Rng,
+    scenario::{Mode, Scenario},
+};
+
+/// Blocks reported per milestone of a flow (1 MiB): the unit in which bytes arrive.
+const CHUNK_BLOCKS: u64 = 16;
+/// Requests a node queues for an upload slot before it answers "busy" (as the driver does).
+const UPLOAD_QUEUE: usize = 256;
+/// How long peers take to notice a crashed node (a libp2p ping timeout).
+const CRASH_DETECT_NS: u64 = 10_000_000_000;
+/// The HRESULT a failed peer request reports (the driver's `DO_E_PEER_REQUEST_FAILED`).
+const PEER_REQUEST_FAILED: u32 = 0x80D0_6802;
+/// HTTP 503 as an HRESULT, what the origin answers during an outage.
+const HTTP_503: u32 = 0x8019_01F7;
+/// Nanoseconds per second.
+const NS: f64 = 1e9;
+
+/// How a node behaves as a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Serves what it holds.
+    Honest,
+    /// Serves blocks that fail verification.
+    Corrupt,
+    /// Accepts requests and never answers.
+    Stall,
+}
+
+/// One file download of one node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Job {
+    /// Not started yet.
+    Waiting,
+    /// Started at this time (ns).
+    Active(u64),
+    /// Finished: (started, finished) ns.
+    Done(u64, u64),
+}
+
+struct Node {
+    engine: Engine,
+    site: usize,
+    up: ResId,
+    down: ResId,
+    up_bps: f64,
+    down_bps: f64,
+    key: u64,
+    online: bool,
+    behaviour: Behaviour,
+    arrival: u64,
+    neighbors: Vec<u32>,
+    banned: BTreeSet<u32>,
+    /// Verified blocks held, per file.
+    held: Vec<RangeSet>,
+    /// Holdings changed since the last have poll, per file.
+    changed: Vec<bool>,
+    jobs: Vec<Job>,
+    /// Per file: the engine trusts a manifest.
+    trusted: Vec<bool>,
+    /// Per file: neighbors already told that this node is fetching it.
+    told_fetching: Vec<BTreeSet<u32>>,
+    timer: Option<u64>,
+    /// Requests this node issued that are still open.
+    open: BTreeMap<RequestId, Open>,
+    /// Uploads in progress.
+    uploads: usize,
+    /// Requests waiting for an upload slot: (requester, request).
+    queue: VecDeque<(u32, RequestId)>,
+    leaves_at: Option<u64>,
+    /// Bytes received by source, and sent to peers.
+    from_origin: u64,
+    from_peers: [u64; 3],
+    to_peers: u64,
+}
+
+/// A request a node has open.
+#[derive(Debug, Clone)]
+enum Open {
+    /// An origin fetch, waiting for its first byte or flowing.
+    Origin {
+        file: usize,
+        next: u64,
+        end: u64,
+        flow: Option<FlowId>,
+    },
+    /// A peer request: queued at the server, flowing, or stalled there.
+    Peer {
+        file: usize,
+        server: u32,
+        next: u64,
+        end: u64,
+        flow: Option<FlowId>,
+    },
+}
+
+/// What a flow carries.
+#[derive(Debug, Clone, Copy)]
+struct FlowInfo {
+    node: u32,
+    request: RequestId,
+    /// First block of the chunk in flight, and one past its last block.
+    chunk: (u64, u64),
+    /// Bytes of the chunk in flight.
+    chunk_bytes: u64,
+    server: Option<u32>,
+    /// The flow crosses the receiver's site WAN link (from the origin or another site).
+    wan: bool,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Arrive(u32),
+    StartFile(u32, usize),
+    Timer(u32, u64),
+    HavePoll,
+    Reply(u32, Input),
+    /// An origin fetch's first byte arrives.
+    OriginBegin(u32, RequestId),
+    /// A peer request reaches its server.
+    PeerBegin(u32, RequestId),
+    Milestone(FlowId, u32),
+    Leave(u32),
+    Rejoin(u32),
+    /// Peers learn that a crashed node is gone.
+    Gone(u32),
+    OutageStart,
+    OutageEnd,
+}
+
+struct Entry {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Raw results of a run, for [`crate::report`].
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Per node: (arrival s, up bytes/s, down bytes/s, site, finishes for good).
+    pub nodes: Vec<NodeInfo>,
+    /// Completed downloads: (node, file, start s, finish s).
+    pub completions: Vec<(u32, usize, f64, f64)>,
+    /// Bytes the origin sent (every byte that left it, cancelled flows included).
+    pub origin_bytes: u64,
+    /// Verified bytes received from peers, by class (LAN, Group, Internet).
+    pub peer_bytes: [u64; 3],
+    /// Bytes into each site over its WAN link.
+    pub wan_ingress: Vec<u64>,
+    /// Bytes out of each site over its WAN link.
+    pub wan_egress: Vec<u64>,
+    /// Bytes of corrupt blocks received (and dropped).
+    pub corrupt_bytes_received: u64,
+    /// Bytes of blocks from a corrupt server recorded as verified (must be 0).
+    pub corrupt_bytes_committed: u64,
+    /// Bytes moved and not kept: corrupt, cancelled mid-chunk, or duplicates.
+    pub wasted_bytes: u64,
+    /// Bans, and the time of the first (s).
+    pub bans: u64,
+    /// Time of the first ban, s.
+    pub first_ban_s: Option<f64>,
+    /// Requests an engine sent to a peer it had banned (must be 0).
+    pub requests_to_banned: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Simulated time at the end, s.
+    pub end_s: f64,
+    /// Downloads that should have finished and did not.
+    pub unfinished: u64,
+    /// Bytes received per second of simulated time, by source: origin, LAN, Group, Internet.
+    pub timeline: Vec<[u64; 4]>,
+    /// A hash of the event sequence (determinism check).
+    pub trace_hash: u64,
+    /// Peak flows in progress at once.
+    pub peak_flows: usize,
+}
+
+/// What the report needs of each node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// Arrival, s.
+    pub arrival_s: f64,
+    /// Upload capacity, bytes/s.
+    pub up: f64,
+    /// Download capacity, bytes/s.
+    pub down: f64,
+    /// Site index.
+    pub site: usize,
+    /// Expected to finish every file (not a node that leaves for good).
+    pub must_finish: bool,
+}
+
+/// A simulation in progress.
+pub struct Sim {
+    sc: Scenario,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Entry>>,
+    net: Net,
+    nodes: Vec<Node>,
+    flows: Vec<Option<FlowInfo>>,
+    origin: ResId,
+    site_in: Vec<Option<ResId>>,
+    site_out: Vec<Option<ResId>>,
+    origin_up: bool,
+    base: Instant,
+    file_len: Vec<u64>,
+    file_id: Vec<ContentId>,
+    out: Outcome,
+    etas: Vec<Eta>,
+    have_poll_ns: u64,
+    poll_scheduled: bool,
+}
+
+fn mbit(x: f64) -> f64 {
+    x * 1e6 / 8.0
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / NS
+}
+
+fn ns(s: f64) -> u64 {
+    (s * NS).round().max(0.0) as u64
+}
+
+impl Sim {
+    /// Builds the fleet of `sc` with `seed`.
+    pub fn new(sc: Scenario, seed: u64) -> Self {
+        let mut topo = Rng::new(seed, 1);
+        let mut fault_rng = Rng::new(seed, 2);
+        let mut arrival_rng = Rng::new(seed, 3);
+        let mut net = Net::new();
+        let origin = net.add_resource(mbit(sc.origin.up_mbit));
+        let mut site_in = Vec::new();
+        let mut site_out = Vec::new();
+        for site in &sc.sites {
+            site_in.push(site.wan_down_mbit.map(|m| net.add_resource(mbit(m))));
+            site_out.push(site.wan_up_mbit.map(|m| net.add_resource(mbit(m))));
+        }
+        let files = sc.files.len();
+        let file_len: Vec<u64> = sc.files.iter().map(|f| f.bytes()).collect();
+        let file_id: Vec<ContentId> = (0..files)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&seed.to_le_bytes());
+                b[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+                ContentId::from_bytes(b)
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        let mut gap_clock = 0.0;
+        for (s, site) in sc.sites.iter().enumerate() {
+            let total_share: f64 = site.hosts.iter().map(|h| h.share).sum();
+            for k in 0..site.nodes {
+                // Host classes in proportion, deterministic by position within the site.
+                let pos = (k as f64 + 0.5) / site.nodes as f64 * total_share;
+                let mut acc = 0.0;
+                let class = site
+                    .hosts
+                    .iter()
+                    .find(|h| {
+                        acc += h.share;
+                        pos < acc
+                    })
+                    .unwrap_or(site.hosts.last().expect("checked non-empty"));
+                let (up_bps, down_bps) = (mbit(class.up_mbit), mbit(class.down_mbit));
+                let up = net.add_resource(up_bps);
+                let down = net.add_resource(down_bps);
+                let arrival = match sc.arrivals.poisson_mean_gap_s {
+                    Some(gap) => {
+                        gap_clock += -gap * (1.0 - arrival_rng.f64()).ln();
+                        ns(gap_clock)
+                    }
+                    None => ns(arrival_rng.f64() * sc.arrivals.window_s),
+                };
+                let index = nodes.len() as u64;
+                let key = topo.u64();
+                let mut seed_bytes = [0u8; 32];
+                seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+                seed_bytes[8..16].copy_from_slice(&index.to_le_bytes());
+                let config = Config {
+                    node_key: key,
+                    origin_fallback_delay: Duration::from_secs_f64(
+                        sc.engine.origin_fallback_delay_s,
+                    ),
+                    ..Config::default()
+                };
+                nodes.push(Node {
+                    engine: Engine::new(config, seed_bytes),
+                    site: s,
+                    up,
+                    down,
+                    up_bps,
+                    down_bps,
+                    key,
+                    online: false,
+                    behaviour: Behaviour::Honest,
+                    arrival,
+                    neighbors: Vec::new(),
+                    banned: BTreeSet::new(),
+                    held: vec![RangeSet::new(); files],
+                    changed: vec![false; files],
+                    jobs: vec![Job::Waiting; files],
+                    trusted: vec![false; files],
+                    told_fetching: vec![BTreeSet::new(); files],
+                    timer: None,
+                    open: BTreeMap::new(),
+                    uploads: 0,
+                    queue: VecDeque::new(),
+                    leaves_at: None,
+                    from_origin: 0,
+                    from_peers: [0; 3],
+                    to_peers: 0,
+                });
+            }
+        }
+        let n = nodes.len();
+        // Faults: a fixed count of each kind, at random nodes.
+        let mut order: Vec<usize> = (0..n).collect();
+        fault_rng.shuffle(&mut order);
+        let corrupt = (sc.faults.corrupt_fraction * n as f64).round() as usize;
+        let stall = (sc.faults.stall_fraction * n as f64).round() as usize;
+        for (i, &node) in order.iter().enumerate() {
+            if i < corrupt {
+                nodes[node].behaviour = Behaviour::Corrupt;
+            } else if i < corrupt + stall {
+                nodes[node].behaviour = Behaviour::Stall;
+            }
+        }
+        let mut sim = Self {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            net,
+            nodes,
+            flows: Vec::new(),
+            origin,
+            site_in,
+            site_out,
+            origin_up: true,
+            base: Instant::now(),
+            file_len,
+            file_id,
+            out: Outcome {
+                wan_ingress: vec![0; sc.sites.len()],
+                wan_egress: vec![0; sc.sites.len()],
+                ..Outcome::default()
+            },
+            etas: Vec::new(),
+            have_poll_ns: ns(sc.engine.have_interval_s),
+            poll_scheduled: false,
+            sc,
+        };
+        sim.build_neighbors(&mut topo);
+        sim.plan_churn(&mut fault_rng);
+        for i in 0..n {
+            let at = sim.nodes[i].arrival;
+            sim.push(at, Ev::Arrive(i as u32));
+        }
+        for o in sim.sc.origin.outages.clone() {
+            sim.push(ns(o.start_s), Ev::OutageStart);
+            if let Some(end) = o.end_s {
+                sim.push(ns(end), Ev::OutageEnd);
+            }
+        }
+        sim
+    }
+
+    /// Random symmetric neighbor sets: each node picks `peers_per_node / 2` partners among
+    /// those its mode allows (on its own site three times in four, in Group and Internet
+    /// mode), so that degrees average `peers_per_node`. Small sites are a full mesh.
+    fn build_neighbors(&mut self, rng: &mut Rng) {
+        if self.sc.mode == Mode::Http {
+            return;
+        }
+        let mut by_site: Vec<Vec<u32>> = vec![Vec::new(); self.sc.sites.len()];
+        for (i, node) in self.nodes.iter().enumerate() {
+            by_site[node.site].push(i as u32);
+        }
+        let k = self.sc.engine.peers_per_node;
+        let n = self.nodes.len();
+        let mut edges: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); n];
+        let cross = self.sc.mode != Mode::Lan && self.sc.sites.len() > 1;
+        for i in 0..n {
+            let site = self.nodes[i].site;
+            let local = &by_site[site];
+            if local.len() <= k + 1 {
+                for &j in local {
+                    if j as usize != i {
+                        edges[i].insert(j);
+                        edges[j as usize].insert(i as u32);
+                    }
+                }
+            }
+            let picks = k.div_ceil(2);
+            for _ in 0..picks {
+                let j = if cross && (local.len() <= k + 1 || rng.u64().is_multiple_of(4)) {
+                    rng.below(n as u64) as u32
+                } else if local.len() > k + 1 {
+                    local[rng.below(local.len() as u64) as usize]
+                } else {
+                    continue;
+                };
+                if j as usize != i {
+                    edges[i].insert(j);
+                    edges[j as usize].insert(i as u32);
+                }
+            }
+        }
+        for (node, e) in self.nodes.iter_mut().zip(edges) {
+            node.neighbors = e.into_iter().collect();
+        }
+    }
+
+    fn plan_churn(&mut self, rng: &mut Rng) {
+        let churn = self.sc.churn.clone();
+        let n = self.nodes.len();
+        let leaving = (churn.leave_fraction * n as f64).round() as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut order);
+        for &i in order.iter().take(leaving) {
+            let [from, to] = churn.window_s;
+            let at = ns(from + rng.f64() * (to - from)).max(self.nodes[i].arrival);
+            self.push(at, Ev::Leave(i as u32));
+            if let Some(back) = churn.rejoin_after_s {
+                self.push(at + ns(back), Ev::Rejoin(i as u32));
+            }
+        }
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Entry {
+            at,
+            seq: self.seq,
+            ev,
+        }));
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    /// Runs to the end (every download done, or the scenario's time limit) and returns the
+    /// raw outcome.
+    pub fn run(mut self) -> Outcome {
+        let limit = ns(self.sc.max_time_s);
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        while let Some(Reverse(entry)) = self.queue.pop() {
+            if entry.at > limit {
+                self.now = limit;
+                break;
+            }
+            self.now = entry.at;
+            self.out.events += 1;
+            hash = (hash ^ entry.at).wrapping_mul(0x0100_0000_01b3);
+            hash = (hash ^ ev_tag(&entry.ev)).wrapping_mul(0x0100_0000_01b3);
+            self.handle(entry.ev);
+            self.out.peak_flows = self.out.peak_flows.max(self.net.active());
+        }
+        self.out.trace_hash = hash;
+        self.finish()
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Arrive(i) => self.arrive(i),
+            Ev::StartFile(i, f) => self.start_file(i, f),
+            Ev::Timer(i, at) => {
+                let node = &mut self.nodes[i as usize];
+                if node.online && node.timer == Some(at) {
+                    node.timer = None;
+                    let now = self.instant();
+                    self.nodes[i as usize].engine.handle_timeout(now);
+                    self.drain(i);
+                }
+            }
+            Ev::HavePoll => self.have_poll(),
+            Ev::Reply(i, input) => self.feed(i, input),
+            Ev::OriginBegin(i, request) => self.origin_begin(i, request),
+            Ev::PeerBegin(i, request) => self.peer_begin(i, request),
+            Ev::Milestone(flow, version) => {
+                if self.flows.get(flow.0 as usize).is_some_and(Option::is_some)
+                    && self.net.version(flow) == version
+                {
+                    self.milestone(flow);
+                }
+            }
+            Ev::Leave(i) => self.leave(i),
+            Ev::Rejoin(i) => self.rejoin(i),
+            Ev::Gone(i) => {
+                if !self.nodes[i as usize].online {
+                    self.tell_neighbors_gone(i);
+                }
+            }
+            Ev::OutageStart => self.outage_start(),
+            Ev::OutageEnd => self.origin_up = true,
+        }
+    }
+
+    fn arrive(&mut self, i: u32) {
+        let now = self.now;
+        let node = &mut self.nodes[i as usize];
+        if node.online {
+            return;
+        }
+        node.online = true;
+        self.connect(i);
+        let starts: Vec<(usize, f64)> = self
+            .sc
+            .files
+            .iter()
+            .enumerate()
+            .map(|(f, spec)| (f, spec.start_s))
+            .collect();
+        for (f, start) in starts {
+            if matches!(self.nodes[i as usize].jobs[f], Job::Waiting) {
+                self.push(now + ns(start), Ev::StartFile(i, f));
+            }
+        }
+        self.ensure_poll();
+    }
+
+    /// Tells `i`'s engine about its online neighbors, and them about `i`.
+    fn connect(&mut self, i: u32) {
+        let neighbors = self.nodes[i as usize].neighbors.clone();
+        let now = self.instant();
+        for j in neighbors {
+            if !self.nodes[j as usize].online {
+                continue;
+            }
+            let class = self.class(i, j);
+            if !self.nodes[i as usize].banned.contains(&j) {
+                self.nodes[i as usize].engine.handle_input(
+                    now,
+                    Input::PeerAdded {
+                        peer: PeerId(u64::from(j)),
+                        class,
+                    },
+                );
+                for f in 0..self.file_len.len() {
+                    self.nodes[j as usize].changed[f] |= !self.nodes[j as usize].held[f].is_empty();
+                }
+            }
+            if !self.nodes[j as usize].banned.contains(&i) {
+                self.nodes[j as usize].engine.handle_input(
+                    now,
+                    Input::PeerAdded {
+                        peer: PeerId(u64::from(i)),
+                        class,
+                    },
+                );
+                self.drain(j);
+            }
+        }
+        self.drain(i);
+    }
+
+    fn class(&self, a: u32, b: u32) -> PeerClass {
+        if self.nodes[a as usize].site == self.nodes[b as usize].site {
+            PeerClass::Lan
+        } else if self.sc.mode == Mode::Group {
+            PeerClass::Group
+        } else {
+            PeerClass::Internet
+        }
+    }
+
+    fn start_file(&mut self, i: u32, f: usize) {
+        let node = &mut self.nodes[i as usize];
+        if !node.online || !matches!(node.jobs[f], Job::Waiting) {
+            return;
+        }
+        node.jobs[f] = Job::Active(self.now);
+        let id = DownloadId(f as u64 + 1);
+        let spec = Spec {
+            url: format!("http://origin/file{f}"),
+            content_id: None,
+            no_progress_timeout: Some(Duration::from_secs(3600)),
+        };
+        let now = self.instant();
+        let engine = &mut self.nodes[i as usize].engine;
+        engine
+            .handle_command(now, Command::Create { id, spec })
+            .expect("a fresh id");
+        engine
+            .handle_command(now, Command::Start { id, ranges: None })
+            .expect("a created download starts");
+        self.drain(i);
+    }
+
+    fn ensure_poll(&mut self) {
+        if !self.poll_scheduled && self.sc.mode != Mode::Http {
+            self.poll_scheduled = true;
+            let at = self.now + self.have_poll_ns;
+            self.push(at, Ev::HavePoll);
+        }
+    }
+
+    /// The driver's periodic poll: each downloading node learns what its neighbors hold of
+    /// the files it wants, which of them fetch those files too, and trusts a manifest once the
+    /// hashes it can get from them cover the whole file.
+    fn have_poll(&mut self) {
+        self.poll_scheduled = false;
+        let now = self.instant();
+        let n = self.nodes.len();
+        let files = self.file_len.len();
+        let mut any_active = false;
+        for i in 0..n {
+            if !self.nodes[i].online {
+                continue;
+            }
+            let mut fed = false;
+            for f in 0..files {
+                if !matches!(self.nodes[i].jobs[f], Job::Active(_)) {
+                    continue;
+                }
+                any_active = true;
+                let id = DownloadId(f as u64 + 1);
+                let blocks = block_count(self.file_len[f]);
+                let mut union = self.nodes[i].held[f].clone();
+                let neighbors = self.nodes[i].neighbors.clone();
+                let trusted = self.nodes[i].trusted[f];
+                for j in neighbors {
+                    let (ju, iu) = (j as usize, i);
+                    if !self.nodes[ju].online || self.nodes[iu].banned.contains(&j) {
+                        continue;
+                    }
+                    let peer = PeerId(u64::from(j));
+                    if self.nodes[ju].changed[f] && !self.nodes[ju].held[f].is_empty() {
+                        let held = self.nodes[ju].held[f].clone();
+                        self.nodes[iu].engine.handle_input(
+                            now,
+                            Input::PeerHas {
+                                id,
+                                peer,
+                                blocks: held,
+                            },
+                        );
+                        fed = true;
+                    }
+                    if matches!(self.nodes[ju].jobs[f], Job::Active(_))
+                        && !self.nodes[iu].told_fetching[f].contains(&j)
+                    {
+                        self.nodes[iu].told_fetching[f].insert(j);
+                        let key = self.nodes[ju].key;
+                        self.nodes[iu]
+                            .engine
+                            .handle_input(now, Input::PeerFetching { id, peer, key });
+                        fed = true;
+                    }
+                    // Every peer answers for the hashes of what it verified (a stalling
+                    // peer stalls on blocks only; a corrupt cache has the right hashes).
+                    if !trusted {
+                        for run in self.nodes[ju].held[f].runs() {
+                            union.insert(run.start, run.end);
+                        }
+                    }
+                }
+                if !trusted && union.count() == blocks {
+                    self.nodes[i].trusted[f] = true;
+                    self.nodes[i]
+                        .engine
+                        .handle_input(now, Input::ManifestTrusted { id });
+                    fed = true;
+                }
+            }
+            if fed {
+                self.drain(i as u32);
+            }
+        }
+        for node in &mut self.nodes {
+            node.changed.iter_mut().for_each(|c| *c = false);
+        }
+        if any_active {
+            self.ensure_poll();
+        }
+    }
+
+    fn feed(&mut self, i: u32, input: Input) {
+        if !self.nodes[i as usize].online {
+            return;
+        }
+        let now = self.instant();
+        self.nodes[i as usize].engine.handle_input(now, input);
+        self.drain(i);
+    }
+
+    /// Carries out `i`'s engine's actions, reads its events, re-arms its timer.
+    fn drain(&mut self, i: u32) {
+        while let Some(action) = self.nodes[i as usize].engine.poll_action() {
+            self.act(i, action);
+        }
+        while let Some(event) = self.nodes[i as usize].engine.poll_event() {
+            self.on_event(i, event);
+        }
+        let node = &mut self.nodes[i as usize];
+        if !node.online {
+            return;
+        }
+        let next = node
+            .engine
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.base).as_nanos() as u64);
+        if let Some(at) = next
+            && node.timer != Some(at)
+        {
+            let at = at.max(self.now);
+            node.timer = Some(at);
+            self.push(at, Ev::Timer(i, at));
+        }
+    }
+
+    fn origin_rtt(&self, i: u32) -> u64 {
+        let site = &self.sc.sites[self.nodes[i as usize].site];
+        ns(2.0 * (self.sc.origin.latency_ms + site.wan_latency_ms) / 1e3)
+    }
+
+    fn peer_one_way(&self, a: u32, b: u32) -> u64 {
+        let (sa, sb) = (self.nodes[a as usize].site, self.nodes[b as usize].site);
+        let sites = &self.sc.sites;
+        if sa == sb {
+            ns(sites[sa].lan_latency_ms / 1e3)
+        } else {
+            ns((sites[sa].wan_latency_ms + sites[sb].wan_latency_ms) / 1e3)
+        }
+    }
+
+    fn act(&mut self, i: u32, action: Action) {
+        let now = self.now;
+        match action {
+            Action::Stat { request, id, .. } => {
+                let f = (id.0 - 1) as usize;
+                let result = if self.origin_up {
+                    Ok(FileInfo {
+                        len: self.file_len[f],
+                        accepts_ranges: true,
+                        cached: self.nodes[i as usize].held[f].clone(),
+                        content_id: Some(self.file_id[f]),
+                    })
+                } else {
+                    Err(Failure::Transient(HTTP_503))
+                };
+                let at = now + self.origin_rtt(i);
+                self.push(at, Ev::Reply(i, Input::Stat { request, result }));
+            }
+            Action::Fetch {
+                request, id, range, ..
+            } => {
+                let f = (id.0 - 1) as usize;
+                let blocks = range.blocks();
+                self.nodes[i as usize].open.insert(
+                    request,
+                    Open::Origin {
+                        file: f,
+                        next: blocks.start,
+                        end: blocks.end,
+                        flow: None,
+                    },
+                );
+                let at = now + self.origin_rtt(i);
+                self.push(at, Ev::OriginBegin(i, request));
+            }
+            Action::RequestBlocks {
+                request,
+                id,
+                peer,
+                blocks,
+            } => {
+                let f = (id.0 - 1) as usize;
+                let server = peer.0 as u32;
+                if self.nodes[i as usize].banned.contains(&server) {
+                    self.out.requests_to_banned += 1;
+                }
+                self.nodes[i as usize].open.insert(
+                    request,
+                    Open::Peer {
+                        file: f,
+                        server,
+                        next: blocks.start,
+                        end: blocks.end,
+                        flow: None,
+                    },
+                );
+                let at = now + self.peer_one_way(i, server);
+                self.push(at, Ev::PeerBegin(i, request));
+            }
+            Action::Cancel { request } => self.cancel(i, request),
+            Action::Assemble { request, id, .. } => {
+                let f = (id.0 - 1) as usize;
+                let result = Ok(Some(self.file_id[f]));
+                self.push(now, Ev::Reply(i, Input::Assembled { request, result }));
+            }
+            Action::Restart { .. } => {}
+        }
+    }
+
+    fn on_event(&mut self, i: u32, event: Event) {
+        match event {
+            Event::PeerBanned { peer } => {
+                let j = peer.0 as u32;
+                self.out.bans += 1;
+                self.out.first_ban_s.get_or_insert(secs(self.now));
+                self.nodes[i as usize].banned.insert(j);
+                // The driver disconnects it: the banned node loses this peer too.
+                if self.nodes[j as usize].online {
+                    let now = self.instant();
+                    self.nodes[j as usize].engine.handle_input(
+                        now,
+                        Input::PeerRemoved {
+                            peer: PeerId(u64::from(i)),
+                        },
+                    );
+                    self.drain(j);
+                }
+            }
+            Event::Status { id, status } => {
+                let f = (id.0 - 1) as usize;
+                if status.state == State::Transferred
+                    && let Job::Active(started) = self.nodes[i as usize].jobs[f]
+                {
+                    self.nodes[i as usize].jobs[f] = Job::Done(started, self.now);
+                    self.out
+                        .completions
+                        .push((i, f, secs(started), secs(self.now)));
+                    let all_done = self.nodes[i as usize]
+                        .jobs
+                        .iter()
+                        .all(|j| matches!(j, Job::Done(..)));
+                    if all_done && let Some(linger) = self.sc.churn.linger_s {
+                        let at = self.now + ns(linger);
+                        self.nodes[i as usize].leaves_at = Some(at);
+                        self.push(at, Ev::Leave(i));
+                    }
+                }
+            }
+        }
+    }
+
+    fn origin_begin(&mut self, i: u32, request: RequestId) {
+        let Some(Open::Origin { next, end, .. }) =
+            self.nodes[i as usize].open.get(&request).cloned()
+        else {
+            return;
+        };
+        if !self.origin_up {
+            self.nodes[i as usize].open.remove(&request);
+            let result = Err(Failure::Transient(HTTP_503));
+            self.feed(i, Input::FetchEnded { request, result });
+            return;
+        }
+        let site = self.nodes[i as usize].site;
+        let mut path = vec![self.origin];
+        path.extend(self.site_in[site]);
+        path.push(self.nodes[i as usize].down);
+        let flow = self.start_flow(i, request, None, (next, end), &path, true);
+        if let Some(Open::Origin { flow: slot, .. }) = self.nodes[i as usize].open.get_mut(&request)
+        {
+            *slot = Some(flow);
+        }
+    }
+
+    fn peer_begin(&mut self, i: u32, request: RequestId) {
+        let Some(Open::Peer {
+            file,
+            server,
+            next,
+            end,
+            ..
+        }) = self.nodes[i as usize].open.get(&request).cloned()
+        else {
+            return;
+        };
+        let s = &self.nodes[server as usize];
+        let holds = s.held[file].contains_range(next, end);
+        if !s.online || !holds || !s.neighbors.contains(&i) || s.banned.contains(&i) {
+            self.fail_peer_request(i, request, server);
+            return;
+        }
+        match s.behaviour {
+            Behaviour::Stall => {} // accepted, never answered: the engine's stall timer ends it
+            Behaviour::Honest | Behaviour::Corrupt => {
+                if s.uploads < self.sc.engine.upload_slots {
+                    self.begin_upload(i, request);
+                } else if s.queue.len() < UPLOAD_QUEUE {
+                    self.nodes[server as usize].queue.push_back((i, request));
+                } else {
+                    self.fail_peer_request(i, request, server);
+                }
+            }
+        }
+    }
+
+    fn fail_peer_request(&mut self, i: u32, request: RequestId, server: u32) {
+        self.nodes[i as usize].open.remove(&request);
+        let at = self.now + self.peer_one_way(i, server);
+        let result = Err(Failure::Transient(PEER_REQUEST_FAILED));
+        self.push(at, Ev::Reply(i, Input::FetchEnded { request, result }));
+    }
+
+    fn begin_upload(&mut self, i: u32, request: RequestId) {
+        let Some(Open::Peer {
+            server, next, end, ..
+        }) = self.nodes[i as usize].open.get(&request).cloned()
+        else {
+            return;
+        };
+        self.nodes[server as usize].uploads += 1;
+        let (si, ri) = (
+            self.nodes[server as usize].site,
+            self.nodes[i as usize].site,
+        );
+        let mut path = vec![self.nodes[server as usize].up];
+        let wan = si != ri;
+        if wan {
+            path.extend(self.site_out[si]);
+            path.extend(self.site_in[ri]);
+        }
+        path.push(self.nodes[i as usize].down);
+        let flow = self.start_flow(i, request, Some(server), (next, end), &path, wan);
+        if let Some(Open::Peer { flow: slot, .. }) = self.nodes[i as usize].open.get_mut(&request) {
+            *slot = Some(flow);
+        }
+    }
+
+    fn chunk_bytes(&self, f: usize, chunk: (u64, u64)) -> u64 {
+        let len = self.file_len[f];
+        (chunk.1 * BLOCK_SIZE).min(len) - (chunk.0 * BLOCK_SIZE).min(len)
+    }
+
+    fn start_flow(
+        &mut self,
+        i: u32,
+        request: RequestId,
+        server: Option<u32>,
+        (next, end): (u64, u64),
+        path: &[ResId],
+        wan: bool,
+    ) -> FlowId {
+        let f = self.open_file(i, request);
+        let chunk = (next, end.min(next + CHUNK_BLOCKS));
+        let bytes = self.chunk_bytes(f, chunk);
+        let mut etas = std::mem::take(&mut self.etas);
+        let flow = self.net.start(self.now, path, bytes as f64, &mut etas);
+        let slot = flow.0 as usize;
+        if self.flows.len() <= slot {
+            self.flows.resize(slot + 1, None);
+        }
+        self.flows[slot] = Some(FlowInfo {
+            node: i,
+            request,
+            chunk,
+            chunk_bytes: bytes,
+            server,
+            wan,
+        });
+        self.schedule_etas(&mut etas);
+        self.etas = etas;
+        flow
+    }
+
+    fn open_file(&self, i: u32, request: RequestId) -> usize {
+        match &self.nodes[i as usize].open[&request] {
+            Open::Origin { file, .. } | Open::Peer { file, .. } => *file,
+        }
+    }
+
+    fn schedule_etas(&mut self, etas: &mut Vec<Eta>) {
+        for eta in etas.drain(..) {
+            if eta.at != u64::MAX {
+                self.push(eta.at, Ev::Milestone(eta.flow, eta.version));
+            }
+        }
+    }
+
+    /// Removes a flow from the network; returns the bytes of its chunk it had carried.
+    fn end_flow(&mut self, flow: FlowId) -> u64 {
+        let info = self.flows[flow.0 as usize].take().expect("live flow");
+        let carried = info.chunk_bytes - self.net.remaining(self.now, flow).round() as u64;
+        let mut etas = std::mem::take(&mut self.etas);
+        self.net.remove(self.now, flow, &mut etas);
+        self.schedule_etas(&mut etas);
+        self.etas = etas;
+        self.count_wire(&info, carried);
+        if let Some(server) = info.server {
+            self.upload_done(server);
+        }
+        carried
+    }
+
+    /// Counts bytes that crossed links: the origin's, and the WAN links'.
+    fn count_wire(&mut self, info: &FlowInfo, bytes: u64) {
+        let receiver_site = self.nodes[info.node as usize].site;
+        match info.server {
+            None => self.out.origin_bytes += bytes,
+            Some(s) if info.wan => {
+                let server_site = self.nodes[s as usize].site;
+                self.out.wan_egress[server_site] += bytes;
+            }
+            Some(_) => {}
+        }
+        if info.wan {
+            self.out.wan_ingress[receiver_site] += bytes;
+        }
+    }
+
+    /// A server's upload ended: its next queued request starts.
+    fn upload_done(&mut self, server: u32) {
+        let s = &mut self.nodes[server as usize];
+        s.uploads = s.uploads.saturating_sub(1);
+        while let Some((i, request)) = self.nodes[server as usize].queue.pop_front() {
+            if self.nodes[i as usize].open.contains_key(&request) {
+                self.begin_upload(i, request);
+                break;
+            }
+        }
+    }
+
+    fn milestone(&mut self, flow: FlowId) {
+        let info = self.flows[flow.0 as usize].expect("live flow");
+        let i = info.node;
+        let request = info.request;
+        let Some(open) = self.nodes[i as usize].open.get(&request).cloned() else {
+            return;
+        };
+        let (file, end) = match open {
+            Open::Origin { file, end, .. } | Open::Peer { file, end, .. } => (file, end),
+        };
+        let (first, last) = info.chunk;
+        let bytes = info.chunk_bytes;
+        let corrupt = info
+            .server
+            .is_some_and(|s| self.nodes[s as usize].behaviour == Behaviour::Corrupt);
+        let finished = last >= end || corrupt;
+        if finished {
+            self.end_flow(flow);
+            self.nodes[i as usize].open.remove(&request);
+        } else {
+            let next = (last, end.min(last + CHUNK_BLOCKS));
+            let next_bytes = self.chunk_bytes(file, next);
+            self.count_wire(&info, bytes);
+            let eta = self.net.next_milestone(self.now, flow, next_bytes as f64);
+            if let Some(slot) = self.flows[flow.0 as usize].as_mut() {
+                slot.chunk = next;
+                slot.chunk_bytes = next_bytes;
+            }
+            if eta.at != u64::MAX {
+                self.push(eta.at, Ev::Milestone(eta.flow, eta.version));
+            }
+            match self.nodes[i as usize].open.get_mut(&request) {
+                Some(Open::Origin { next: n, .. } | Open::Peer { next: n, .. }) => *n = last,
+                None => {}
+            }
+        }
+        self.bin(info.server.map(|s| self.class(i, s)), bytes);
+        let now = self.instant();
+        if corrupt {
+            self.out.corrupt_bytes_received += bytes;
+            self.out.wasted_bytes += bytes;
+            self.nodes[i as usize].engine.handle_input(
+                now,
+                Input::BlockCorrupt {
+                    request,
+                    block: BlockIndex(first),
+                },
+            );
+            self.drain(i);
+            return;
+        }
+        let node = &mut self.nodes[i as usize];
+        let fresh = {
+            let before = node.held[file].clipped(first, last).count();
+            (last - first) - before
+        };
+        if fresh < last - first {
+            self.out.wasted_bytes += bytes * (last - first - fresh) / (last - first);
+        }
+        node.held[file].insert(first, last);
+        node.changed[file] = true;
+        match info.server {
+            None => node.from_origin += bytes,
+            Some(s) => {
+                let class = self.class(i, s) as usize;
+                self.nodes[i as usize].from_peers[class] += bytes;
+                self.nodes[s as usize].to_peers += bytes;
+            }
+        }
+        let engine = &mut self.nodes[i as usize].engine;
+        for b in first..last {
+            engine.handle_input(
+                now,
+                Input::Block {
+                    request,
+                    block: BlockIndex(b),
+                },
+            );
+        }
+        if finished {
+            engine.handle_input(
+                now,
+                Input::FetchEnded {
+                    request,
+                    result: Ok(()),
+                },
+            );
+        }
+        self.drain(i);
+    }
+
+    fn bin(&mut self, class: Option<PeerClass>, bytes: u64) {
+        let second = (self.now / 1_000_000_000) as usize;
+        if self.out.timeline.len() <= second {
+            self.out.timeline.resize(second + 1, [0; 4]);
+        }
+        let k = match class {
+            None => 0,
+            Some(PeerClass::Lan) => 1,
+            Some(PeerClass::Group) => 2,
+            Some(PeerClass::Internet) => 3,
+        };
+        self.out.timeline[second][k] += bytes;
+    }
+
+    fn cancel(&mut self, i: u32, request: RequestId) {
+        let Some(open) = self.nodes[i as usize].open.remove(&request) else {
+            return;
+        };
+        let flow = match open {
+            Open::Origin { flow, .. } | Open::Peer { flow, .. } => flow,
+        };
+        if let Some(flow) = flow
+            && self.flows[flow.0 as usize].is_some()
+        {
+            let carried = self.end_flow(flow);
+            self.out.wasted_bytes += carried;
+        }
+        // A queued request leaves the server's queue lazily (skipped when its turn comes).
+    }
+
+    fn leave(&mut self, i: u32) {
+        if !self.nodes[i as usize].online {
+            return;
+        }
+        let crash = self.sc.churn.crash;
+        // Its own requests die with it.
+        let open: Vec<RequestId> = self.nodes[i as usize].open.keys().copied().collect();
+        for request in open {
+            self.cancel(i, request);
+        }
+        // Uploads to others: a clean leave fails them at once; a crash leaves them hanging
+        // until the requesters' stall timers fire.
+        let serving: Vec<(u32, RequestId, FlowId)> = self
+            .flows
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| {
+                f.filter(|f| f.server == Some(i))
+                    .map(|f| (f.node, f.request, FlowId(k as u32)))
+            })
+            .collect();
+        for (r, request, flow) in serving {
+            let carried = self.end_flow(flow);
+            self.out.wasted_bytes += carried;
+            if crash {
+                if let Some(Open::Peer { flow: slot, .. }) =
+                    self.nodes[r as usize].open.get_mut(&request)
+                {
+                    *slot = None;
+                }
+            } else {
+                self.fail_peer_request(r, request, i);
+            }
+        }
+        let node = &mut self.nodes[i as usize];
+        node.queue.clear();
+        node.uploads = 0;
+        node.online = false;
+        node.timer = None;
+        if crash {
+            let at = self.now + CRASH_DETECT_NS;
+            self.push(at, Ev::Gone(i));
+        } else {
+            self.tell_neighbors_gone(i);
+        }
+    }
+
+    fn tell_neighbors_gone(&mut self, i: u32) {
+        let now = self.instant();
+        for j in self.nodes[i as usize].neighbors.clone() {
+            if self.nodes[j as usize].online {
+                self.nodes[j as usize]
+                    .told_fetching
+                    .iter_mut()
+                    .for_each(|t| {
+                        t.remove(&i);
+                    });
+                self.nodes[j as usize].engine.handle_input(
+                    now,
+                    Input::PeerRemoved {
+                        peer: PeerId(u64::from(i)),
+                    },
+                );
+                self.drain(j);
+            }
+        }
+    }
+
+    /// A node comes back with the verified blocks it had: a new engine (a restarted
+    /// process), its unfinished downloads started again (the cache answers the stat).
+    fn rejoin(&mut self, i: u32) {
+        let files = self.file_len.len();
+        let node = &mut self.nodes[i as usize];
+        if node.online {
+            return;
+        }
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.sc.seed.to_le_bytes());
+        seed[8..16].copy_from_slice(&u64::from(i).to_le_bytes());
+        seed[16..24].copy_from_slice(&self.now.to_le_bytes());
+        let config = Config {
+            node_key: node.key,
+            origin_fallback_delay: Duration::from_secs_f64(self.sc.engine.origin_fallback_delay_s),
+            ..Config::default()
+        };
+        node.engine = Engine::new(config, seed);
+        node.trusted = vec![false; files];
+        node.told_fetching = vec![BTreeSet::new(); files];
+        for f in 0..files {
+            if matches!(node.jobs[f], Job::Active(_)) {
+                node.jobs[f] = Job::Waiting;
+            }
+            node.changed[f] = !node.held[f].is_empty();
+        }
+        self.arrive(i);
+    }
+
+    fn outage_start(&mut self) {
+        self.origin_up = false;
+        let origin_flows: Vec<(u32, RequestId, FlowId)> = self
+            .flows
+            .iter()
+            .enumerate()
+            .filter_map(|(k, f)| {
+                f.filter(|f| f.server.is_none())
+                    .map(|f| (f.node, f.request, FlowId(k as u32)))
+            })
+            .collect();
+        for (i, request, flow) in origin_flows {
+            let carried = self.end_flow(flow);
+            self.out.wasted_bytes += carried;
+            self.nodes[i as usize].open.remove(&request);
+            let result = Err(Failure::Transient(HTTP_503));
+            self.feed(i, Input::FetchEnded { request, result });
+        }
+    }
+
+    fn finish(mut self) -> Outcome {
+        self.out.end_s = secs(self.now);
+        let rejoin = self.sc.churn.rejoin_after_s.is_some();
+        for node in &self.nodes {
+            // A node that left for good (and never finished) is not expected to.
+            let left_for_good = !node.online && !rejoin && node.leaves_at.is_none();
+            let done = node.jobs.iter().all(|j| matches!(j, Job::Done(..)));
+            if !done && !left_for_good {
+                self.out.unfinished += node
+                    .jobs
+                    .iter()
+                    .filter(|j| !matches!(j, Job::Done(..)))
+                    .count() as u64;
+            }
+            self.out.peer_bytes[0] += node.from_peers[0];
+            self.out.peer_bytes[1] += node.from_peers[1];
+            self.out.peer_bytes[2] += node.from_peers[2];
+            self.out.nodes.push(NodeInfo {
+                arrival_s: secs(node.arrival),
+                up: node.up_bps,
+                down: node.down_bps,
+                site: node.site,
+                must_finish: !left_for_good,
+            });
+        }
+        self.out
+    }
+}
+
+fn ev_tag(ev: &Ev) -> u64 {
+    match ev {
+        Ev::Arrive(i) => u64::from(*i) << 8 | 1,
+        Ev::StartFile(i, f) => (u64::from(*i) << 16) ^ (*f as u64) << 8 | 2,
+        Ev::Timer(i, _) => u64::from(*i) << 8 | 3,
+        Ev::HavePoll => 4,
+        Ev::Reply(i, _) => u64::from(*i) << 8 | 5,
+        Ev::OriginBegin(i, r) => (u64::from(*i) << 24) ^ r.0 << 8 | 6,
+        Ev::PeerBegin(i, r) => (u64::from(*i) << 24) ^ r.0 << 8 | 7,
+        Ev::Milestone(f, v) => (u64::from(f.0) << 24) ^ u64::from(*v) << 8 | 8,
+        Ev::Leave(i) => u64::from(*i) << 8 | 9,
+        Ev::Rejoin(i) => u64::from(*i) << 8 | 10,
+        Ev::Gone(i) => u64::from(*i) << 8 | 11,
+        Ev::OutageStart => 12,
+        Ev::OutageEnd => 13,
+    }
+}
