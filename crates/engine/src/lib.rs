@@ -539,7 +539,14 @@ impl Engine {
                 self.requests.remove(&request);
                 self.on_stat(now, id, result);
             }
-            Input::Block { block, .. } => self.on_block(now, id, request, block),
+            Input::Block { block, .. } => {
+                // A block moves from owed to held: what is missing, and every slot, stay as
+                // they were, so there is nothing new to schedule unless the download resumed.
+                // (This keeps a block's cost small: one per 64 KiB.)
+                if !self.on_block(now, id, request, block) {
+                    return;
+                }
+            }
             Input::FetchEnded { result, .. } => {
                 self.requests.remove(&request);
                 self.on_fetch_ended(now, id, request, result);
@@ -556,6 +563,35 @@ impl Engine {
             | Input::BlockCorrupt { .. } => unreachable!("handled before the lookup"),
         }
         self.schedule(now, id);
+    }
+
+    /// Applies several outcomes at once, then schedules once: the same as calling
+    /// [`Engine::handle_input`] for each, but a poll that brings many peers' holdings costs one
+    /// scheduling pass instead of one per peer.
+    pub fn handle_inputs(&mut self, now: Instant, inputs: impl IntoIterator<Item = Input>) {
+        let mut all = false;
+        let mut some: Vec<DownloadId> = Vec::new();
+        for input in inputs {
+            match input {
+                Input::PeerAdded { .. }
+                | Input::PeerRemoved { .. }
+                | Input::PeerHas { .. }
+                | Input::PeerFetching { .. }
+                | Input::ManifestTrusted { .. } => match self.apply_peer_input(now, input) {
+                    Some(id) if !some.contains(&id) => some.push(id),
+                    Some(_) => {}
+                    None => all = true,
+                },
+                other => self.handle_input(now, other),
+            }
+        }
+        if all {
+            self.schedule_affected(now, None);
+        } else {
+            for id in some {
+                self.schedule_affected(now, Some(id));
+            }
+        }
     }
 
     /// Handles timers: retries that are due, stalled peer requests, the origin fallback
@@ -693,7 +729,14 @@ impl Engine {
         }
     }
 
-    fn on_block(&mut self, now: Instant, id: DownloadId, request: RequestId, block: BlockIndex) {
+    /// Records a block; true when it resumed a download paused by a transient error.
+    fn on_block(
+        &mut self,
+        now: Instant,
+        id: DownloadId,
+        request: RequestId,
+        block: BlockIndex,
+    ) -> bool {
         let d = self
             .downloads
             .get_mut(&id)
@@ -704,10 +747,11 @@ impl Engine {
             if d.state == State::Paused && !d.user_paused && d.error == 0 {
                 d.extended_error = 0;
                 self.set_state(id, State::Transferring);
-            } else {
-                self.emit_status(id);
+                return true;
             }
+            self.emit_status(id);
         }
+        false
     }
 
     fn on_fetch_ended(
@@ -870,6 +914,10 @@ impl Engine {
         if self.downloads[&id].retry_at.is_some() {
             return;
         }
+        let connections = self.config.origin_connections.max(1);
+        if accepts_ranges && self.downloads[&id].origin_fetches() >= connections {
+            return; // every origin connection is busy: nothing to hand out
+        }
         let Some(mut origin_missing) = self.origin_candidates(now, id) else {
             return;
         };
@@ -888,7 +936,6 @@ impl Engine {
             }
             return;
         }
-        let connections = self.config.origin_connections.max(1);
         while self.downloads[&id].origin_fetches() < connections {
             let Some(span) = Download::next_span(
                 &origin_missing,

@@ -21,6 +21,29 @@ pub(crate) struct Peer {
 impl Engine {
     /// Peer lifecycle and holdings.
     pub(crate) fn on_peer_input(&mut self, now: Instant, input: Input) {
+        let affected = self.apply_peer_input(now, input);
+        self.schedule_affected(now, affected);
+    }
+
+    /// Schedules the download `affected` names, or every download.
+    pub(crate) fn schedule_affected(&mut self, now: Instant, affected: Option<DownloadId>) {
+        let ids: Vec<DownloadId> = match affected {
+            Some(id) => vec![id],
+            None => self.downloads.keys().copied().collect(),
+        };
+        for id in ids {
+            self.schedule(now, id);
+        }
+    }
+
+    /// Records a peer input; returns the one download it concerns (`None`: all of them).
+    pub(crate) fn apply_peer_input(&mut self, now: Instant, input: Input) -> Option<DownloadId> {
+        let affected = match &input {
+            Input::PeerHas { id, .. }
+            | Input::PeerFetching { id, .. }
+            | Input::ManifestTrusted { id } => Some(*id),
+            _ => None,
+        };
         match input {
             Input::PeerAdded { peer, class } => {
                 self.peers
@@ -75,10 +98,7 @@ impl Engine {
             }
             _ => unreachable!("only peer inputs are routed here"),
         }
-        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
-        for id in ids {
-            self.schedule(now, id);
-        }
+        affected
     }
 
     /// A peer sent a block that failed verification: ban it everywhere.
@@ -206,13 +226,20 @@ impl Engine {
             })
             .collect();
         order.sort();
+        // Kept up to date as requests go out, rather than recomputed for every peer.
+        let mut missing = self.downloads[&id].missing();
         for (_, peer) in order {
+            if missing.is_empty() {
+                break;
+            }
             while self.peer_load(peer) < self.config.peer_slots {
                 let d = &self.downloads[&id];
                 let offset = self.rng.next_u64();
-                let Some(blocks) = pick(d, peer, offset, self.config.peer_request_blocks) else {
+                let Some(blocks) = pick(d, &missing, peer, offset, self.config.peer_request_blocks)
+                else {
                     break;
                 };
+                missing.remove(blocks.start, blocks.end);
                 let request = self.new_request(id);
                 let d = self.downloads.get_mut(&id).expect("live");
                 d.begin_fetch(request, blocks.clone());
@@ -329,11 +356,16 @@ fn share_of(blocks: u64, i: u64, n: u64) -> std::ops::Range<u64> {
     cut(i)..cut(i + 1)
 }
 
-/// Picks the rarest missing block `peer` holds, scanning from `offset`, and extends it into a
-/// run of at most `max` blocks the peer holds and nobody is bringing.
-fn pick(d: &Download, peer: PeerId, offset: u64, max: u64) -> Option<std::ops::Range<u64>> {
+/// Picks the rarest of the `missing` blocks (held by nobody here, brought by no request) that
+/// `peer` holds, scanning from `offset`, and extends it into a run of at most `max` such blocks.
+fn pick(
+    d: &Download,
+    missing: &RangeSet,
+    peer: PeerId,
+    offset: u64,
+    max: u64,
+) -> Option<std::ops::Range<u64>> {
     let have = d.haves.get(&peer)?;
-    let missing = d.missing();
     let mut wanted = RangeSet::new();
     for run in have.runs() {
         for m in missing.clipped(run.start, run.end).runs() {
