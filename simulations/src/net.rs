@@ -57,6 +57,8 @@ pub struct Net {
     alloc: Vec<f64>,
     at: Vec<Vec<u32>>,
     flows: Vec<Option<Flow>>,
+    /// The last version of the flow that held each slot.
+    retired: Vec<u32>,
     free: Vec<u32>,
     // Scratch space for a re-allocation, indexed by resource or flow, valid where the stamp
     // equals `epoch`.
@@ -148,11 +150,16 @@ impl Net {
         };
         let index = match self.free.pop() {
             Some(i) => {
+                // Versions keep counting across reuse of a slot, so that a milestone event of
+                // the flow that held it before can never match the new one.
+                let mut flow = flow;
+                flow.version = self.retired[i as usize].wrapping_add(1);
                 self.flows[i as usize] = Some(flow);
                 i
             }
             None => {
                 self.flows.push(Some(flow));
+                self.retired.push(0);
                 self.flow_stamp.push(0);
                 self.frozen.push(false);
                 u32::try_from(self.flows.len() - 1).expect("fewer than 2^32 flows")
@@ -177,6 +184,7 @@ impl Net {
             list.swap_remove(pos);
             self.alloc[r as usize] = (self.alloc[r as usize] - f.rate).max(0.0);
         }
+        self.retired[flow.0 as usize] = f.version;
         self.free.push(flow.0);
         self.active -= 1;
         self.reallocate(now, &path[..usize::from(f.len)], out);
@@ -362,6 +370,19 @@ mod tests {
         let fast = net.start(0, &[up, wide], MB, &mut out);
         assert_eq!(net.rate(slow), 2.0 * MB);
         assert_eq!(net.rate(fast), 8.0 * MB);
+    }
+
+    #[test]
+    fn a_reused_flow_slot_never_takes_an_old_version() {
+        let mut net = Net::new();
+        let up = net.add_resource(MB);
+        let mut out = Vec::new();
+        let a = net.start(0, &[up], MB, &mut out);
+        let old = net.version(a);
+        net.remove(10, a, &mut out);
+        let b = net.start(20, &[up], MB, &mut out);
+        assert_eq!(a, b, "the slot is reused");
+        assert!(net.version(b) > old);
     }
 
     #[test]

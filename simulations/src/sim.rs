@@ -82,6 +82,12 @@ struct Node {
     trusted: Vec<bool>,
     /// Per file: neighbors already told that this node is fetching it.
     told_fetching: Vec<BTreeSet<u32>>,
+    /// The next poll reports every neighbor's holdings, changed or not (a download started,
+    /// or the node reconnected).
+    refresh_all: bool,
+    /// Neighbors whose holdings the next poll reports again (a request to them failed, and
+    /// the engine forgot what they hold).
+    refresh: BTreeSet<u32>,
     timer: Option<u64>,
     /// Requests this node issued that are still open.
     open: BTreeMap<RequestId, Open>,
@@ -343,6 +349,8 @@ impl Sim {
                     jobs: vec![Job::Waiting; files],
                     trusted: vec![false; files],
                     told_fetching: vec![BTreeSet::new(); files],
+                    refresh_all: false,
+                    refresh: BTreeSet::new(),
                     timer: None,
                     open: BTreeMap::new(),
                     uploads: 0,
@@ -578,9 +586,6 @@ impl Sim {
                         class,
                     },
                 );
-                for f in 0..self.file_len.len() {
-                    self.nodes[j as usize].changed[f] |= !self.nodes[j as usize].held[f].is_empty();
-                }
             }
             if !self.nodes[j as usize].banned.contains(&i) {
                 self.nodes[j as usize].engine.handle_input(
@@ -593,6 +598,7 @@ impl Sim {
                 self.drain(j);
             }
         }
+        self.nodes[i as usize].refresh_all = true;
         self.drain(i);
     }
 
@@ -612,6 +618,7 @@ impl Sim {
             return;
         }
         node.jobs[f] = Job::Active(self.now);
+        node.refresh_all = true;
         let id = DownloadId(f as u64 + 1);
         let spec = Spec {
             url: format!("http://origin/file{f}"),
@@ -650,7 +657,7 @@ impl Sim {
             if !self.nodes[i].online {
                 continue;
             }
-            let mut fed = false;
+            let mut batch: Vec<Input> = Vec::new();
             for f in 0..files {
                 if !matches!(self.nodes[i].jobs[f], Job::Active(_)) {
                     continue;
@@ -667,27 +674,23 @@ impl Sim {
                         continue;
                     }
                     let peer = PeerId(u64::from(j));
-                    if self.nodes[ju].changed[f] && !self.nodes[ju].held[f].is_empty() {
+                    let report = self.nodes[ju].changed[f]
+                        || self.nodes[iu].refresh_all
+                        || self.nodes[iu].refresh.contains(&j);
+                    if report && !self.nodes[ju].held[f].is_empty() {
                         let held = self.nodes[ju].held[f].clone();
-                        self.nodes[iu].engine.handle_input(
-                            now,
-                            Input::PeerHas {
-                                id,
-                                peer,
-                                blocks: held,
-                            },
-                        );
-                        fed = true;
+                        batch.push(Input::PeerHas {
+                            id,
+                            peer,
+                            blocks: held,
+                        });
                     }
                     if matches!(self.nodes[ju].jobs[f], Job::Active(_))
                         && !self.nodes[iu].told_fetching[f].contains(&j)
                     {
                         self.nodes[iu].told_fetching[f].insert(j);
                         let key = self.nodes[ju].key;
-                        self.nodes[iu]
-                            .engine
-                            .handle_input(now, Input::PeerFetching { id, peer, key });
-                        fed = true;
+                        batch.push(Input::PeerFetching { id, peer, key });
                     }
                     // Every peer answers for the hashes of what it verified (a stalling
                     // peer stalls on blocks only; a corrupt cache has the right hashes).
@@ -699,13 +702,13 @@ impl Sim {
                 }
                 if !trusted && union.count() == blocks {
                     self.nodes[i].trusted[f] = true;
-                    self.nodes[i]
-                        .engine
-                        .handle_input(now, Input::ManifestTrusted { id });
-                    fed = true;
+                    batch.push(Input::ManifestTrusted { id });
                 }
             }
-            if fed {
+            self.nodes[i].refresh_all = false;
+            self.nodes[i].refresh.clear();
+            if !batch.is_empty() {
+                self.nodes[i].engine.handle_inputs(now, batch);
                 self.drain(i as u32);
             }
         }
@@ -933,6 +936,7 @@ impl Sim {
 
     fn fail_peer_request(&mut self, i: u32, request: RequestId, server: u32) {
         self.nodes[i as usize].open.remove(&request);
+        self.nodes[i as usize].refresh.insert(server);
         let at = self.now + self.peer_one_way(i, server);
         let result = Err(Failure::Transient(PEER_REQUEST_FAILED));
         self.push(at, Ev::Reply(i, Input::FetchEnded { request, result }));
