@@ -1,10 +1,11 @@
 //! The libp2p layer of donode: a persisted node identity, LAN discovery over mDNS, and the
-//! block exchange protocol ([`wire`]) over TCP with noise and yamux.
+//! block exchange protocol ([`wire`]) over TCP with noise and yamux; in Group mode
+//! ([`Group`]), under libp2p's private-network layer keyed by the group's secret.
 //!
 //! It carries bytes and makes no decision: which blocks to ask of whom is the engine's job,
 //! and every block a peer sends is verified against a trusted manifest by the caller before
 //! anything uses it. The driver (`do-driver`) uses it for downloads and serving. Not here yet:
-//! QUIC, Kademlia provider records, Group mode's pre-shared key (see `docs/p2p-design.md`).
+//! QUIC and Kademlia provider records (see `docs/p2p-design.md`).
 #![warn(missing_docs)]
 
 mod memory;
@@ -12,9 +13,16 @@ pub mod wire;
 
 pub use memory::InMemory;
 
-use std::{path::Path, time::Duration};
+use std::{fmt, path::Path, time::Duration};
 
-use libp2p::{Swarm, identity::Keypair, mdns, noise, request_response, tcp, yamux};
+use libp2p::{
+    Swarm, Transport as _,
+    core::upgrade::Version,
+    identity::Keypair,
+    mdns, noise,
+    pnet::{PnetConfig, PreSharedKey},
+    request_response, tcp, yamux,
+};
 
 /// Layer configuration.
 #[derive(Clone, Debug)]
@@ -26,6 +34,8 @@ pub struct Config {
     pub mdns_query_interval: Duration,
     /// A request without an answer for this long fails. Default 30 s.
     pub request_timeout: Duration,
+    /// Group mode: only the group's members can connect. Default `None` (LAN mode).
+    pub group: Option<Group>,
 }
 
 impl Default for Config {
@@ -34,7 +44,55 @@ impl Default for Config {
             mdns: true,
             mdns_query_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            group: None,
         }
+    }
+}
+
+/// A group of nodes (DO's Group download mode): a group id and the secret its members share.
+///
+/// Every connection runs under libp2p's private-network layer (`pnet`, XSalsa20 with a
+/// pre-shared key) keyed by both, below noise: a node without the id and the secret cannot
+/// complete a handshake, so it can neither ask a member for anything nor be asked. TCP only;
+/// the private-network layer does not combine with QUIC.
+#[derive(Clone)]
+pub struct Group {
+    id: String,
+    key: PreSharedKey,
+}
+
+impl Group {
+    /// The group `id` whose members share `secret`. The pre-shared key is derived from both,
+    /// so two groups with the same secret stay apart.
+    pub fn new(id: &str, secret: &[u8]) -> Self {
+        let mut key = blake3::Hasher::new_derive_key("donode group pre-shared key v1");
+        key.update(&(id.len() as u64).to_le_bytes());
+        key.update(id.as_bytes());
+        key.update(secret);
+        Self {
+            id: id.to_owned(),
+            key: PreSharedKey::new(*key.finalize().as_bytes()),
+        }
+    }
+
+    /// The group id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The fingerprint of the group's key (as go-libp2p prints one): equal on two nodes when
+    /// their ids and secrets are, and it reveals neither.
+    pub fn fingerprint(&self) -> String {
+        self.key.fingerprint().to_string()
+    }
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("id", &self.id)
+            .field("fingerprint", &self.fingerprint())
+            .finish()
     }
 }
 
@@ -113,43 +171,70 @@ pub fn rank_key(peer: &libp2p::PeerId) -> u64 {
 
 /// Builds a swarm with this layer's behaviour on the current tokio runtime.
 pub fn swarm(key: Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let tcp_config = tcp::Config::default().nodelay(true);
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    let swarm = match &config.group {
+        None => builder
+            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .map_err(transport_error)?
+            .with_behaviour(|key| behaviour(key, config))
+            .map_err(transport_error)?
+            .with_swarm_config(idle)
+            .build(),
+        Some(group) => {
+            let psk = group.key;
+            builder
+                .with_other_transport(|key| {
+                    let noise = noise::Config::new(key)?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                        tcp::tokio::Transport::new(tcp_config)
+                            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                            .upgrade(Version::V1Lazy)
+                            .authenticate(noise)
+                            .multiplex(yamux::Config::default()),
+                    )
+                })
+                .map_err(transport_error)?
+                .with_behaviour(|key| behaviour(key, config))
+                .map_err(transport_error)?
+                .with_swarm_config(idle)
+                .build()
+        }
+    };
+    Ok(swarm)
+}
+
+fn behaviour(
+    key: &Keypair,
+    config: &Config,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let protocol = libp2p::StreamProtocol::new(wire::PROTOCOL);
     let rr_config =
         request_response::Config::default().with_request_timeout(config.request_timeout);
-    let mdns_config = mdns::Config {
-        query_interval: config.mdns_query_interval,
-        ..mdns::Config::default()
+    let mdns = if config.mdns {
+        let mdns_config = mdns::Config {
+            query_interval: config.mdns_query_interval,
+            ..mdns::Config::default()
+        };
+        Some(mdns::tokio::Behaviour::new(
+            mdns_config,
+            key.public().to_peer_id(),
+        )?)
+    } else {
+        None
     };
-    let use_mdns = config.mdns;
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_behaviour(|key| {
-            let mdns = if use_mdns {
-                Some(mdns::tokio::Behaviour::new(
-                    mdns_config,
-                    key.public().to_peer_id(),
-                )?)
-            } else {
-                None
-            };
-            Ok(Behaviour {
-                blocks: request_response::Behaviour::new(
-                    [(protocol, request_response::ProtocolSupport::Full)],
-                    rr_config,
-                ),
-                mdns: mdns.into(),
-            })
-        })
-        .map_err(|e| Error::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    Ok(swarm)
+    Ok(Behaviour {
+        blocks: request_response::Behaviour::new(
+            [(protocol, request_response::ProtocolSupport::Full)],
+            rr_config,
+        ),
+        mdns: mdns.into(),
+    })
+}
+
+fn transport_error(e: impl fmt::Display) -> Error {
+    Error::Transport(e.to_string())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
