@@ -20,6 +20,8 @@ pub(crate) struct File {
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) p2p: Option<bool>,
     #[serde(default)]
+    pub(crate) group: Group,
+    #[serde(default)]
     pub(crate) cache: Cache,
     #[serde(default)]
     pub(crate) download: Download,
@@ -31,6 +33,15 @@ pub(crate) struct File {
 pub(crate) struct Cache {
     pub(crate) quota_bytes: Option<u64>,
     pub(crate) max_age_seconds: Option<u64>,
+}
+
+/// `[group]`: Group download mode.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Group {
+    pub(crate) id: Option<String>,
+    pub(crate) secret: Option<String>,
+    pub(crate) secret_file: Option<PathBuf>,
 }
 
 /// `[download]`.
@@ -94,6 +105,19 @@ mod tests {
             file.run_dir.as_deref(),
             Some(Path::new(crate::DEFAULT_RUN_DIR))
         );
+    }
+
+    #[test]
+    fn a_group_takes_one_line() {
+        let file: File =
+            toml::from_str(r#"group = { id = "lab", secret_file = "/etc/donode/group.secret" }"#)
+                .unwrap();
+        assert_eq!(file.group.id.as_deref(), Some("lab"));
+        assert_eq!(
+            file.group.secret_file.as_deref(),
+            Some(Path::new("/etc/donode/group.secret"))
+        );
+        assert_eq!(file.group.secret, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::Context;
-use do_api::{Manager, Property, State, Status};
+use do_api::{Manager, Property, Sources, State, Status};
 use serde_json::Value as Json;
 
 use crate::{get::Args, hresult::describe};
@@ -92,8 +92,13 @@ pub(crate) async fn run(args: &Args, manager: &Manager) -> anyhow::Result<ExitCo
     }
 }
 
-fn report(args: &Args, s: &Status, content_id: Json, sources: (u64, u64, u64), elapsed: Duration) {
-    let (http, peers, cache) = sources;
+fn report(args: &Args, s: &Status, content_id: Json, sources: Sources, elapsed: Duration) {
+    let Sources {
+        http,
+        lan_peers,
+        group_peers,
+        cache,
+    } = sources;
     if args.json {
         let summary = serde_json::json!({
             "url": args.url,
@@ -101,7 +106,8 @@ fn report(args: &Args, s: &Status, content_id: Json, sources: (u64, u64, u64), e
             "content_id": content_id,
             "bytes_total": s.bytes_total,
             "BytesFromHttp": http,
-            "BytesFromLanPeers": peers,
+            "BytesFromLanPeers": lan_peers,
+            "BytesFromGroupPeers": group_peers,
             "BytesFromCache": cache,
             "seconds": elapsed.as_secs_f64(),
             "daemon": true,
@@ -109,7 +115,7 @@ fn report(args: &Args, s: &Status, content_id: Json, sources: (u64, u64, u64), e
         println!("{summary}");
     } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!(
-            "{}  {} bytes in {:.2} s through the daemon (from origin {http}, from LAN peers {peers}, from cache {cache})",
+            "{}  {} bytes in {:.2} s through the daemon (from origin {http}, from LAN peers {lan_peers}, from group peers {group_peers}, from cache {cache})",
             content_id.as_str().unwrap_or_default(),
             s.bytes_total,
             elapsed.as_secs_f64(),

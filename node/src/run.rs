@@ -44,6 +44,15 @@ pub(crate) struct Args {
     /// from peers, and the cache is served to them.
     #[arg(long)]
     p2p: bool,
+    /// Group mode: exchange files only with the members of this group (they share its id and
+    /// secret; nobody else can connect). Needs `--group-secret-file` or the config's
+    /// `group.secret`; turns p2p on.
+    #[arg(long, value_name = "ID")]
+    group_id: Option<String>,
+    /// The file holding the group's secret (its whole content; trailing whitespace and
+    /// newlines are ignored).
+    #[arg(long, value_name = "PATH")]
+    group_secret_file: Option<PathBuf>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -95,8 +104,15 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
     if let Some(r) = file.download.background_yield_rate {
         node_config.background_yield_rate = r;
     }
-    if args.p2p || file.p2p.unwrap_or(false) {
-        node_config.p2p = Some(do_driver::P2pConfig::default());
+    let group = group(
+        args.group_id.or(file.group.id.clone()),
+        args.group_secret_file.or(file.group.secret_file.clone()),
+        file.group.secret.clone(),
+    )?;
+    if args.p2p || file.p2p.unwrap_or(false) || group.is_some() {
+        let mut p2p = do_driver::P2pConfig::default();
+        p2p.layer.group = group;
+        node_config.p2p = Some(p2p);
     }
 
     let validate = Arc::new(AtomicBool::new(true));
@@ -132,6 +148,35 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
     node.shutdown().await?;
     node_task.await.context("node task")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Group mode from the id and the secret (a file's content, or the config's `group.secret`);
+/// `None` when no id is given. A secret without an id, or an id without a secret, is an error.
+fn group(
+    id: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret: Option<String>,
+) -> anyhow::Result<Option<do_driver::Group>> {
+    let secret = match (secret_file, secret) {
+        (Some(path), _) => {
+            let text = std::fs::read(&path)
+                .with_context(|| format!("group secret file {}", path.display()))?;
+            let end = text.trim_ascii_end().len();
+            Some(text[..end].to_vec())
+        }
+        (None, secret) => secret.map(String::into_bytes),
+    };
+    match (id, secret) {
+        (None, None) => Ok(None),
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
+            Ok(Some(do_driver::Group::new(&id, &secret)))
+        }
+        (Some(_), Some(_)) => anyhow::bail!("group: the id and the secret must not be empty"),
+        (Some(_), None) => {
+            anyhow::bail!("group: an id needs a secret (group.secret or a secret file)")
+        }
+        (None, Some(_)) => anyhow::bail!("group: a secret needs a group id"),
+    }
 }
 
 /// Reads `RestControllerValidateRemoteAddr` (default true) from the admin config.

@@ -52,6 +52,17 @@ impl Fleet {
     /// Builds the LAN, starts the origin and the daemons, and waits until every daemon is
     /// connected to every other.
     pub fn start(options: FleetOptions) -> Self {
+        let mut fleet = Self::without_daemons(options);
+        for host in 2..=fleet.nodes + 1 {
+            fleet.start_daemon(host);
+        }
+        fleet.wait_for_mesh();
+        fleet
+    }
+
+    /// Builds the LAN and starts the origin; the caller starts the daemons
+    /// ([`Fleet::start_daemon_with`]).
+    pub fn without_daemons(options: FleetOptions) -> Self {
         let FleetOptions {
             nodes,
             spare_hosts,
@@ -72,19 +83,14 @@ impl Fleet {
         let nginx =
             Nginx::start_in_netns(&root, NginxOptions::default(), lan.host(1), Lan::addr(1))
                 .unwrap();
-        let mut fleet = Self {
+        Self {
             nginx: Some(nginx),
             content,
             file_bytes,
             work,
             nodes,
             lan,
-        };
-        for host in 2..=nodes + 1 {
-            fleet.start_daemon(host);
         }
-        fleet.wait_for_mesh();
-        fleet
     }
 
     /// Host `host`'s file or directory `what`.
@@ -94,6 +100,11 @@ impl Fleet {
 
     /// Starts the daemon of `host` (`donode run --p2p`).
     pub fn start_daemon(&mut self, host: usize) {
+        self.start_daemon_with(host, &[]);
+    }
+
+    /// Starts the daemon of `host` (`donode run --p2p`) with more arguments.
+    pub fn start_daemon_with(&mut self, host: usize, more: &[&str]) {
         let run = self.dir(host, "run");
         std::fs::create_dir_all(&run).unwrap();
         let log = std::fs::File::create(self.dir(host, "daemon.log")).unwrap();
@@ -107,6 +118,7 @@ impl Fleet {
             .arg("--admin-config")
             .arg(self.dir(host, "none.json"))
             .args(["--log", "info,do_driver=debug"])
+            .args(more)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -129,21 +141,26 @@ impl Fleet {
 
     /// Waits until every daemon is up and connected to every other.
     pub fn wait_for_mesh(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
         for host in 2..=self.nodes + 1 {
-            loop {
-                let peers = self.stats(host).and_then(|s| s["NumPeers"].as_u64());
-                if peers.is_some_and(|n| n as usize + 1 >= self.nodes) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "host {host} did not find its peers: {:?}\n{}",
-                    self.stats(host),
-                    self.log(host)
-                );
-                thread::sleep(Duration::from_millis(200));
+            self.wait_for_peers(host, self.nodes - 1);
+        }
+    }
+
+    /// Waits (up to 30 s) until `host`'s daemon is up and connected to at least `peers` peers.
+    pub fn wait_for_peers(&self, host: usize, peers: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found = self.stats(host).and_then(|s| s["NumPeers"].as_u64());
+            if found.is_some_and(|n| n as usize >= peers) {
+                return;
             }
+            assert!(
+                Instant::now() < deadline,
+                "host {host} did not find its peers: {:?}\n{}",
+                self.stats(host),
+                self.log(host)
+            );
+            thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -226,3 +226,58 @@ fn with_the_origin_gone_peers_deliver_a_file_whose_content_id_is_given() {
         "the origin sent the file once, before it stopped"
     );
 }
+
+#[test]
+fn group_mode_a_node_with_the_wrong_secret_gets_nothing_and_gives_nothing() {
+    let _alone = one_at_a_time();
+    let mut fleet = Fleet::without_daemons(FleetOptions {
+        nodes: 3,
+        spare_hosts: 0,
+        file_bytes: FILE,
+        origin_mbit: None,
+    });
+    // Hosts 2 and 3 are members of group "lab"; host 4 has its id but the wrong secret.
+    for (host, secret) in [(2, "the secret"), (3, "the secret"), (4, "a guess")] {
+        let path = fleet.dir(host, "group.secret");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        let path = path.to_str().expect("UTF-8 path").to_owned();
+        fleet.start_daemon_with(host, &["--group-id", "lab", "--group-secret-file", &path]);
+    }
+    fleet.wait_for_peers(2, 1);
+    fleet.wait_for_peers(3, 1);
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    // The outsider sees the members by mDNS, and a member holds the file: it still gets nothing.
+    let out = fleet.spawn_get(4).wait_with_output().unwrap();
+    let outsider = fleet.check(4, &out);
+    assert_eq!(outsider["BytesFromHttp"].as_u64(), Some(FILE), "{outsider}");
+    assert_eq!(outsider["BytesFromGroupPeers"].as_u64(), Some(0));
+    assert_eq!(outsider["BytesFromLanPeers"].as_u64(), Some(0));
+    // Two hold the file now; the member takes it from the member alone.
+    let out = fleet.spawn_get(3).wait_with_output().unwrap();
+    let member = fleet.check(3, &out);
+    assert_eq!(
+        member["BytesFromGroupPeers"].as_u64(),
+        Some(FILE),
+        "{member}"
+    );
+    assert_eq!(member["BytesFromLanPeers"].as_u64(), Some(0));
+    let stats = |host| fleet.stats(host).unwrap();
+    let (served, outsider) = (stats(2), stats(4));
+    assert_eq!(served["GroupId"], "lab");
+    assert_eq!(served["BytesToGroupPeers"].as_u64(), Some(FILE), "{served}");
+    assert_eq!(
+        served["NumPeers"].as_u64(),
+        Some(1),
+        "only the member: {served}"
+    );
+    assert_eq!(outsider["NumPeers"].as_u64(), Some(0), "{outsider}");
+    assert_eq!(outsider["BytesToGroupPeers"].as_u64(), Some(0));
+    assert_eq!(outsider["BytesToLanPeers"].as_u64(), Some(0));
+    assert_eq!(
+        fleet.origin_bytes(),
+        2 * FILE,
+        "the members' copy and the outsider's"
+    );
+}

@@ -129,6 +129,9 @@ struct FileRecord {
     /// Verified bytes from LAN peers.
     #[serde(default)]
     bytes_from_peers: u64,
+    /// Verified bytes from the group's members.
+    #[serde(default)]
+    bytes_from_group_peers: u64,
     transferred: bool,
     completed: bool,
     started_unix_ms: u64,
@@ -327,6 +330,7 @@ impl Jobs {
             bytes_done: 0,
             bytes_from_http: 0,
             bytes_from_peers: 0,
+            bytes_from_group_peers: 0,
             transferred: false,
             completed: false,
             started_unix_ms: 0,
@@ -783,6 +787,7 @@ fn observe(id: &str, job: &mut Job, calls: &mut Vec<NodeCall>) -> bool {
         f.headers = p.response_headers.clone();
         f.record.bytes_from_http = p.bytes_from_http;
         f.record.bytes_from_peers = p.bytes_from_peers;
+        f.record.bytes_from_group_peers = p.bytes_from_group_peers;
         if p.status.bytes_total > 0 || p.status.state == DlState::Transferred {
             f.record.bytes_total = Some(p.status.bytes_total);
         }
@@ -946,7 +951,7 @@ fn stats_json(job: &JobRecord, f: &File) -> Json {
         "FileSize": r.bytes_total.unwrap_or(TO_EOF),
         "TotalBytesDownloaded": r.bytes_done,
         "BytesFromHttp": r.bytes_from_http,
-        "BytesFromLanPeers": r.bytes_from_peers, "BytesFromGroupPeers": 0, "BytesFromInternetPeers": 0,
+        "BytesFromLanPeers": r.bytes_from_peers, "BytesFromGroupPeers": r.bytes_from_group_peers, "BytesFromInternetPeers": 0,
         "BytesToLanPeers": 0, "BytesToGroupPeers": 0, "BytesToInternetPeers": 0,
         "HttpConnectionCount": u32::from(r.started_unix_ms > 0),
         "LanConnectionCount": 0, "GroupConnectionCount": 0, "InternetConnectionCount": 0,

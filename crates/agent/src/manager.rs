@@ -192,13 +192,18 @@ impl Manager {
     }
 
     /// Bytes by source of a started download: (BytesFromHttp, BytesFromLanPeers,
-    /// BytesFromCache).
-    pub(crate) fn stats(&self, id: &str) -> Result<(u64, u64, u64)> {
+    /// BytesFromGroupPeers, BytesFromCache).
+    pub(crate) fn stats(&self, id: &str) -> Result<(u64, u64, u64, u64)> {
         let records = self.lock();
         let r = records.get(id).ok_or(ApiError::NotFound)?;
-        Ok(r.download.as_ref().map_or((0, 0, 0), |(_, rx)| {
+        Ok(r.download.as_ref().map_or((0, 0, 0, 0), |(_, rx)| {
             let p = rx.borrow();
-            (p.bytes_from_http, p.bytes_from_peers, p.bytes_from_cache)
+            (
+                p.bytes_from_http,
+                p.bytes_from_peers,
+                p.bytes_from_group_peers,
+                p.bytes_from_cache,
+            )
         }))
     }
 

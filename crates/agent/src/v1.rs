@@ -142,10 +142,11 @@ async fn route(
                     props.insert(p.name().into(), v);
                 }
             }
-            let (http, peers, cache) = manager.stats(id)?;
+            let (http, peers, group, cache) = manager.stats(id)?;
             let stats = json!({
                 "BytesFromHttp": http,
                 "BytesFromLanPeers": peers,
+                "BytesFromGroupPeers": group,
                 "BytesFromCache": cache,
             });
             ok(json!({ "Id": id, "Status": status, "Properties": props, "Stats": stats }))
@@ -159,14 +160,15 @@ async fn route(
                 .collect();
             ok(json!({
                 "PeerId": s.peer_id,
+                "GroupId": s.group,
                 "NumPeers": s.peers.len(),
                 "Peers": peers,
                 "BytesFromHttp": s.bytes_from_http,
                 "BytesFromLanPeers": s.bytes_from_lan_peers,
-                "BytesFromGroupPeers": 0,
+                "BytesFromGroupPeers": s.bytes_from_group_peers,
                 "BytesFromInternetPeers": 0,
                 "BytesToLanPeers": s.bytes_to_lan_peers,
-                "BytesToGroupPeers": 0,
+                "BytesToGroupPeers": s.bytes_to_group_peers,
                 "BytesToInternetPeers": 0,
                 "PeersBanned": s.peers_banned,
             }))

@@ -57,6 +57,19 @@ pub struct Listed {
     pub properties: serde_json::Map<String, Json>,
 }
 
+/// A download's bytes by source (the `Stats` of `GET /v1/downloads/ID`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// From the HTTP origin (`BytesFromHttp`).
+    pub http: u64,
+    /// From LAN peers (`BytesFromLanPeers`).
+    pub lan_peers: u64,
+    /// From the members of the node's group (`BytesFromGroupPeers`).
+    pub group_peers: u64,
+    /// Already verified in the daemon's cache (`BytesFromCache`).
+    pub cache: u64,
+}
+
 impl Manager {
     /// Finds the daemon through the newest `restport*` file in `run_dir` (as the DO SDK does)
     /// and checks that it answers.
@@ -232,12 +245,12 @@ impl Download {
 
     /// Bytes by source so far: `(BytesFromHttp, BytesFromCache)`.
     pub async fn stats(&self) -> Result<(u64, u64)> {
-        let (http, _, cache) = self.sources().await?;
-        Ok((http, cache))
+        let s = self.sources().await?;
+        Ok((s.http, s.cache))
     }
 
-    /// Bytes by source so far: `(BytesFromHttp, BytesFromLanPeers, BytesFromCache)`.
-    pub async fn sources(&self) -> Result<(u64, u64, u64)> {
+    /// Bytes by source so far.
+    pub async fn sources(&self) -> Result<Sources> {
         let v = self
             .manager
             .call(
@@ -247,11 +260,12 @@ impl Download {
             )
             .await?;
         let n = |k: &str| v["Stats"][k].as_u64().unwrap_or(0);
-        Ok((
-            n("BytesFromHttp"),
-            n("BytesFromLanPeers"),
-            n("BytesFromCache"),
-        ))
+        Ok(Sources {
+            http: n("BytesFromHttp"),
+            lan_peers: n("BytesFromLanPeers"),
+            group_peers: n("BytesFromGroupPeers"),
+            cache: n("BytesFromCache"),
+        })
     }
 
     /// `GetProperty`.

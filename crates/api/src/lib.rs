@@ -18,7 +18,7 @@ pub use bits::{
     File, FileInfo, FileProgress, FileRange, Job, JobError, JobEvents, JobInfo, JobProgress,
     JobTimes,
 };
-pub use client::{ClientError, DO_E_NO_SERVICE, Download, Events, Listed, Manager};
+pub use client::{ClientError, DO_E_NO_SERVICE, Download, Events, Listed, Manager, Sources};
 pub use property::{Access, Kind, Property};
 
 /// DO's download states (`DODownloadState`, same numbers and names).

@@ -7,7 +7,9 @@ use std::{
 };
 
 use do_content::{BlockIndex, ContentId, Manifest, RangeSet, block_count};
-use do_engine::{Action, DownloadId, Engine, Event, Failure, FileInfo, Input, RequestId, Spec};
+use do_engine::{
+    Action, DownloadId, Engine, Event, Failure, FileInfo, Input, PeerClass, RequestId, Spec,
+};
 use do_origin::{Client, Validators};
 use do_store::{EntryId, EntryMeta, Pin, Store};
 use tokio::{
@@ -318,6 +320,7 @@ impl Actor {
             status,
             bytes_from_http: 0,
             bytes_from_peers: 0,
+            bytes_from_group_peers: 0,
             bytes_from_cache: 0,
             content_id: None,
             response_headers: None,
@@ -396,8 +399,18 @@ impl Actor {
                 block,
                 bytes,
             } => {
+                let group = self
+                    .p2p
+                    .as_ref()
+                    .is_some_and(|p2p| p2p.class() == PeerClass::Group);
                 if let Some(job) = self.requests.get(&request).and_then(|id| self.jobs.get(id)) {
-                    job.progress.send_modify(|p| p.bytes_from_peers += bytes);
+                    job.progress.send_modify(|p| {
+                        if group {
+                            p.bytes_from_group_peers += bytes;
+                        } else {
+                            p.bytes_from_peers += bytes;
+                        }
+                    });
                 }
                 Input::Block { request, block }
             }
@@ -526,9 +539,12 @@ impl Actor {
         if let Some(p2p) = &self.p2p {
             let c = &p2p.counters;
             stats.peer_id = Some(p2p.peer_id());
+            stats.group = p2p.group().map(str::to_owned);
             stats.peers = p2p.peer_list();
             stats.bytes_from_lan_peers = c.bytes_from_lan_peers.load(Ordering::Relaxed);
             stats.bytes_to_lan_peers = c.bytes_to_lan_peers.load(Ordering::Relaxed);
+            stats.bytes_from_group_peers = c.bytes_from_group_peers.load(Ordering::Relaxed);
+            stats.bytes_to_group_peers = c.bytes_to_group_peers.load(Ordering::Relaxed);
             stats.peers_banned = c.peers_banned.load(Ordering::Relaxed);
         }
         stats

@@ -24,6 +24,7 @@ use do_engine::{CommandError, DownloadId, State, Status};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use do_origin::Headers;
+pub use do_p2p::Group;
 pub use do_store::Layout;
 
 /// Driver configuration.
@@ -133,6 +134,9 @@ pub struct Progress {
     pub bytes_from_http: u64,
     /// Verified bytes received from LAN peers (DO's `BytesFromLanPeers`).
     pub bytes_from_peers: u64,
+    /// Verified bytes received from the members of the node's group (DO's
+    /// `BytesFromGroupPeers`; Group mode only).
+    pub bytes_from_group_peers: u64,
     /// Requested bytes that were already verified in the local cache.
     pub bytes_from_cache: u64,
     /// The file's content id, once known.
@@ -158,6 +162,8 @@ impl Progress {
 pub struct NodeStats {
     /// This node's libp2p peer id, when the p2p side is on.
     pub peer_id: Option<String>,
+    /// The group id in Group mode.
+    pub group: Option<String>,
     /// Connected peers: peer id and address.
     pub peers: Vec<(String, String)>,
     /// Bytes received from HTTP origins (`BytesFromHttp`).
@@ -166,6 +172,10 @@ pub struct NodeStats {
     pub bytes_from_lan_peers: u64,
     /// Bytes served to LAN peers (`BytesToLanPeers`).
     pub bytes_to_lan_peers: u64,
+    /// Verified bytes received from the group's members (`BytesFromGroupPeers`).
+    pub bytes_from_group_peers: u64,
+    /// Bytes served to the group's members (`BytesToGroupPeers`).
+    pub bytes_to_group_peers: u64,
     /// Peers banned for sending bytes that failed verification.
     pub peers_banned: u64,
 }

@@ -46,7 +46,25 @@ type Answer = (ResponseChannel<Response>, Response);
 pub(crate) struct Counters {
     pub(crate) bytes_from_lan_peers: AtomicU64,
     pub(crate) bytes_to_lan_peers: AtomicU64,
+    pub(crate) bytes_from_group_peers: AtomicU64,
+    pub(crate) bytes_to_group_peers: AtomicU64,
     pub(crate) peers_banned: AtomicU64,
+}
+
+impl Counters {
+    fn received_from(&self, class: PeerClass) -> &AtomicU64 {
+        match class {
+            PeerClass::Group => &self.bytes_from_group_peers,
+            PeerClass::Lan | PeerClass::Internet => &self.bytes_from_lan_peers,
+        }
+    }
+
+    fn served_to(&self, class: PeerClass) -> &AtomicU64 {
+        match class {
+            PeerClass::Group => &self.bytes_to_group_peers,
+            PeerClass::Lan | PeerClass::Internet => &self.bytes_to_lan_peers,
+        }
+    }
 }
 
 /// A file this node is downloading and exchanging with peers.
@@ -149,6 +167,9 @@ pub(crate) struct Ctx<'a> {
 pub(crate) struct P2p {
     swarm: Swarm<do_p2p::Behaviour>,
     key: u64,
+    /// Only the group's members can connect in Group mode.
+    class: PeerClass,
+    group: Option<String>,
     answers_tx: mpsc::Sender<Answer>,
     answers_rx: mpsc::Receiver<Answer>,
     /// Answers being computed, and requests waiting for a slot (DO's upload slots).
@@ -178,13 +199,25 @@ impl P2p {
             .listen_on(config.listen.clone())
             .map_err(|e| do_p2p::Error::Transport(e.to_string()))?;
         let me = *swarm.local_peer_id();
-        info!(peer = %me, "p2p layer up");
+        let group = config.layer.group.as_ref();
+        match group {
+            Some(g) => {
+                info!(peer = %me, group = g.id(), key = g.fingerprint(), "p2p layer up, group mode")
+            }
+            None => info!(peer = %me, "p2p layer up"),
+        }
         let (answers_tx, answers_rx) = mpsc::channel(64);
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             swarm,
             key: do_p2p::rank_key(&me),
+            class: if group.is_some() {
+                PeerClass::Group
+            } else {
+                PeerClass::Lan
+            },
+            group: group.map(|g| g.id().to_owned()),
             answers_tx,
             answers_rx,
             busy: 0,
@@ -205,6 +238,16 @@ impl P2p {
     /// This node's rank key (see `do_p2p::rank_key`).
     pub(crate) fn key(&self) -> u64 {
         self.key
+    }
+
+    /// What every peer of this node is: a member of its group in Group mode, else a LAN peer.
+    pub(crate) fn class(&self) -> PeerClass {
+        self.class
+    }
+
+    /// The group id in Group mode.
+    pub(crate) fn group(&self) -> Option<&str> {
+        self.group.as_deref()
     }
 
     /// This node's peer id.
@@ -389,7 +432,7 @@ impl P2p {
                 self.busy -= 1;
                 if let Response::Blocks { data, .. } = &response {
                     self.counters
-                        .bytes_to_lan_peers
+                        .served_to(self.class)
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 let _ = self
@@ -442,7 +485,7 @@ impl P2p {
                     ctx.now,
                     Input::PeerAdded {
                         peer: id,
-                        class: PeerClass::Lan,
+                        class: self.class,
                     },
                 );
                 let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
@@ -651,7 +694,7 @@ impl P2p {
                     return None;
                 };
                 let (store, io_tx, entry) = (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry);
-                let counters = Arc::clone(&self.counters);
+                let (counters, class) = (Arc::clone(&self.counters), self.class);
                 ctx.tasks.spawn(async move {
                     let outcome = tokio::task::spawn_blocking(move || {
                         let blocks = first..first + count;
@@ -659,7 +702,7 @@ impl P2p {
                     })
                     .await;
                     let events = match outcome {
-                        Ok(written) => written.into_events(request, &counters),
+                        Ok(written) => written.into_events(request, &counters, class),
                         Err(_) => vec![IoEvent::FetchEnded {
                             request,
                             result: Err(Failure::Transient(DO_E_PEER_REQUEST_FAILED)),
@@ -851,13 +894,18 @@ struct Written {
 }
 
 impl Written {
-    fn into_events(self, request: RequestId, counters: &Counters) -> Vec<IoEvent> {
+    fn into_events(
+        self,
+        request: RequestId,
+        counters: &Counters,
+        class: PeerClass,
+    ) -> Vec<IoEvent> {
         let mut events: Vec<IoEvent> = self
             .good
             .iter()
             .map(|&(block, bytes)| {
                 counters
-                    .bytes_from_lan_peers
+                    .received_from(class)
                     .fetch_add(bytes, Ordering::Relaxed);
                 IoEvent::PeerBlock {
                     request,
