@@ -173,7 +173,9 @@ pub fn rank_key(peer: &libp2p::PeerId) -> u64 {
 pub fn swarm(key: Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let tcp_config = tcp::Config::default().nodelay(true);
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    // Idle connections stay up: a fleet between downloads keeps its mesh, so that a flash crowd
+    // finds its peers at once (the driver drops peers that mDNS no longer sees).
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::MAX);
     let swarm = match &config.group {
         None => builder
             .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
