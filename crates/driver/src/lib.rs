@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 mod actor;
+mod dialer;
 mod fetch;
 mod p2p;
 

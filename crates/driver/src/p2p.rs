@@ -29,7 +29,7 @@ use libp2p::{
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::actor::IoEvent;
+use crate::{actor::IoEvent, dialer::Dialer};
 
 /// DO_E_FATAL_CORE_ERROR: a peer request could not be sent or its answer handled.
 const DO_E_PEER_REQUEST_FAILED: u32 = 0x80D0_6802;
@@ -177,6 +177,7 @@ pub(crate) struct P2p {
     slots: usize,
     queue: VecDeque<(libp2p::PeerId, Request, ResponseChannel<Response>)>,
     peers: HashMap<libp2p::PeerId, Known>,
+    dialer: Dialer,
     by_engine: HashMap<PeerId, libp2p::PeerId>,
     next_peer: u64,
     swarms: HashMap<DownloadId, Swarming>,
@@ -224,6 +225,7 @@ impl P2p {
             slots: config.upload_slots.max(1),
             queue: VecDeque::new(),
             peers: HashMap::new(),
+            dialer: Dialer::new(me),
             by_engine: HashMap::new(),
             next_peer: 1,
             swarms: HashMap::new(),
@@ -419,6 +421,7 @@ impl P2p {
     pub(crate) fn handle(&mut self, event: P2pEvent, ctx: &mut Ctx<'_>) -> Option<Outcome> {
         match event {
             P2pEvent::Tick => {
+                self.dial_due(ctx.now);
                 let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
                 for id in ids {
                     if self.swarms[&id].manifest.is_none() {
@@ -459,19 +462,40 @@ impl P2p {
                     by_peer.entry(peer).or_default().push(addr);
                 }
                 for (peer, addrs) in by_peer {
-                    if self.swarm.is_connected(&peer) {
-                        continue;
+                    let connected = self.swarm.is_connected(&peer);
+                    self.dialer.found(ctx.now, peer, addrs, connected);
+                }
+                self.dial_due(ctx.now);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                for (peer, _) in gone {
+                    if !self
+                        .swarm
+                        .behaviour()
+                        .mdns
+                        .as_ref()
+                        .is_some_and(|m| m.discovered_nodes().any(|p| *p == peer))
+                    {
+                        debug!(%peer, "no longer on the LAN");
+                        self.dialer.expired(&peer);
+                        let _ = self.swarm.disconnect_peer_id(peer);
                     }
-                    debug!(%peer, "found on the LAN; dialing");
-                    let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-                    if let Err(e) = self.swarm.dial(opts) {
-                        debug!(%peer, error = %e, "dial failed");
-                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "dial failed");
+                if !self.swarm.is_connected(&peer) {
+                    self.dialer.failed(ctx.now, &peer);
                 }
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                self.dialer.connected(&peer_id);
                 if self.peers.contains_key(&peer_id) {
                     return None;
                 }
@@ -498,6 +522,7 @@ impl P2p {
                 num_established: 0,
                 ..
             } => {
+                self.dialer.disconnected(ctx.now, &peer_id);
                 if let Some(Known { id, .. }) = self.peers.remove(&peer_id) {
                     info!(peer = %peer_id, "peer gone");
                     self.by_engine.remove(&id);
@@ -570,6 +595,18 @@ impl P2p {
             _ => {}
         }
         None
+    }
+
+    /// Dials the peers found on the LAN whose turn it is (see [`Dialer`]).
+    fn dial_due(&mut self, now: Instant) {
+        for (peer, addrs) in self.dialer.due(now) {
+            debug!(%peer, "found on the LAN; dialing");
+            let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "dial failed");
+                self.dialer.failed(now, &peer);
+            }
+        }
     }
 
     /// Starts answering queued requests while upload slots are free.
