@@ -214,6 +214,9 @@ pub struct EngineKnobs {
     /// Upload slots per node (requests served at once; more wait in a queue). Default 4.
     #[serde(default = "four")]
     pub upload_slots: usize,
+    /// Requests a node keeps in flight to one peer (the engine's `peer_slots`). Default 4.
+    #[serde(default = "four")]
+    pub peer_slots: usize,
     /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 1.
     #[serde(default = "one_f")]
     pub have_interval_s: f64,
@@ -241,6 +244,7 @@ impl Default for EngineKnobs {
             peers_per_node: 32,
             origin_fallback_delay_s: 2.0,
             upload_slots: 4,
+            peer_slots: 4,
             have_interval_s: 1.0,
         }
     }

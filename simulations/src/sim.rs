@@ -329,6 +329,7 @@ impl Sim {
                     origin_fallback_delay: Duration::from_secs_f64(
                         sc.engine.origin_fallback_delay_s,
                     ),
+                    peer_slots: sc.engine.peer_slots,
                     ..Config::default()
                 };
                 nodes.push(Node {
