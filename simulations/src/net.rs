@@ -209,6 +209,11 @@ impl Net {
         (f.remaining - f.rate * (now - f.updated) as f64 * 1e-9).max(0.0)
     }
 
+    /// When the flow reaches its milestone at its current rate, ns (`u64::MAX` at rate 0).
+    pub fn eta(&self, now: u64, flow: FlowId) -> u64 {
+        eta(now, self.remaining(now, flow), self.flow(flow).rate)
+    }
+
     fn flow(&self, flow: FlowId) -> &Flow {
         self.flows[flow.0 as usize].as_ref().expect("live flow")
     }

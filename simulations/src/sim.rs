@@ -134,6 +134,8 @@ struct FlowInfo {
     server: Option<u32>,
     /// The flow crosses the receiver's site WAN link (from the origin or another site).
     wan: bool,
+    /// When its pending milestone event fires (`u64::MAX`: none pending).
+    armed: u64,
 }
 
 #[derive(Debug)]
@@ -142,12 +144,13 @@ enum Ev {
     StartFile(u32, usize),
     Timer(u32, u64),
     HavePoll,
-    Reply(u32, Input),
+    Reply(u32, Box<Input>),
     /// An origin fetch's first byte arrives.
     OriginBegin(u32, RequestId),
     /// A peer request reaches its server.
     PeerBegin(u32, RequestId),
-    Milestone(FlowId, u32),
+    /// A flow may have reached its milestone (checked: rates change in between).
+    Milestone(FlowId),
     Leave(u32),
     Rejoin(u32),
     /// Peers learn that a crashed node is gone.
@@ -525,16 +528,10 @@ impl Sim {
                 }
             }
             Ev::HavePoll => self.have_poll(),
-            Ev::Reply(i, input) => self.feed(i, input),
+            Ev::Reply(i, input) => self.feed(i, *input),
             Ev::OriginBegin(i, request) => self.origin_begin(i, request),
             Ev::PeerBegin(i, request) => self.peer_begin(i, request),
-            Ev::Milestone(flow, version) => {
-                if self.flows.get(flow.0 as usize).is_some_and(Option::is_some)
-                    && self.net.version(flow) == version
-                {
-                    self.milestone(flow);
-                }
-            }
+            Ev::Milestone(flow) => self.check_milestone(flow),
             Ev::Leave(i) => self.leave(i),
             Ev::Rejoin(i) => self.rejoin(i),
             Ev::Gone(i) => {
@@ -786,7 +783,7 @@ impl Sim {
                     Err(Failure::Transient(HTTP_503))
                 };
                 let at = now + self.origin_rtt(i);
-                self.push(at, Ev::Reply(i, Input::Stat { request, result }));
+                self.push(at, Ev::Reply(i, Box::new(Input::Stat { request, result })));
             }
             Action::Fetch {
                 request, id, range, ..
@@ -833,7 +830,10 @@ impl Sim {
             Action::Assemble { request, id, .. } => {
                 let f = (id.0 - 1) as usize;
                 let result = Ok(Some(self.file_id[f]));
-                self.push(now, Ev::Reply(i, Input::Assembled { request, result }));
+                self.push(
+                    now,
+                    Ev::Reply(i, Box::new(Input::Assembled { request, result })),
+                );
             }
             Action::Restart { .. } => {}
         }
@@ -940,7 +940,10 @@ impl Sim {
         self.nodes[i as usize].refresh.insert(server);
         let at = self.now + self.peer_one_way(i, server);
         let result = Err(Failure::Transient(PEER_REQUEST_FAILED));
-        self.push(at, Ev::Reply(i, Input::FetchEnded { request, result }));
+        self.push(
+            at,
+            Ev::Reply(i, Box::new(Input::FetchEnded { request, result })),
+        );
     }
 
     fn begin_upload(&mut self, i: u32, request: RequestId) {
@@ -998,6 +1001,7 @@ impl Sim {
             chunk_bytes: bytes,
             server,
             wan,
+            armed: u64::MAX,
         });
         self.schedule_etas(&mut etas);
         self.etas = etas;
@@ -1010,12 +1014,40 @@ impl Sim {
         }
     }
 
+    /// Keeps one live milestone event per flow, at or before the time it reaches its
+    /// milestone: an earlier time is pushed; a later one waits for the pending event, which
+    /// re-arms itself (so rate changes do not flood the queue with stale events).
     fn schedule_etas(&mut self, etas: &mut Vec<Eta>) {
         for eta in etas.drain(..) {
-            if eta.at != u64::MAX {
-                self.push(eta.at, Ev::Milestone(eta.flow, eta.version));
-            }
+            self.arm(eta.flow, eta.at);
         }
+    }
+
+    fn arm(&mut self, flow: FlowId, at: u64) {
+        let Some(info) = self.flows[flow.0 as usize].as_mut() else {
+            return;
+        };
+        if at < info.armed {
+            info.armed = at;
+            self.push(at, Ev::Milestone(flow));
+        }
+    }
+
+    fn check_milestone(&mut self, flow: FlowId) {
+        let Some(info) = self.flows.get(flow.0 as usize).copied().flatten() else {
+            return;
+        };
+        if info.armed != self.now {
+            return; // a stale event: another one is pending for this flow
+        }
+        if self.net.remaining(self.now, flow) < 1.0 {
+            self.milestone(flow);
+            return;
+        }
+        let at = self.net.eta(self.now, flow);
+        let slot = self.flows[flow.0 as usize].as_mut().expect("checked");
+        slot.armed = u64::MAX;
+        self.arm(flow, at);
     }
 
     /// Removes a flow from the network; returns the bytes of its chunk it had carried.
@@ -1088,10 +1120,9 @@ impl Sim {
             if let Some(slot) = self.flows[flow.0 as usize].as_mut() {
                 slot.chunk = next;
                 slot.chunk_bytes = next_bytes;
+                slot.armed = u64::MAX;
             }
-            if eta.at != u64::MAX {
-                self.push(eta.at, Ev::Milestone(eta.flow, eta.version));
-            }
+            self.arm(flow, eta.at);
             match self.nodes[i as usize].open.get_mut(&request) {
                 Some(Open::Origin { next: n, .. } | Open::Peer { next: n, .. }) => *n = last,
                 None => {}
@@ -1337,7 +1368,7 @@ fn ev_tag(ev: &Ev) -> u64 {
         Ev::Reply(i, _) => u64::from(*i) << 8 | 5,
         Ev::OriginBegin(i, r) => (u64::from(*i) << 24) ^ r.0 << 8 | 6,
         Ev::PeerBegin(i, r) => (u64::from(*i) << 24) ^ r.0 << 8 | 7,
-        Ev::Milestone(f, v) => (u64::from(f.0) << 24) ^ u64::from(*v) << 8 | 8,
+        Ev::Milestone(f) => u64::from(f.0) << 8 | 8,
         Ev::Leave(i) => u64::from(*i) << 8 | 9,
         Ev::Rejoin(i) => u64::from(*i) << 8 | 10,
         Ev::Gone(i) => u64::from(*i) << 8 | 11,
