@@ -25,6 +25,8 @@ pub(crate) struct File {
     pub(crate) cache: Cache,
     #[serde(default)]
     pub(crate) download: Download,
+    #[serde(default)]
+    pub(crate) upload: Upload,
 }
 
 /// `[cache]`.
@@ -51,6 +53,13 @@ pub(crate) struct Download {
     pub(crate) origin_connections: Option<usize>,
     pub(crate) no_progress_timeout_seconds: Option<u64>,
     pub(crate) background_yield_rate: Option<u64>,
+}
+
+/// `[upload]`: serving peers.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upload {
+    pub(crate) max_rate: Option<u64>,
 }
 
 /// How log lines are written.
@@ -101,6 +110,8 @@ mod tests {
             file.download.background_yield_rate,
             Some(store.background_yield_rate)
         );
+        let p2p = do_driver::P2pConfig::default();
+        assert_eq!(file.upload.max_rate, Some(p2p.upload_max_rate.unwrap_or(0)));
         assert_eq!(
             file.run_dir.as_deref(),
             Some(Path::new(crate::DEFAULT_RUN_DIR))

@@ -53,6 +53,10 @@ pub(crate) struct Args {
     /// newlines are ignored).
     #[arg(long, value_name = "PATH")]
     group_secret_file: Option<PathBuf>,
+    /// Most bytes per second of block data served to peers, on average; 0: no cap (DO's
+    /// `DOMaxUploadBandwidth`) [default: 0].
+    #[arg(long, value_name = "BYTES_PER_SECOND")]
+    upload_max_rate: Option<u64>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -112,6 +116,10 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
     if args.p2p || file.p2p.unwrap_or(false) || group.is_some() {
         let mut p2p = do_driver::P2pConfig::default();
         p2p.layer.group = group;
+        p2p.upload_max_rate = args
+            .upload_max_rate
+            .or(file.upload.max_rate)
+            .filter(|&rate| rate > 0);
         node_config.p2p = Some(p2p);
     }
 

@@ -281,3 +281,44 @@ fn group_mode_a_node_with_the_wrong_secret_gets_nothing_and_gives_nothing() {
         "the members' copy and the outsider's"
     );
 }
+
+#[test]
+fn a_node_with_an_upload_cap_serves_no_faster_than_the_cap() {
+    // 8 MiB/s: the file takes 8 s, several times what the same transfer takes uncapped.
+    const CAP: u64 = 8 << 20;
+    let _alone = one_at_a_time();
+    let mut fleet = Fleet::without_daemons(FleetOptions {
+        nodes: 2,
+        spare_hosts: 0,
+        file_bytes: FILE,
+        origin_mbit: None,
+    });
+    fleet.start_daemon_with(2, &["--upload-max-rate", &CAP.to_string()]);
+    fleet.start_daemon(3);
+    fleet.wait_for_mesh();
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    let out = fleet.spawn_get(3).wait_with_output().unwrap();
+    let summary = fleet.check(3, &out);
+    assert_eq!(
+        summary["BytesFromLanPeers"].as_u64(),
+        Some(FILE),
+        "{summary}"
+    );
+    let seconds = summary["seconds"].as_f64().unwrap();
+    let rate = FILE as f64 / seconds;
+    eprintln!(
+        "capped at {} MiB/s: served at {:.2} MiB/s",
+        CAP >> 20,
+        rate / f64::from(1 << 20)
+    );
+    // The first answer leaves at once, so the whole takes at least (FILE - 1 MiB) / CAP.
+    assert!(
+        seconds >= (FILE - (1 << 20)) as f64 / CAP as f64,
+        "{rate:.0} B/s is above the cap"
+    );
+    assert!(
+        rate > CAP as f64 / 2.0,
+        "{rate:.0} B/s: the cap, not something else, limits"
+    );
+}

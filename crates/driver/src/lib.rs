@@ -17,6 +17,7 @@ mod actor;
 mod dialer;
 mod fetch;
 mod p2p;
+mod shaper;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -66,6 +67,11 @@ pub struct P2pConfig {
     pub listen: libp2p::Multiaddr,
     /// Peer requests answered at once; more wait in a queue (DO's upload slots). Default 4.
     pub upload_slots: usize,
+    /// Most bytes per second of block data served to peers, on average (DO's
+    /// `DOMaxUploadBandwidth`). Default `None`: no cap. An answer waits for its turn while
+    /// holding its upload slot; peers that get too little drop this node as slow (the
+    /// engine's `peer_stall_timeout`) and fetch elsewhere.
+    pub upload_max_rate: Option<u64>,
     /// While peers could supply a file, the origin waits this long after a download starts
     /// (for peers to say what they hold and who else fetches it) before fetching what they
     /// lack; the larger of this and the engine's own delay applies. Default 2 s.
@@ -78,6 +84,7 @@ impl Default for P2pConfig {
             layer: do_p2p::Config::default(),
             listen: "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
             upload_slots: 4,
+            upload_max_rate: None,
             origin_fallback_delay: Duration::from_secs(2),
         }
     }

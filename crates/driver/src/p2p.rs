@@ -29,7 +29,7 @@ use libp2p::{
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::{actor::IoEvent, dialer::Dialer};
+use crate::{actor::IoEvent, dialer::Dialer, shaper::Shaper};
 
 /// DO_E_FATAL_CORE_ERROR: a peer request could not be sent or its answer handled.
 const DO_E_PEER_REQUEST_FAILED: u32 = 0x80D0_6802;
@@ -175,6 +175,9 @@ pub(crate) struct P2p {
     /// Answers being computed, and requests waiting for a slot (DO's upload slots).
     busy: usize,
     slots: usize,
+    /// The upload rate cap, shared by the tasks answering requests (each locks it for one
+    /// computation, never across an await).
+    shaper: Option<Arc<Mutex<Shaper>>>,
     queue: VecDeque<(libp2p::PeerId, Request, ResponseChannel<Response>)>,
     peers: HashMap<libp2p::PeerId, Known>,
     dialer: Dialer,
@@ -223,6 +226,9 @@ impl P2p {
             answers_rx,
             busy: 0,
             slots: config.upload_slots.max(1),
+            shaper: config
+                .upload_max_rate
+                .map(|rate| Arc::new(Mutex::new(Shaper::new(rate)))),
             queue: VecDeque::new(),
             peers: HashMap::new(),
             dialer: Dialer::new(me),
@@ -617,16 +623,24 @@ impl P2p {
             };
             debug!(%peer, ?request, "peer request");
             self.busy += 1;
-            let (store, tx, active) = (
+            let (store, tx, active, shaper) = (
                 Arc::clone(ctx.store),
                 self.answers_tx.clone(),
                 Arc::clone(&self.active),
+                self.shaper.clone(),
             );
             ctx.tasks.spawn(async move {
                 let response =
                     tokio::task::spawn_blocking(move || answer(&store, &active, request))
                         .await
                         .unwrap_or(Response::NotHere);
+                if let (Some(shaper), Response::Blocks { data, .. }) = (&shaper, &response) {
+                    let wait = shaper
+                        .lock()
+                        .expect("shaper")
+                        .delay(Instant::now(), data.len() as u64);
+                    tokio::time::sleep(wait).await;
+                }
                 let _ = tx.send((channel, response)).await;
             });
         }
