@@ -180,13 +180,62 @@ impl RangeSet {
         self.runs.keys().next().copied()
     }
 
-    /// The part of the set inside `[start, end)`.
+    /// The part of the set inside `[start, end)` (costs the runs it keeps, not the whole set).
     pub fn clipped(&self, start: u64, end: u64) -> Self {
-        let mut out = Self::new();
-        for run in self.runs() {
-            out.insert(run.start.max(start), run.end.min(end));
+        if start >= end {
+            return Self::new();
         }
-        out
+        let before = self
+            .runs
+            .range(..=start)
+            .next_back()
+            .filter(|&(_, &e)| e > start)
+            .map(|(_, &e)| (start, e.min(end)));
+        let inside = self
+            .runs
+            .range((
+                std::ops::Bound::Excluded(start),
+                std::ops::Bound::Excluded(end),
+            ))
+            .map(|(&s, &e)| (s, e.min(end)));
+        Self {
+            runs: before.into_iter().chain(inside).collect(),
+        }
+    }
+
+    /// The values of this set that are not in `other`: one merge of both runs, linear in
+    /// their number (removing `other`'s runs one by one costs a tree search each).
+    pub fn difference(&self, other: &Self) -> Self {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut theirs = other.runs().peekable();
+        for r in self.runs() {
+            while theirs.next_if(|q| q.end <= r.start).is_some() {}
+            let mut cur = r.start;
+            loop {
+                match theirs.peek() {
+                    Some(q) if q.start < r.end => {
+                        if q.start > cur {
+                            out.push((cur, q.start));
+                        }
+                        cur = cur.max(q.end);
+                        if q.end >= r.end {
+                            break; // it may overlap the next run too
+                        }
+                        theirs.next();
+                    }
+                    _ => {
+                        if cur < r.end {
+                            out.push((cur, r.end));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        // Sorted, disjoint and never adjacent: the runs can be taken as they are.
+        Self {
+            runs: out.into_iter().collect(),
+        }
     }
 
     /// Every value in the set, in increasing order.
@@ -270,6 +319,19 @@ mod tests {
             }
             prop_assert_eq!(set.contains_range(s, s + l), (s..s + l).all(|v| set.contains(v)));
             let clipped = set.clipped(s, s + l);
+            let mut other = RangeSet::new();
+            other.insert(s, s + l);
+            other.insert(s + 2 * l + 3, s + 3 * l + 7);
+            let diff = set.difference(&other);
+            prop_assert_eq!(
+                diff.iter().collect::<Vec<_>>(),
+                set.iter().filter(|v| !other.contains(*v)).collect::<Vec<_>>()
+            );
+            prop_assert_eq!(other.difference(&set).count(), other.iter().filter(|v| !set.contains(*v)).count() as u64);
+            let runs: Vec<_> = diff.runs().collect();
+            for pair in runs.windows(2) {
+                prop_assert!(pair[0].end < pair[1].start);
+            }
             prop_assert_eq!(clipped.iter().collect::<Vec<_>>(), set.iter().filter(|v| (s..s + l).contains(v)).collect::<Vec<_>>());
         }
 

@@ -175,10 +175,7 @@ impl Download {
 
     /// Blocks still needed that no fetch is bringing.
     pub(crate) fn missing(&self) -> RangeSet {
-        let mut missing = self.needed.clone();
-        for held in self.have.runs() {
-            missing.remove(held.start, held.end);
-        }
+        let mut missing = self.needed.difference(&self.have);
         for owed in self.fetches.values() {
             for run in owed.runs() {
                 missing.remove(run.start, run.end);

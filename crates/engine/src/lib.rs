@@ -895,7 +895,8 @@ impl Engine {
             return;
         };
         let (len, accepts_ranges) = (info.len, info.accepts_ranges);
-        if d.missing().is_empty() {
+        let mut missing = d.missing();
+        if missing.is_empty() {
             if d.fetches.is_empty() {
                 d.assembling = true;
                 let (ranges, content_id) = (d.ranges.clone(), d.trusted_id());
@@ -909,7 +910,7 @@ impl Engine {
             }
             return;
         }
-        self.schedule_peers(now, id);
+        self.schedule_peers(now, id, &mut missing);
         // The origin waits out its retry backoff; peers above do not.
         if self.downloads[&id].retry_at.is_some() {
             return;
@@ -918,7 +919,7 @@ impl Engine {
         if accepts_ranges && self.downloads[&id].origin_fetches() >= connections {
             return; // every origin connection is busy: nothing to hand out
         }
-        let Some(mut origin_missing) = self.origin_candidates(now, id) else {
+        let Some(mut origin_missing) = self.origin_candidates(now, id, &missing) else {
             return;
         };
         if !accepts_ranges {

@@ -211,7 +211,9 @@ impl Engine {
 
     /// Asks peers for missing blocks they hold: nearest class first, the rarest blocks first
     /// (from a random point, so that downloads spread over the file), within each peer's slots.
-    pub(crate) fn schedule_peers(&mut self, now: Instant, id: DownloadId) {
+    /// `missing` is the download's [`Download::missing`]; what this asks of peers is taken
+    /// out of it.
+    pub(crate) fn schedule_peers(&mut self, now: Instant, id: DownloadId, missing: &mut RangeSet) {
         if !self.downloads[&id].manifest_trusted {
             return;
         }
@@ -227,7 +229,6 @@ impl Engine {
             .collect();
         order.sort();
         // Kept up to date as requests go out, rather than recomputed for every peer.
-        let mut missing = self.downloads[&id].missing();
         for (_, peer) in order {
             if missing.is_empty() {
                 break;
@@ -235,7 +236,7 @@ impl Engine {
             while self.peer_load(peer) < self.config.peer_slots {
                 let d = &self.downloads[&id];
                 let offset = self.rng.next_u64();
-                let Some(blocks) = pick(d, &missing, peer, offset, self.config.peer_request_blocks)
+                let Some(blocks) = pick(d, missing, peer, offset, self.config.peer_request_blocks)
                 else {
                     break;
                 };
@@ -262,13 +263,19 @@ impl Engine {
 
     /// The missing blocks the origin may fetch now: none before the fallback delay while
     /// peering; after it, what no usable peer (with a trusted manifest) holds. `None`: not yet.
-    pub(crate) fn origin_candidates(&self, now: Instant, id: DownloadId) -> Option<RangeSet> {
+    /// `missing` is the download's [`Download::missing`].
+    pub(crate) fn origin_candidates(
+        &self,
+        now: Instant,
+        id: DownloadId,
+        missing: &RangeSet,
+    ) -> Option<RangeSet> {
         let d = &self.downloads[&id];
         if self.peering(d) && now < d.started_at + self.config.origin_fallback_delay {
             return None;
         }
-        let mut missing = d.missing();
-        let share = self.origin_share(d);
+        let share = self.origin_share(d, missing);
+        let mut missing = missing.clone();
         if let Some(share) = &share {
             missing = missing.clipped(share.start, share.end);
         }
@@ -281,9 +288,7 @@ impl Engine {
                 .iter()
                 .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned));
             for (_, have) in usable {
-                for run in have.runs() {
-                    missing.remove(run.start, run.end);
-                }
+                missing = missing.difference(have);
             }
         }
         Some(missing)
@@ -293,7 +298,7 @@ impl Engine {
     /// fetch at the same time: the nodes, ordered by key, take equal contiguous parts of the
     /// file. A co-fetcher that stopped growing while its part still has blocks nobody holds
     /// drops out, and the parts are cut again among the rest. `None`: nobody to share with.
-    fn origin_share(&self, d: &Download) -> Option<std::ops::Range<u64>> {
+    fn origin_share(&self, d: &Download, missing: &RangeSet) -> Option<std::ops::Range<u64>> {
         if d.ranges.is_some() || d.co_fetchers.is_empty() {
             return None;
         }
@@ -307,12 +312,10 @@ impl Engine {
             .collect();
         nodes.sort_unstable();
         // Needed blocks that neither this node nor any usable peer holds or is bringing.
-        let mut unheld = d.missing();
+        let mut unheld = missing.clone();
         for (p, have) in &d.haves {
             if self.peers.get(p).is_some_and(|info| !info.banned) {
-                for run in have.runs() {
-                    unheld.remove(run.start, run.end);
-                }
+                unheld = unheld.difference(have);
             }
         }
         loop {
@@ -350,6 +353,9 @@ impl Engine {
     }
 }
 
+/// Most candidate blocks one rarest-first pick looks at.
+const PICK_SAMPLE: u64 = 64;
+
 /// Part `i` of `n` equal contiguous parts of `blocks` blocks.
 fn share_of(blocks: u64, i: u64, n: u64) -> std::ops::Range<u64> {
     let cut = |k: u64| (u128::from(blocks) * u128::from(k) / u128::from(n)) as u64;
@@ -366,33 +372,60 @@ fn pick(
     max: u64,
 ) -> Option<std::ops::Range<u64>> {
     let have = d.haves.get(&peer)?;
-    let mut wanted = RangeSet::new();
-    for run in have.runs() {
-        for m in missing.clipped(run.start, run.end).runs() {
-            wanted.insert(m.start, m.end);
-        }
+    // The wanted runs (held by the peer, missing here) with the rank of their first block.
+    let mut runs: Vec<(u64, std::ops::Range<u64>)> = Vec::new();
+    let mut count = 0;
+    for run in intersect(have, missing) {
+        let len = run.end - run.start;
+        runs.push((count, run));
+        count += len;
     }
-    let count = wanted.count();
     if count == 0 {
         return None;
     }
     let availability = |b: u64| d.haves.values().filter(|h| h.contains(b)).count();
-    // Scan from a random point; keep the first block of least availability.
-    let start = (offset % count) as usize;
-    let mut best: Option<(usize, u64)> = None;
-    for b in wanted.iter().skip(start).chain(wanted.iter().take(start)) {
+    let at_rank = |rank: u64| {
+        let i = runs.partition_point(|(first_rank, _)| *first_rank <= rank) - 1;
+        (i, runs[i].1.start + (rank - runs[i].0))
+    };
+    // Scan from a random point; keep the first block of least availability. Beyond
+    // `PICK_SAMPLE` candidates, only that many, evenly spaced from the random point, are looked
+    // at: rarest-first stays close to exact while a pick costs the same for any file size.
+    let start = offset % count;
+    let (probes, step) = if count <= PICK_SAMPLE {
+        (count, 1)
+    } else {
+        (PICK_SAMPLE, count / PICK_SAMPLE)
+    };
+    let mut best: Option<(usize, usize, u64)> = None;
+    for k in 0..probes {
+        let (run, b) = at_rank((start + k * step) % count);
         let a = availability(b);
-        if best.is_none_or(|(ba, _)| a < ba) {
-            best = Some((a, b));
+        if best.is_none_or(|(ba, _, _)| a < ba) {
+            best = Some((a, run, b));
             if a == 1 {
                 break;
             }
         }
     }
-    let (_, first) = best?;
-    let mut end = first + 1;
-    while end - first < max && wanted.contains(end) {
-        end += 1;
+    let (_, run, first) = best?;
+    Some(first..runs[run].1.end.min(first + max))
+}
+
+/// The runs of blocks in both sets, in order (a merge of their sorted runs).
+fn intersect(a: &RangeSet, b: &RangeSet) -> Vec<std::ops::Range<u64>> {
+    let mut out = Vec::new();
+    let (mut x, mut y) = (a.runs().peekable(), b.runs().peekable());
+    while let (Some(p), Some(q)) = (x.peek(), y.peek()) {
+        let (start, end) = (p.start.max(q.start), p.end.min(q.end));
+        if start < end {
+            out.push(start..end);
+        }
+        if p.end <= q.end {
+            x.next();
+        } else {
+            y.next();
+        }
     }
-    Some(first..end)
+    out
 }
