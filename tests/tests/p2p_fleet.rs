@@ -168,10 +168,15 @@ fn a_corrupted_cache_and_a_lying_peer_never_reach_an_output() {
     let out = fleet.spawn_get(3).wait_with_output().unwrap();
     fleet.check(3, &out);
     let stats = fleet.stats(3).unwrap();
-    assert!(
-        stats["PeersBanned"].as_u64() >= Some(1),
+    assert_eq!(
+        stats["PeersBanned"].as_u64(),
+        Some(1),
         "the liar is banned: {stats}"
     );
+    // It is found by mDNS again and again, but stays disconnected.
+    thread::sleep(Duration::from_secs(3));
+    let stats = fleet.stats(3).unwrap();
+    assert_eq!(stats["NumPeers"].as_u64(), Some(1), "only host 2: {stats}");
     let served = fleet.stats(2).unwrap()["BytesToLanPeers"].as_u64();
     assert_eq!(served, Some(0), "host 2 caught its corrupted blocks itself");
 }

@@ -181,6 +181,7 @@ pub(crate) struct P2p {
     queue: VecDeque<(libp2p::PeerId, Request, ResponseChannel<Response>)>,
     peers: HashMap<libp2p::PeerId, Known>,
     dialer: Dialer,
+    banned: HashSet<libp2p::PeerId>,
     by_engine: HashMap<PeerId, libp2p::PeerId>,
     next_peer: u64,
     swarms: HashMap<DownloadId, Swarming>,
@@ -232,6 +233,7 @@ impl P2p {
             queue: VecDeque::new(),
             peers: HashMap::new(),
             dialer: Dialer::new(me),
+            banned: HashSet::new(),
             by_engine: HashMap::new(),
             next_peer: 1,
             swarms: HashMap::new(),
@@ -274,11 +276,16 @@ impl P2p {
         listed
     }
 
-    /// The engine banned a peer: its connections are closed. It may connect again, but the
-    /// engine never asks it for blocks again.
+    /// The engine banned a peer: its connections are closed, it is not dialed again, and
+    /// its connections are refused for the node's lifetime (a new connection would make it a
+    /// new peer to the engine, without the ban).
     pub(crate) fn ban(&mut self, peer: PeerId) {
         if let Some(&target) = self.by_engine.get(&peer) {
             warn!(peer = %target, "peer sent bytes that failed verification: banned");
+            if self.banned.insert(target) {
+                self.counters.peers_banned.fetch_add(1, Ordering::Relaxed);
+            }
+            self.dialer.expired(&target);
             let _ = self.swarm.disconnect_peer_id(target);
         }
     }
@@ -468,6 +475,9 @@ impl P2p {
                     by_peer.entry(peer).or_default().push(addr);
                 }
                 for (peer, addrs) in by_peer {
+                    if self.banned.contains(&peer) {
+                        continue;
+                    }
                     let connected = self.swarm.is_connected(&peer);
                     self.dialer.found(ctx.now, peer, addrs, connected);
                 }
@@ -501,6 +511,10 @@ impl P2p {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
+                if self.banned.contains(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return None;
+                }
                 self.dialer.connected(&peer_id);
                 if self.peers.contains_key(&peer_id) {
                     return None;
@@ -966,7 +980,6 @@ impl Written {
             })
             .collect();
         if let Some(block) = self.corrupt {
-            counters.peers_banned.fetch_add(1, Ordering::Relaxed);
             events.push(IoEvent::PeerCorrupt {
                 request,
                 block: BlockIndex(block),
