@@ -328,6 +328,16 @@ mod tests {
                 set.iter().filter(|v| !other.contains(*v)).collect::<Vec<_>>()
             );
             prop_assert_eq!(other.difference(&set).count(), other.iter().filter(|v| !set.contains(*v)).count() as u64);
+            // Few runs against many (the lookup path).
+            let mut comb = RangeSet::new();
+            for k in 0..40 {
+                comb.insert(k * 6, k * 6 + 2);
+            }
+            let small = other.difference(&comb);
+            prop_assert_eq!(
+                small.iter().collect::<Vec<_>>(),
+                other.iter().filter(|v| !comb.contains(*v)).collect::<Vec<_>>()
+            );
             let runs: Vec<_> = diff.runs().collect();
             for pair in runs.windows(2) {
                 prop_assert!(pair[0].end < pair[1].start);

@@ -311,6 +311,14 @@ impl Engine {
             .chain(std::iter::once((self.config.node_key, None)))
             .collect();
         nodes.sort_unstable();
+        let any_stalled = nodes
+            .iter()
+            .any(|(_, p)| p.is_some_and(|p| d.co_fetchers[&p].stalled));
+        if !any_stalled {
+            let me = nodes.iter().position(|(_, p)| p.is_none())?;
+            let n = nodes.len() as u64;
+            return (n > 1).then(|| share_of(blocks, me as u64, n));
+        }
         // Needed blocks that neither this node nor any usable peer holds or is bringing.
         let mut unheld = missing.clone();
         for (p, have) in &d.haves {
