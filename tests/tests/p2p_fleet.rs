@@ -232,6 +232,43 @@ fn with_the_origin_gone_peers_deliver_a_file_whose_content_id_is_given() {
     );
 }
 
+/// Starts the daemons of `hosts` in group "lab", each with its secret.
+fn start_in_group(fleet: &mut Fleet, hosts: &[(usize, &str)]) {
+    for &(host, secret) in hosts {
+        let path = fleet.dir(host, "group.secret");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        let path = path.to_str().expect("UTF-8 path").to_owned();
+        fleet.start_daemon_with(host, &["--group-id", "lab", "--group-secret-file", &path]);
+    }
+}
+
+#[test]
+fn group_mode_members_learn_the_content_id_from_each_other() {
+    let _alone = one_at_a_time();
+    let mut fleet = Fleet::without_daemons(FleetOptions {
+        nodes: 2,
+        spare_hosts: 0,
+        file_bytes: FILE,
+        origin_mbit: None,
+    });
+    // The origin publishes no digest: only a node that fetched the file knows its content id.
+    std::fs::remove_file(fleet.origin_file().with_extension("bin.b3")).unwrap();
+    start_in_group(&mut fleet, &[(2, "the secret"), (3, "the secret")]);
+    fleet.wait_for_mesh();
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    let first = fleet.check(2, &out);
+    assert_eq!(first["BytesFromHttp"].as_u64(), Some(FILE), "{first}");
+    let out = fleet.spawn_get(3).wait_with_output().unwrap();
+    let second = fleet.check(3, &out);
+    assert_eq!(
+        second["BytesFromGroupPeers"].as_u64(),
+        Some(FILE),
+        "the member's claim made its blocks verifiable: {second}"
+    );
+    assert_eq!(fleet.origin_bytes(), FILE);
+}
+
 #[test]
 fn group_mode_a_node_with_the_wrong_secret_gets_nothing_and_gives_nothing() {
     let _alone = one_at_a_time();
@@ -242,13 +279,10 @@ fn group_mode_a_node_with_the_wrong_secret_gets_nothing_and_gives_nothing() {
         origin_mbit: None,
     });
     // Hosts 2 and 3 are members of group "lab"; host 4 has its id but the wrong secret.
-    for (host, secret) in [(2, "the secret"), (3, "the secret"), (4, "a guess")] {
-        let path = fleet.dir(host, "group.secret");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, format!("{secret}\n")).unwrap();
-        let path = path.to_str().expect("UTF-8 path").to_owned();
-        fleet.start_daemon_with(host, &["--group-id", "lab", "--group-secret-file", &path]);
-    }
+    start_in_group(
+        &mut fleet,
+        &[(2, "the secret"), (3, "the secret"), (4, "a guess")],
+    );
     fleet.wait_for_peers(2, 1);
     fleet.wait_for_peers(3, 1);
     let out = fleet.spawn_get(2).wait_with_output().unwrap();

@@ -128,6 +128,8 @@ struct Job {
     validators: Validators,
     len: u64,
     progress: watch::Sender<Progress>,
+    /// The group's members were asked for the content id (once per download).
+    claims_asked: bool,
 }
 
 pub(crate) struct Actor {
@@ -334,6 +336,7 @@ impl Actor {
                 validators: Validators::default(),
                 len: 0,
                 progress,
+                claims_asked: false,
             },
         );
         if let Err(e) = self
@@ -358,6 +361,24 @@ impl Actor {
         {
             return;
         }
+        // In Group mode, a download without a content id asks the group's members for one.
+        let event = match event {
+            IoEvent::Stat {
+                request,
+                id,
+                result: Ok(found),
+            } if found.info.content_id.is_none() => {
+                match self.claim_from_members(id, request, found) {
+                    Some(found) => IoEvent::Stat {
+                        request,
+                        id,
+                        result: Ok(found),
+                    },
+                    None => return,
+                }
+            }
+            event => event,
+        };
         let input = match event {
             IoEvent::Stat {
                 request,
@@ -434,6 +455,26 @@ impl Actor {
         }
     }
 
+    /// A download's stat found no content id: in Group mode the members are asked for theirs
+    /// (once) and the stat waits for their answers. `found` comes back when nobody was asked.
+    fn claim_from_members(
+        &mut self,
+        id: DownloadId,
+        request: RequestId,
+        found: Box<Found>,
+    ) -> Option<Box<Found>> {
+        let (Some(p2p), Some(job)) = (&mut self.p2p, self.jobs.get_mut(&id)) else {
+            return Some(found);
+        };
+        if job.request.content_id.is_some() || job.claims_asked {
+            return Some(found);
+        }
+        job.claims_asked = true;
+        let (len, validators) = (found.info.len, found.validators.clone());
+        p2p.claim(id, request, (&job.request.url, len, &validators), found)
+            .err()
+    }
+
     /// The origin failed a download's stat: when the caller gave the content id, peers that
     /// hold the file can stand in for the origin. True when peers were asked.
     fn stat_from_peers(&mut self, id: DownloadId, request: RequestId, failure: Failure) -> bool {
@@ -453,6 +494,19 @@ impl Actor {
     fn on_p2p_outcome(&mut self, outcome: Outcome) {
         let now = Instant::now();
         match outcome {
+            Outcome::Claimed {
+                download,
+                request,
+                mut found,
+                content,
+            } => {
+                found.info.content_id = content;
+                self.on_io(IoEvent::Stat {
+                    request,
+                    id: download,
+                    result: Ok(found),
+                });
+            }
             Outcome::NoPeerStat { request, failure } => {
                 self.engine.handle_input(
                     now,

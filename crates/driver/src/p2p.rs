@@ -15,6 +15,7 @@ use std::{
 
 use do_content::{BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count, block_range};
 use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId};
+use do_origin::Validators;
 use do_p2p::{
     BehaviourEvent,
     wire::{MAX_HASHES, Request, Response},
@@ -29,7 +30,11 @@ use libp2p::{
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn};
 
-use crate::{actor::IoEvent, dialer::Dialer, shaper::Shaper};
+use crate::{
+    actor::{Found, IoEvent},
+    dialer::Dialer,
+    shaper::Shaper,
+};
 
 /// DO_E_FATAL_CORE_ERROR: a peer request could not be sent or its answer handled.
 const DO_E_PEER_REQUEST_FAILED: u32 = 0x80D0_6802;
@@ -116,11 +121,30 @@ pub(crate) enum Outcome {
         request: RequestId,
         failure: Failure,
     },
+    /// The group's members answered a download's claim request: the first content id one
+    /// of them claimed, or `None`. The stat goes on with it.
+    Claimed {
+        download: DownloadId,
+        request: RequestId,
+        found: Box<Found>,
+        content: Option<ContentId>,
+    },
+}
+
+/// A download whose stat waits for the group members' claims.
+struct Claiming {
+    request: RequestId,
+    found: Box<Found>,
+    /// Claim requests not yet answered.
+    asked: usize,
 }
 
 /// What a request sent to a peer was for.
 enum Pending {
     Manifest {
+        download: DownloadId,
+    },
+    Claim {
         download: DownloadId,
     },
     Status {
@@ -186,6 +210,7 @@ pub(crate) struct P2p {
     next_peer: u64,
     swarms: HashMap<DownloadId, Swarming>,
     peer_stats: HashMap<DownloadId, PeerStat>,
+    claims: HashMap<DownloadId, Claiming>,
     pending: HashMap<OutboundRequestId, Pending>,
     active: ActiveMap,
     tick: tokio::time::Interval,
@@ -238,6 +263,7 @@ impl P2p {
             next_peer: 1,
             swarms: HashMap::new(),
             peer_stats: HashMap::new(),
+            claims: HashMap::new(),
             pending: HashMap::new(),
             active: ActiveMap::default(),
             tick,
@@ -335,6 +361,44 @@ impl P2p {
             },
         );
         true
+    }
+
+    /// Group mode: asks every member for the content id of the stat's file (`url` in the
+    /// version of `validators`, `len` bytes). Gives `found` back when there is nobody to ask.
+    pub(crate) fn claim(
+        &mut self,
+        download: DownloadId,
+        request: RequestId,
+        claim: (&str, u64, &Validators),
+        found: Box<Found>,
+    ) -> Result<(), Box<Found>> {
+        let (url, len, validators) = claim;
+        let peers: Vec<libp2p::PeerId> = self.peers.keys().copied().collect();
+        if self.class != PeerClass::Group || peers.is_empty() || validators.is_empty() {
+            return Err(found);
+        }
+        for peer in &peers {
+            let sent = self.swarm.behaviour_mut().blocks.send_request(
+                peer,
+                Request::Claim {
+                    url: url.to_owned(),
+                    len,
+                    etag: validators.etag.clone(),
+                    last_modified: validators.last_modified.clone(),
+                },
+            );
+            self.pending.insert(sent, Pending::Claim { download });
+        }
+        debug!(download = download.0, "asking the group for the content id");
+        self.claims.insert(
+            download,
+            Claiming {
+                request,
+                found,
+                asked: peers.len(),
+            },
+        );
+        Ok(())
     }
 
     /// A download learned its file: exchange it with peers. `fetching` when the whole file is
@@ -643,9 +707,11 @@ impl P2p {
                 Arc::clone(&self.active),
                 self.shaper.clone(),
             );
+            // Claims go to the group's members only; in LAN mode anyone may ask.
+            let claims = self.class == PeerClass::Group;
             ctx.tasks.spawn(async move {
                 let response =
-                    tokio::task::spawn_blocking(move || answer(&store, &active, request))
+                    tokio::task::spawn_blocking(move || answer(&store, &active, request, claims))
                         .await
                         .unwrap_or(Response::NotHere);
                 if let (Some(shaper), Response::Blocks { data, .. }) = (&shaper, &response) {
@@ -667,8 +733,10 @@ impl P2p {
         response: Response,
         ctx: &mut Ctx<'_>,
     ) -> Option<Outcome> {
-        if let Pending::Manifest { download } = pending {
-            return self.on_manifest(download, response);
+        match pending {
+            Pending::Manifest { download } => return self.on_manifest(download, response),
+            Pending::Claim { download } => return self.on_claim(download, response),
+            _ => {}
         }
         let Some(peer) = self.peers.get(&from).map(|k| k.id) else {
             if let Pending::Blocks { request, .. } = pending {
@@ -677,7 +745,7 @@ impl P2p {
             return None;
         };
         match pending {
-            Pending::Manifest { .. } => unreachable!("handled above"),
+            Pending::Manifest { .. } | Pending::Claim { .. } => unreachable!("handled above"),
             Pending::Status { download } => {
                 let s = self.swarms.get_mut(&download)?;
                 s.polling.remove(&from);
@@ -780,6 +848,29 @@ impl P2p {
             }
         }
         None
+    }
+
+    /// A member's answer to a claim request: the first content id claimed wins.
+    fn on_claim(&mut self, download: DownloadId, response: Response) -> Option<Outcome> {
+        let claiming = self.claims.get_mut(&download)?;
+        claiming.asked -= 1;
+        let content = match response {
+            Response::Claimed { content } => Some(ContentId::from_bytes(content)),
+            _ => None,
+        };
+        if content.is_none() && claiming.asked > 0 {
+            return None;
+        }
+        let Claiming { request, found, .. } = self.claims.remove(&download)?;
+        if let Some(content) = &content {
+            info!(download = download.0, %content, "a group member claims the content id");
+        }
+        Some(Outcome::Claimed {
+            download,
+            request,
+            found,
+            content,
+        })
     }
 
     /// A peer's answer to a manifest request made because the origin was unreachable.
@@ -1053,13 +1144,20 @@ fn write_peer_blocks(
 
 /// Answers one request from the cache: verified bytes only, of complete files or of downloads
 /// in progress.
-fn answer(store: &Store, active: &ActiveMap, request: Request) -> Response {
+fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> Response {
     let content = match &request {
         Request::Manifest { content }
         | Request::Have { content }
         | Request::Blocks { content, .. }
         | Request::Status { content }
         | Request::Hashes { content, .. } => ContentId::from_bytes(*content),
+        Request::Claim { .. } if !claims => return Response::NotHere,
+        Request::Claim {
+            url,
+            len,
+            etag,
+            last_modified,
+        } => return claim(store, url, *len, etag.as_deref(), last_modified.as_deref()),
     };
     let in_progress = active.lock().expect("active map").get(&content).copied();
     let (id, len, fetching, complete) = match in_progress {
@@ -1082,7 +1180,7 @@ fn answer(store: &Store, active: &ActiveMap, request: Request) -> Response {
                 _ => Response::NotHere,
             }
         }),
-        Request::Manifest { .. } => Ok(Response::NotHere),
+        Request::Manifest { .. } | Request::Claim { .. } => Ok(Response::NotHere),
         Request::Have { .. } => store.verified(id).map(|set| Response::Have(runs(set))),
         Request::Status { .. } => store.verified(id).map(|set| Response::Status {
             have: runs(set),
@@ -1111,4 +1209,32 @@ fn answer(store: &Store, active: &ActiveMap, request: Request) -> Response {
         warn!(error = %e, "answering a peer failed");
         Response::NotHere
     })
+}
+
+/// The content id of this node's complete copy of `url` in the version described (at least
+/// one validator must match: a length alone does not identify a version).
+fn claim(
+    store: &Store,
+    url: &str,
+    len: u64,
+    etag: Option<&str>,
+    last_modified: Option<&str>,
+) -> Response {
+    let content = match store.lookup_url(url) {
+        Ok(Some((_, meta))) if meta.complete && meta.same_version(len, etag, last_modified) => meta
+            .content_id
+            .as_deref()
+            .and_then(|hex| hex.parse::<ContentId>().ok()),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(error = %e, "cache lookup for a claim failed");
+            None
+        }
+    };
+    match content {
+        Some(content) => Response::Claimed {
+            content: *content.as_bytes(),
+        },
+        None => Response::NotHere,
+    }
 }

@@ -57,6 +57,19 @@ pub enum Request {
         /// First block index.
         first: u64,
     },
+    /// Group mode: the content id of the file at `url`, in the version with this length and
+    /// these validators, if the peer holds that version complete. Asked of and answered to
+    /// the members of the node's group only.
+    Claim {
+        /// The file's URL.
+        url: String,
+        /// Its length in bytes.
+        len: u64,
+        /// The origin's `ETag` for this version.
+        etag: Option<String>,
+        /// The origin's `Last-Modified` for this version.
+        last_modified: Option<String>,
+    },
 }
 
 /// Most block hashes one [`Response::Hashes`] carries.
@@ -95,6 +108,11 @@ pub enum Response {
         len: u64,
         /// Verified blocks' hashes (BLAKE3 chaining values, as in the manifest).
         blocks: Vec<(u64, [u8; 32])>,
+    },
+    /// Answer to [`Request::Claim`]: the content id the peer's complete copy hashed to.
+    Claimed {
+        /// The content id.
+        content: [u8; 32],
     },
 }
 
@@ -260,6 +278,18 @@ mod tests {
             any::<[u8; 32]>().prop_map(|content| Request::Status { content }),
             (any::<[u8; 32]>(), any::<u64>())
                 .prop_map(|(content, first)| Request::Hashes { content, first }),
+            (
+                ".{0,100}",
+                any::<u64>(),
+                proptest::option::of(".{0,40}"),
+                proptest::option::of(".{0,40}")
+            )
+                .prop_map(|(url, len, etag, last_modified)| Request::Claim {
+                    url,
+                    len,
+                    etag,
+                    last_modified
+                }),
         ]
     }
 
@@ -281,6 +311,7 @@ mod tests {
                 proptest::collection::vec((any::<u64>(), any::<[u8; 32]>()), 0..20)
             )
                 .prop_map(|(len, blocks)| Response::Hashes { len, blocks }),
+            any::<[u8; 32]>().prop_map(|content| Response::Claimed { content }),
         ]
     }
 
