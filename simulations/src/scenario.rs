@@ -205,9 +205,15 @@ pub struct Faults {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineKnobs {
-    /// Peers a node is connected to (a random sample of those its mode allows). Default 32.
-    #[serde(default = "thirty_two")]
+    /// Peers a node is connected to on its own site: 0 (the default) for every one, as the
+    /// node connects to every peer mDNS finds; otherwise a random sample averaging this many
+    /// (cheaper to simulate, but the engine's co-fetching assumes it sees every co-fetcher).
+    #[serde(default)]
     pub peers_per_node: usize,
+    /// Peers a node is connected to on other sites (Group and Internet mode: peers a WAN
+    /// discovery would find). Default 4.
+    #[serde(default = "four")]
+    pub wan_peers_per_node: usize,
     /// The engine's origin fallback delay, seconds. Default 2, the node's default with peers.
     #[serde(default = "two")]
     pub origin_fallback_delay_s: f64,
@@ -220,10 +226,6 @@ pub struct EngineKnobs {
     /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 1.
     #[serde(default = "one_f")]
     pub have_interval_s: f64,
-}
-
-fn thirty_two() -> usize {
-    32
 }
 
 fn two() -> f64 {
@@ -241,7 +243,8 @@ fn one_f() -> f64 {
 impl Default for EngineKnobs {
     fn default() -> Self {
         Self {
-            peers_per_node: 32,
+            peers_per_node: 0,
+            wan_peers_per_node: 4,
             origin_fallback_delay_s: 2.0,
             upload_slots: 4,
             peer_slots: 4,
@@ -356,7 +359,7 @@ mod tests {
         assert_eq!(s.nodes(), 10);
         assert_eq!(s.files[0].bytes(), 4 << 20);
         assert_eq!(s.sites[0].hosts[0].up_mbit, 100.0);
-        assert_eq!(s.engine.peers_per_node, 32);
+        assert_eq!(s.engine.peers_per_node, 0);
     }
 
     #[test]

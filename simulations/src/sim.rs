@@ -418,9 +418,10 @@ impl Sim {
         sim
     }
 
-    /// Random symmetric neighbor sets: each node picks `peers_per_node / 2` partners among
-    /// those its mode allows (on its own site three times in four, in Group and Internet
-    /// mode), so that degrees average `peers_per_node`. Small sites are a full mesh.
+    /// Symmetric neighbor sets. On a site: everyone (what mDNS gives the node, which connects
+    /// to every peer it discovers), or, with `peers_per_node` set, `peers_per_node / 2` random
+    /// picks each (degrees then average `peers_per_node`). Across sites, in Group and Internet
+    /// mode: `wan_peers_per_node` random picks each on other sites.
     fn build_neighbors(&mut self, rng: &mut Rng) {
         if self.sc.mode == Mode::Http {
             return;
@@ -432,30 +433,52 @@ impl Sim {
         let k = self.sc.engine.peers_per_node;
         let n = self.nodes.len();
         let mut edges: Vec<BTreeSet<u32>> = vec![BTreeSet::new(); n];
-        let cross = self.sc.mode != Mode::Lan && self.sc.sites.len() > 1;
-        for i in 0..n {
-            let site = self.nodes[i].site;
-            let local = &by_site[site];
-            if local.len() <= k + 1 {
-                for &j in local {
-                    if j as usize != i {
-                        edges[i].insert(j);
-                        edges[j as usize].insert(i as u32);
+        let link = |edges: &mut Vec<BTreeSet<u32>>, a: u32, b: u32| {
+            if a != b {
+                edges[a as usize].insert(b);
+                edges[b as usize].insert(a);
+            }
+        };
+        for local in &by_site {
+            if k == 0 || local.len() <= k + 1 {
+                for (x, &a) in local.iter().enumerate() {
+                    for &b in &local[x + 1..] {
+                        link(&mut edges, a, b);
+                    }
+                }
+            } else {
+                for &a in local {
+                    for _ in 0..k.div_ceil(2) {
+                        let b = local[rng.below(local.len() as u64) as usize];
+                        link(&mut edges, a, b);
                     }
                 }
             }
-            let picks = k.div_ceil(2);
-            for _ in 0..picks {
-                let j = if cross && (local.len() <= k + 1 || rng.u64().is_multiple_of(4)) {
-                    rng.below(n as u64) as u32
-                } else if local.len() > k + 1 {
-                    local[rng.below(local.len() as u64) as usize]
-                } else {
-                    continue;
-                };
-                if j as usize != i {
-                    edges[i].insert(j);
-                    edges[j as usize].insert(i as u32);
+        }
+        if self.sc.mode != Mode::Lan && self.sc.sites.len() > 1 {
+            for a in 0..n {
+                let site = self.nodes[a].site;
+                let others = n - by_site[site].len();
+                for _ in 0..self.sc.engine.wan_peers_per_node.div_ceil(2) {
+                    if others == 0 {
+                        break;
+                    }
+                    // The r-th node not on this site.
+                    let mut r = rng.below(others as u64) as usize;
+                    let b = by_site
+                        .iter()
+                        .enumerate()
+                        .filter(|&(s, _)| s != site)
+                        .find_map(|(_, nodes)| {
+                            if r < nodes.len() {
+                                Some(nodes[r])
+                            } else {
+                                r -= nodes.len();
+                                None
+                            }
+                        })
+                        .expect("r is below the count of other sites' nodes");
+                    link(&mut edges, a as u32, b);
                 }
             }
         }

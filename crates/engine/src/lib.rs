@@ -66,6 +66,10 @@ pub struct Config {
     pub peer_slots: usize,
     /// Blocks asked of a peer in one request. Default 16 (1 MiB).
     pub peer_request_blocks: u64,
+    /// Requests in flight to peers for one download, all peers together. Default 16
+    /// (16 MiB): enough to fill a fast link; more only lengthens every server's queue, and a
+    /// request that waits in one past [`Config::peer_stall_timeout`] drops its peer.
+    pub download_peer_requests: usize,
     /// A peer request that delivers nothing for this long is cancelled and its blocks asked
     /// elsewhere; the peer is no longer asked for this file (what it says it holds of it is
     /// ignored) until it reconnects. Default 10 s.
@@ -91,6 +95,7 @@ impl Default for Config {
             max_restarts: 3,
             peer_slots: 4,
             peer_request_blocks: 16,
+            download_peer_requests: 16,
             peer_stall_timeout: Duration::from_secs(10),
             origin_fallback_delay: Duration::ZERO,
             node_key: 0,

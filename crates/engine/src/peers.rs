@@ -228,35 +228,55 @@ impl Engine {
             })
             .collect();
         order.sort();
-        // Kept up to date as requests go out, rather than recomputed for every peer.
-        for (_, peer) in order {
-            if missing.is_empty() {
-                break;
+        let limit = self.config.download_peer_requests;
+        let mut budget = limit.saturating_sub(self.downloads[&id].peer_requests.len());
+        // Nearest class first. Within a class, requests are spread over the peers (a round
+        // gives each peer at most one more), from a random peer onward, so that a crowd does
+        // not queue at the same few servers.
+        let mut classes: Vec<Vec<PeerId>> = Vec::new();
+        for (class, peer) in order {
+            match classes.last_mut() {
+                Some(last) if self.peers[&last[0]].class == class => last.push(peer),
+                _ => classes.push(vec![peer]),
             }
-            while self.peer_load(peer) < self.config.peer_slots {
-                let d = &self.downloads[&id];
-                let offset = self.rng.next_u64();
-                let Some(blocks) = pick(d, missing, peer, offset, self.config.peer_request_blocks)
-                else {
-                    break;
-                };
-                missing.remove(blocks.start, blocks.end);
-                let request = self.new_request(id);
-                let d = self.downloads.get_mut(&id).expect("live");
-                d.begin_fetch(request, blocks.clone());
-                d.peer_requests.insert(
-                    request,
-                    PeerRequest {
+        }
+        for mut peers in classes {
+            let turn = (self.rng.next_u64() % peers.len() as u64) as usize;
+            peers.rotate_left(turn);
+            for round in 0..self.config.peer_slots {
+                for &peer in &peers {
+                    if budget == 0 || missing.is_empty() {
+                        return;
+                    }
+                    if self.peer_load(peer) > round {
+                        continue;
+                    }
+                    let d = &self.downloads[&id];
+                    let offset = self.rng.next_u64();
+                    let Some(blocks) =
+                        pick(d, missing, peer, offset, self.config.peer_request_blocks)
+                    else {
+                        continue;
+                    };
+                    missing.remove(blocks.start, blocks.end);
+                    budget -= 1;
+                    let request = self.new_request(id);
+                    let d = self.downloads.get_mut(&id).expect("live");
+                    d.begin_fetch(request, blocks.clone());
+                    d.peer_requests.insert(
+                        request,
+                        PeerRequest {
+                            peer,
+                            last_progress: now,
+                        },
+                    );
+                    self.actions.push_back(Action::RequestBlocks {
+                        request,
+                        id,
                         peer,
-                        last_progress: now,
-                    },
-                );
-                self.actions.push_back(Action::RequestBlocks {
-                    request,
-                    id,
-                    peer,
-                    blocks,
-                });
+                        blocks,
+                    });
+                }
             }
         }
     }

@@ -784,6 +784,26 @@ fn a_stalled_peer_request_is_cancelled_and_its_blocks_fetched_elsewhere() {
 }
 
 #[test]
+fn requests_to_many_peers_are_capped_and_spread_one_per_peer() {
+    // 40 peers hold the whole file: a download keeps 16 requests in flight, each at another
+    // peer, so that a crowd does not pile up in a few servers' queues.
+    let peers: Vec<(u64, PeerClass, RangeSet)> =
+        (1..=40).map(|p| (p, PeerClass::Lan, all(1024))).collect();
+    let mut h = with_peers(Config::default(), 1024, &peers);
+    let asked: Vec<u64> = h
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::RequestBlocks { peer, .. } => Some(peer.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 16, "{asked:?}");
+    let distinct: std::collections::BTreeSet<u64> = asked.iter().copied().collect();
+    assert_eq!(distinct.len(), 16, "one request per peer: {asked:?}");
+}
+
+#[test]
 fn a_stalled_peer_stays_dropped_when_it_says_again_what_it_holds() {
     // A peer that answers have-polls but never sends blocks must not hold the download
     // hostage: after one stall its holdings are ignored, and the origin brings its blocks.
