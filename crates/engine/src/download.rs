@@ -53,8 +53,11 @@ pub(crate) struct Download {
     pub(crate) fetches: BTreeMap<RequestId, RangeSet>,
     /// The requests among `fetches` that went to peers.
     pub(crate) peer_requests: BTreeMap<RequestId, PeerRequest>,
-    /// What each usable peer holds of this file.
+    /// What each usable peer holds of this file (change it through `set_have`/`remove_have`,
+    /// which keep `availability` in step).
     pub(crate) haves: BTreeMap<PeerId, RangeSet>,
+    /// How many of `haves` hold each block.
+    availability: Vec<u32>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
     /// Peers whose requests for this file stalled: what they say they hold is ignored until
@@ -99,6 +102,7 @@ impl Download {
             fetches: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
             haves: BTreeMap::new(),
+            availability: Vec::new(),
             co_fetchers: BTreeMap::new(),
             dropped: BTreeSet::new(),
             manifest_trusted: false,
@@ -202,6 +206,58 @@ impl Download {
             .insert(request, std::iter::once(blocks).collect());
     }
 
+    /// Records what `peer` holds now (replacing what it said before).
+    pub(crate) fn set_have(&mut self, peer: PeerId, blocks: RangeSet) {
+        match self.haves.remove(&peer) {
+            Some(old) => {
+                for run in old.difference(&blocks).runs() {
+                    self.count(run, false);
+                }
+                for run in blocks.difference(&old).runs() {
+                    self.count(run, true);
+                }
+            }
+            None => {
+                for run in blocks.runs() {
+                    self.count(run, true);
+                }
+            }
+        }
+        self.haves.insert(peer, blocks);
+    }
+
+    /// Forgets what `peer` holds.
+    pub(crate) fn remove_have(&mut self, peer: PeerId) {
+        if let Some(old) = self.haves.remove(&peer) {
+            for run in old.runs() {
+                self.count(run, false);
+            }
+        }
+    }
+
+    /// How many peers in `haves` hold `block`.
+    pub(crate) fn availability(&self, block: u64) -> u32 {
+        usize::try_from(block)
+            .ok()
+            .and_then(|b| self.availability.get(b))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count(&mut self, run: Range<u64>, up: bool) {
+        let end = usize::try_from(run.end).expect("block indices fit in memory");
+        if self.availability.len() < end {
+            self.availability.resize(end, 0);
+        }
+        for slot in &mut self.availability[run.start as usize..end] {
+            *slot = if up {
+                *slot + 1
+            } else {
+                slot.saturating_sub(1)
+            };
+        }
+    }
+
     pub(crate) fn end_fetch(&mut self, request: RequestId) {
         self.fetches.remove(&request);
         self.peer_requests.remove(&request);
@@ -243,6 +299,7 @@ impl Download {
         self.fetches.clear();
         self.peer_requests.clear();
         self.haves.clear();
+        self.availability.clear();
         self.co_fetchers.clear();
         self.published = None;
         self.manifest_trusted = false;

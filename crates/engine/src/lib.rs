@@ -783,7 +783,7 @@ impl Engine {
                     ?failure,
                     "peer request failed"
                 );
-                d.haves.remove(&peer);
+                d.remove_have(peer);
             }
             (Err(failure), None) => self.on_failure(now, id, failure),
         }

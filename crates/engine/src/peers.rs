@@ -74,7 +74,7 @@ impl Engine {
                         co.last_grew = now;
                         co.stalled = false;
                     }
-                    d.haves.insert(peer, blocks);
+                    d.set_have(peer, blocks);
                 }
             }
             Input::PeerFetching { id, peer, key } => {
@@ -129,7 +129,7 @@ impl Engine {
     fn forget_peer(&mut self, peer: PeerId) {
         let mut cancelled = Vec::new();
         for d in self.downloads.values_mut() {
-            d.haves.remove(&peer);
+            d.remove_have(peer);
             d.co_fetchers.remove(&peer);
             let mine: Vec<RequestId> = d
                 .peer_requests
@@ -177,7 +177,7 @@ impl Engine {
                     "peer request stalled; peer dropped"
                 );
                 d.end_fetch(request);
-                d.haves.remove(&peer);
+                d.remove_have(peer);
                 d.co_fetchers.remove(&peer);
                 d.dropped.insert(peer);
                 stalled.push(request);
@@ -411,7 +411,7 @@ fn pick(
     if count == 0 {
         return None;
     }
-    let availability = |b: u64| d.haves.values().filter(|h| h.contains(b)).count();
+    let availability = |b: u64| d.availability(b);
     let at_rank = |rank: u64| {
         let i = runs.partition_point(|(first_rank, _)| *first_rank <= rank) - 1;
         (i, runs[i].1.start + (rank - runs[i].0))
@@ -425,7 +425,7 @@ fn pick(
     } else {
         (PICK_SAMPLE, count / PICK_SAMPLE)
     };
-    let mut best: Option<(usize, usize, u64)> = None;
+    let mut best: Option<(u32, usize, u64)> = None;
     for k in 0..probes {
         let (run, b) = at_rank((start + k * step) % count);
         let a = availability(b);
