@@ -799,7 +799,7 @@ fn requests_to_many_peers_are_capped_and_spread_one_per_peer() {
         })
         .collect();
     assert_eq!(asked.len(), 16, "{asked:?}");
-    let distinct: std::collections::BTreeSet<u64> = asked.iter().copied().collect();
+    let distinct: BTreeSet<u64> = asked.iter().copied().collect();
     assert_eq!(distinct.len(), 16, "one request per peer: {asked:?}");
 }
 
