@@ -134,3 +134,25 @@ fn sites_in_group_mode_import_the_file_about_once_each() {
     check_healthy(&s);
     assert!(s.bytes_from_group_peers > 0, "{s}");
 }
+
+#[test]
+fn plots_are_written_as_svg_and_png() {
+    let sc = small("sites-group", 20, 4.0);
+    let (summary, outcome) = do_sim::run(&sc, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let written = do_sim::plot::write_all(dir.path(), &sc, &summary, &outcome).unwrap();
+    assert_eq!(written.len(), 6);
+    for path in written {
+        let bytes = std::fs::read(&path).unwrap();
+        let ext = path.extension().unwrap().to_str().unwrap();
+        match ext {
+            "png" => assert_eq!(&bytes[..4], b"\x89PNG", "{}", path.display()),
+            "svg" => assert!(
+                String::from_utf8_lossy(&bytes).contains("<svg"),
+                "{}",
+                path.display()
+            ),
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
