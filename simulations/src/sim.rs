@@ -25,8 +25,13 @@ use crate::{
     scenario::{Mode, Scenario},
 };
 
-/// Blocks reported per milestone of a flow (1 MiB): the unit in which bytes arrive.
+/// Blocks reported per milestone of a peer flow (1 MiB, a whole peer request): the unit in
+/// which its bytes arrive.
 const CHUNK_BLOCKS: u64 = 16;
+/// Blocks reported per milestone of an origin flow (256 KiB): finer, because an origin shared
+/// by a crowd can be slow per connection, and the engine judges co-fetchers by how steadily
+/// their holdings grow.
+const ORIGIN_CHUNK_BLOCKS: u64 = 4;
 /// Requests a node queues for an upload slot before it answers "busy" (as the driver does).
 const UPLOAD_QUEUE: usize = 256;
 /// How long peers take to notice a crashed node (a libp2p ping timeout).
@@ -1009,7 +1014,12 @@ impl Sim {
         wan: bool,
     ) -> FlowId {
         let f = self.open_file(i, request);
-        let chunk = (next, end.min(next + CHUNK_BLOCKS));
+        let step = if server.is_some() {
+            CHUNK_BLOCKS
+        } else {
+            ORIGIN_CHUNK_BLOCKS
+        };
+        let chunk = (next, end.min(next + step));
         let bytes = self.chunk_bytes(f, chunk);
         let mut etas = std::mem::take(&mut self.etas);
         let flow = self.net.start(self.now, path, bytes as f64, &mut etas);
@@ -1136,7 +1146,12 @@ impl Sim {
             self.end_flow(flow);
             self.nodes[i as usize].open.remove(&request);
         } else {
-            let next = (last, end.min(last + CHUNK_BLOCKS));
+            let step = if info.server.is_some() {
+                CHUNK_BLOCKS
+            } else {
+                ORIGIN_CHUNK_BLOCKS
+            };
+            let next = (last, end.min(last + step));
             let next_bytes = self.chunk_bytes(file, next);
             self.count_wire(&info, bytes);
             let eta = self.net.next_milestone(self.now, flow, next_bytes as f64);
