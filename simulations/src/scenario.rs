@@ -20,6 +20,17 @@ pub enum Mode {
     Internet,
 }
 
+/// How peer blocks are verified (see [`EngineKnobs::verify`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// Once the whole file's block hashes are known and merge to the root (the node today).
+    #[default]
+    Manifest,
+    /// Each block with its own proof against the root (a what-if).
+    Proofs,
+}
+
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,6 +234,11 @@ pub struct EngineKnobs {
     /// Requests a node keeps in flight to one peer (the engine's `peer_slots`). Default 4.
     #[serde(default = "four")]
     pub peer_slots: usize,
+    /// How peer blocks are verified: `manifest` (the node today: only once the hashes of the
+    /// whole file are known) or `proofs` (what-if: each block carries a proof against the root,
+    /// so peers may be asked from the start; not built in the node).
+    #[serde(default)]
+    pub verify: Verify,
     /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 1.
     #[serde(default = "one_f")]
     pub have_interval_s: f64,
@@ -248,6 +264,7 @@ impl Default for EngineKnobs {
             origin_fallback_delay_s: 2.0,
             upload_slots: 4,
             peer_slots: 4,
+            verify: Verify::Manifest,
             have_interval_s: 1.0,
         }
     }

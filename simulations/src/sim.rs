@@ -22,7 +22,7 @@ use do_engine::{
 use crate::{
     net::{Eta, FlowId, Net, ResId},
     rng::Rng,
-    scenario::{Mode, Scenario},
+    scenario::{Mode, Scenario, Verify},
 };
 
 /// Blocks reported per milestone of a peer flow (1 MiB, a whole peer request): the unit in
@@ -726,7 +726,8 @@ impl Sim {
                         }
                     }
                 }
-                if !trusted && union.count() == blocks {
+                let proofs = self.sc.engine.verify == Verify::Proofs;
+                if !trusted && (proofs || union.count() == blocks) {
                     self.nodes[i].trusted[f] = true;
                     batch.push(Input::ManifestTrusted { id });
                 }
