@@ -54,6 +54,7 @@ fn kill_9_in_a_loop_never_leaves_an_unverified_block_marked_verified() {
     println!("seed {seed}");
     let mut held_before = 0;
     let mut kills = 0;
+    let mut partial_kills = 0;
     for round in 0..20 {
         let output = work.path().join(format!("out{round}.bin"));
         let mut child = Command::new(donode_bin())
@@ -88,16 +89,19 @@ fn kill_9_in_a_loop_never_leaves_an_unverified_block_marked_verified() {
             held >= held_before,
             "verified blocks were lost: {held} < {held_before}"
         );
+        // A kill may also land after the last block, while the output is being made visible.
+        if held * BLOCK_SIZE < size {
+            partial_kills += 1;
+        }
         held_before = held;
     }
-    println!("{kills} kills; {held_before} blocks verified before the final run");
-    assert!(
-        kills >= 2,
-        "the download should have been killed a few times, got {kills}"
+    println!(
+        "{kills} kills ({partial_kills} mid-download); {held_before} blocks verified before \
+         the final run"
     );
     assert!(
-        held_before * BLOCK_SIZE < size,
-        "kills happened before the end"
+        partial_kills >= 2,
+        "the download should have been killed mid-way a few times, got {partial_kills}"
     );
     // A final run completes from what the killed runs recorded.
     let output = work.path().join("final.bin");
