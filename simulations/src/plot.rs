@@ -10,7 +10,11 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
-use plotters::{coord::Shift, prelude::*, style::FontStyle};
+use plotters::{
+    coord::{CoordTranslate, Shift},
+    prelude::*,
+    style::FontStyle,
+};
 
 use crate::{Scenario, Summary, sim::Outcome};
 
@@ -100,6 +104,19 @@ where
 
 type PlotResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
+/// The series' legend, boxed, at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> PlotResult<DB> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(position)
+        .draw()
+}
+
 fn cdf<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     s: &Summary,
@@ -144,13 +161,7 @@ fn cdf<DB: DrawingBackend>(
         ))?
         .label(format!("T_min ({})", s.t_min_binding))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 fn egress<DB: DrawingBackend>(
@@ -218,12 +229,7 @@ fn egress<DB: DrawingBackend>(
                 Rectangle::new([(x, y - 5), (x + 20, y + 5)], color.mix(0.5).filled())
             });
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
 
 fn wan<DB: DrawingBackend>(
@@ -275,10 +281,5 @@ fn wan<DB: DrawingBackend>(
         ))?
         .label("one copy")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
-    Ok(())
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
 }
