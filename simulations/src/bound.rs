@@ -32,9 +32,16 @@ pub struct Bound {
     pub min_origin_bytes: f64,
 }
 
-/// The bound for `bytes` bytes to every node of `sites`, from an origin of `origin_up` bytes/s.
-pub fn lower_bound(mode: Mode, bytes: f64, origin_up: f64, sites: &[SiteCaps]) -> Bound {
-    let f = bytes;
+/// The bound for `files` (start offset after a node's arrival in s, bytes) to every node of
+/// `sites`, from an origin of `origin_up` bytes/s. The node terms take each node's arrival plus
+/// the first file's start as its arrival (see [`SiteCaps::down`]).
+pub fn lower_bound(mode: Mode, files: &[(f64, f64)], origin_up: f64, sites: &[SiteCaps]) -> Bound {
+    let f: f64 = files.iter().map(|&(_, size)| size).sum();
+    let first = files
+        .iter()
+        .map(|&(start, _)| start)
+        .fold(f64::MAX, f64::min);
+    let files: Vec<(f64, f64)> = files.iter().map(|&(s, size)| (s - first, size)).collect();
     let n: usize = sites.iter().map(|s| s.down.len()).sum();
     let active: Vec<&SiteCaps> = sites.iter().filter(|s| !s.down.is_empty()).collect();
     let k = active.len() as f64;
@@ -46,6 +53,15 @@ pub fn lower_bound(mode: Mode, bytes: f64, origin_up: f64, sites: &[SiteCaps]) -
         .map(|&(d, a)| a + f / d)
         .fold(0.0, f64::max);
     terms.push(("a_i+F/d_i".into(), slowest));
+    // A file cannot arrive before it starts: a_i + s_f + F_f/d_i for each file f.
+    if files.len() > 1 {
+        let latest = sites
+            .iter()
+            .flat_map(|s| &s.down)
+            .flat_map(|&(d, a)| files.iter().map(move |&(start, size)| a + start + size / d))
+            .fold(0.0, f64::max);
+        terms.push(("a_i+s_f+F_f/d_i".into(), latest));
+    }
     let min_origin = match mode {
         Mode::Http => {
             terms.push(("N·F/u_origin".into(), n as f64 * f / origin_up));
@@ -127,7 +143,7 @@ mod tests {
         // 1,000 nodes at 100 Mbit/s, 1 Gbit/s origin, 1 GiB: 85.9 s, the slowest download.
         let b = lower_bound(
             Mode::Lan,
-            GIB,
+            &[(0.0, GIB)],
             1000.0 * MBIT,
             &[site(1000, 100.0 * MBIT, 100.0 * MBIT, f64::INFINITY)],
         );
@@ -142,18 +158,32 @@ mod tests {
         let sites: Vec<SiteCaps> = (0..5)
             .map(|_| site(200, 1000.0 * MBIT, 1000.0 * MBIT, 50.0 * MBIT))
             .collect();
-        let b = lower_bound(Mode::Group, GIB, 1000.0 * MBIT, &sites);
+        let b = lower_bound(Mode::Group, &[(0.0, GIB)], 1000.0 * MBIT, &sites);
         assert!((b.t_min_s - 171.8).abs() < 0.1, "{b:?}");
         assert_eq!(b.binding, "F/D_0");
-        let lan = lower_bound(Mode::Lan, GIB, 1000.0 * MBIT, &sites);
+        let lan = lower_bound(Mode::Lan, &[(0.0, GIB)], 1000.0 * MBIT, &sites);
         assert_eq!(lan.min_origin_bytes, 5.0 * GIB);
+    }
+
+    #[test]
+    fn a_later_file_cannot_arrive_before_it_starts() {
+        // Two 100 MB files, the second starting 60 s after the first, at 100 Mbit/s: 68 s.
+        let files = [(0.0, 100e6), (60.0, 100e6)];
+        let b = lower_bound(
+            Mode::Lan,
+            &files,
+            1000.0 * MBIT,
+            &[site(10, 100.0 * MBIT, 100.0 * MBIT, f64::INFINITY)],
+        );
+        assert_eq!(b.binding, "a_i+s_f+F_f/d_i");
+        assert!((b.t_min_s - 68.0).abs() < 1e-9, "{b:?}");
     }
 
     #[test]
     fn http_only_needs_a_copy_per_node_from_the_origin() {
         let b = lower_bound(
             Mode::Http,
-            GIB,
+            &[(0.0, GIB)],
             1000.0 * MBIT,
             &[site(100, 100.0 * MBIT, 100.0 * MBIT, f64::INFINITY)],
         );

@@ -109,7 +109,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The bound for a scenario as it ran (nodes expected to finish, their arrivals).
 pub fn bound_of(sc: &Scenario, outcome: &Outcome) -> Bound {
-    let bytes: u64 = sc.files.iter().map(|f| f.bytes()).sum();
     let first_start = sc.files.iter().map(|f| f.start_s).fold(f64::MAX, f64::min);
     let mbit = |m: f64| m * 1e6 / 8.0;
     let mut sites: Vec<SiteCaps> = sc
@@ -128,7 +127,12 @@ pub fn bound_of(sc: &Scenario, outcome: &Outcome) -> Bound {
             sites[n.site].down.push((n.down, n.arrival_s + first_start));
         }
     }
-    bound::lower_bound(sc.mode, bytes as f64, mbit(sc.origin.up_mbit), &sites)
+    let files: Vec<(f64, f64)> = sc
+        .files
+        .iter()
+        .map(|f| (f.start_s, f.bytes() as f64))
+        .collect();
+    bound::lower_bound(sc.mode, &files, mbit(sc.origin.up_mbit), &sites)
 }
 
 /// Summarises a run.
