@@ -748,6 +748,12 @@ impl Engine {
             .expect("request maps to a live download");
         if d.add_block(request, block, now) {
             d.last_progress = now;
+            if d.failures > 0 {
+                // Bytes flow again: co-fetchers get a fresh stall clock from now.
+                for co in d.co_fetchers.values_mut() {
+                    co.last_grew = now;
+                }
+            }
             d.failures = 0;
             if d.state == State::Paused && !d.user_paused && d.error == 0 {
                 d.extended_error = 0;

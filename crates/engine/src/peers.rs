@@ -154,8 +154,12 @@ impl Engine {
         let timeout = self.config.peer_stall_timeout;
         let mut stalled = Vec::new();
         for (&id, d) in &mut self.downloads {
+            // While the origin fails this node too, co-fetchers are expected to stand still:
+            // none is judged stalled (else every part is cut again when the origin returns,
+            // and the whole crowd asks it for everything at once).
+            let origin_failing = d.failures > 0;
             for (peer, co) in &mut d.co_fetchers {
-                if !co.stalled && now >= co.last_grew + timeout {
+                if !origin_failing && !co.stalled && now >= co.last_grew + timeout {
                     debug!(
                         download = id.0,
                         peer = peer.0,
@@ -200,10 +204,12 @@ impl Engine {
         // Only while it is ahead: a deadline in the past would wake the driver forever.
         let fallback = (self.peering(d) && !d.fallback_passed)
             .then(|| d.started_at + self.config.origin_fallback_delay);
+        // Co-fetchers are not judged while the origin fails this node (see
+        // `drop_stalled_peer_requests`), so their deadlines are no timers then.
         let co_stall = d
             .co_fetchers
             .values()
-            .filter(|co| !co.stalled)
+            .filter(|co| !co.stalled && d.failures == 0)
             .map(|co| co.last_grew + self.config.peer_stall_timeout)
             .min();
         [stall, fallback, co_stall].into_iter().flatten().min()

@@ -1008,6 +1008,46 @@ fn a_co_fetcher_that_stops_growing_loses_its_part() {
 }
 
 #[test]
+fn while_the_origin_fails_co_fetchers_are_not_cut_out() {
+    // The origin fails this node's fetches: its co-fetchers stand still too, so none loses its
+    // part (else the whole crowd would ask the origin for everything when it returns), and
+    // their stall deadlines are no timers meanwhile.
+    let mut h = co_fetching();
+    let actions = h.take();
+    let fetches: Vec<RequestId> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Fetch { request, .. } => Some(*request),
+            _ => None,
+        })
+        .collect();
+    assert!(!fetches.is_empty(), "{actions:?}");
+    for request in fetches {
+        h.input(Input::FetchEnded {
+            request,
+            result: Err(Failure::Transient(0x8019_01F7)),
+        });
+    }
+    for _ in 0..6 {
+        let next = h.engine.poll_timeout().expect("a retry is due");
+        assert!(next > h.now, "a timer in the past");
+        h.advance(Duration::from_secs(5));
+        for a in h.take() {
+            if let Action::Fetch { request, range, .. } = a {
+                assert!(
+                    range.end <= 60 * BLOCK_SIZE && range.start >= 30 * BLOCK_SIZE,
+                    "outside this node's part 30..60: {range}"
+                );
+                h.input(Input::FetchEnded {
+                    request,
+                    result: Err(Failure::Transient(0x8019_01F7)),
+                });
+            }
+        }
+    }
+}
+
+#[test]
 fn an_origin_published_content_id_is_trusted_like_the_callers() {
     let mut h = Harness::new(Config::default());
     h.start_whole(None);
