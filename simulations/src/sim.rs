@@ -28,10 +28,10 @@ use crate::{
 /// Blocks reported per milestone of a peer flow (1 MiB, a whole peer request): the unit in
 /// which its bytes arrive.
 const CHUNK_BLOCKS: u64 = 16;
-/// Blocks reported per milestone of an origin flow (256 KiB): finer, because an origin shared
-/// by a crowd can be slow per connection, and the engine judges co-fetchers by how steadily
-/// their holdings grow.
-const ORIGIN_CHUNK_BLOCKS: u64 = 4;
+/// Blocks reported per milestone of an origin flow (one, as the driver reports them): an
+/// origin shared by a crowd can be slow per connection, and the engine judges co-fetchers by
+/// how steadily their holdings grow.
+const ORIGIN_CHUNK_BLOCKS: u64 = 1;
 /// Requests a node queues for an upload slot before it answers "busy" (as the driver does).
 const UPLOAD_QUEUE: usize = 256;
 /// How long peers take to notice a crashed node (a libp2p ping timeout).
