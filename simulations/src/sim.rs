@@ -107,24 +107,17 @@ struct Node {
     to_peers: u64,
 }
 
-/// A request a node has open.
-#[derive(Debug, Clone)]
-enum Open {
-    /// An origin fetch, waiting for its first byte or flowing.
-    Origin {
-        file: usize,
-        next: u64,
-        end: u64,
-        flow: Option<FlowId>,
-    },
-    /// A peer request: queued at the server, flowing, or stalled there.
-    Peer {
-        file: usize,
-        server: u32,
-        next: u64,
-        end: u64,
-        flow: Option<FlowId>,
-    },
+/// A request a node has open: an origin fetch or a peer request, waiting for its first byte
+/// (or queued or stalled at its server), or flowing.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    file: usize,
+    /// The peer asked; `None` for the origin.
+    server: Option<u32>,
+    /// The next block to arrive, and one past the last.
+    next: u64,
+    end: u64,
+    flow: Option<FlowId>,
 }
 
 /// What a flow carries.
@@ -263,6 +256,8 @@ pub struct Sim {
     etas: Vec<Eta>,
     have_poll_ns: u64,
     poll_scheduled: bool,
+    /// The run's seed.
+    seed: u64,
 }
 
 fn mbit(x: f64) -> f64 {
@@ -329,19 +324,8 @@ impl Sim {
                 };
                 let index = nodes.len() as u64;
                 let key = topo.u64();
-                let mut seed_bytes = [0u8; 32];
-                seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
-                seed_bytes[8..16].copy_from_slice(&index.to_le_bytes());
-                let config = Config {
-                    node_key: key,
-                    origin_fallback_delay: Duration::from_secs_f64(
-                        sc.engine.origin_fallback_delay_s,
-                    ),
-                    peer_slots: sc.engine.peer_slots,
-                    ..Config::default()
-                };
                 nodes.push(Node {
-                    engine: Engine::new(config, seed_bytes),
+                    engine: Engine::new(engine_config(&sc, key), engine_seed(seed, index, 0)),
                     site: s,
                     up,
                     down,
@@ -406,6 +390,7 @@ impl Sim {
             etas: Vec::new(),
             have_poll_ns: ns(sc.engine.have_interval_s),
             poll_scheduled: false,
+            seed,
             sc,
         };
         sim.build_neighbors(&mut topo);
@@ -800,7 +785,7 @@ impl Sim {
         let now = self.now;
         match action {
             Action::Stat { request, id, .. } => {
-                let f = (id.0 - 1) as usize;
+                let f = file_of(id);
                 let result = if self.origin_up {
                     Ok(FileInfo {
                         len: self.file_len[f],
@@ -817,12 +802,12 @@ impl Sim {
             Action::Fetch {
                 request, id, range, ..
             } => {
-                let f = (id.0 - 1) as usize;
                 let blocks = range.blocks();
                 self.nodes[i as usize].open.insert(
                     request,
-                    Open::Origin {
-                        file: f,
+                    Open {
+                        file: file_of(id),
+                        server: None,
                         next: blocks.start,
                         end: blocks.end,
                         flow: None,
@@ -837,16 +822,15 @@ impl Sim {
                 peer,
                 blocks,
             } => {
-                let f = (id.0 - 1) as usize;
                 let server = peer.0 as u32;
                 if self.nodes[i as usize].banned.contains(&server) {
                     self.out.requests_to_banned += 1;
                 }
                 self.nodes[i as usize].open.insert(
                     request,
-                    Open::Peer {
-                        file: f,
-                        server,
+                    Open {
+                        file: file_of(id),
+                        server: Some(server),
                         next: blocks.start,
                         end: blocks.end,
                         flow: None,
@@ -857,7 +841,7 @@ impl Sim {
             }
             Action::Cancel { request } => self.cancel(i, request),
             Action::Assemble { request, id, .. } => {
-                let f = (id.0 - 1) as usize;
+                let f = file_of(id);
                 let result = Ok(Some(self.file_id[f]));
                 self.push(
                     now,
@@ -888,7 +872,7 @@ impl Sim {
                 }
             }
             Event::Status { id, status } => {
-                let f = (id.0 - 1) as usize;
+                let f = file_of(id);
                 if status.state == State::Transferred
                     && let Job::Active(started) = self.nodes[i as usize].jobs[f]
                 {
@@ -911,11 +895,9 @@ impl Sim {
     }
 
     fn origin_begin(&mut self, i: u32, request: RequestId) {
-        let Some(Open::Origin { next, end, .. }) =
-            self.nodes[i as usize].open.get(&request).cloned()
-        else {
+        if !self.nodes[i as usize].open.contains_key(&request) {
             return;
-        };
+        }
         if !self.origin_up {
             self.nodes[i as usize].open.remove(&request);
             let result = Err(Failure::Transient(HTTP_503));
@@ -926,21 +908,17 @@ impl Sim {
         let mut path = vec![self.origin];
         path.extend(self.site_in[site]);
         path.push(self.nodes[i as usize].down);
-        let flow = self.start_flow(i, request, None, (next, end), &path, true);
-        if let Some(Open::Origin { flow: slot, .. }) = self.nodes[i as usize].open.get_mut(&request)
-        {
-            *slot = Some(flow);
-        }
+        self.start_flow(i, request, &path, true);
     }
 
     fn peer_begin(&mut self, i: u32, request: RequestId) {
-        let Some(Open::Peer {
+        let Some(&Open {
             file,
-            server,
+            server: Some(server),
             next,
             end,
             ..
-        }) = self.nodes[i as usize].open.get(&request).cloned()
+        }) = self.nodes[i as usize].open.get(&request)
         else {
             return;
         };
@@ -976,9 +954,10 @@ impl Sim {
     }
 
     fn begin_upload(&mut self, i: u32, request: RequestId) {
-        let Some(Open::Peer {
-            server, next, end, ..
-        }) = self.nodes[i as usize].open.get(&request).cloned()
+        let Some(&Open {
+            server: Some(server),
+            ..
+        }) = self.nodes[i as usize].open.get(&request)
         else {
             return;
         };
@@ -994,10 +973,7 @@ impl Sim {
             path.extend(self.site_in[ri]);
         }
         path.push(self.nodes[i as usize].down);
-        let flow = self.start_flow(i, request, Some(server), (next, end), &path, wan);
-        if let Some(Open::Peer { flow: slot, .. }) = self.nodes[i as usize].open.get_mut(&request) {
-            *slot = Some(flow);
-        }
+        self.start_flow(i, request, &path, wan);
     }
 
     fn chunk_bytes(&self, f: usize, chunk: (u64, u64)) -> u64 {
@@ -1005,23 +981,11 @@ impl Sim {
         (chunk.1 * BLOCK_SIZE).min(len) - (chunk.0 * BLOCK_SIZE).min(len)
     }
 
-    fn start_flow(
-        &mut self,
-        i: u32,
-        request: RequestId,
-        server: Option<u32>,
-        (next, end): (u64, u64),
-        path: &[ResId],
-        wan: bool,
-    ) -> FlowId {
-        let f = self.open_file(i, request);
-        let step = if server.is_some() {
-            CHUNK_BLOCKS
-        } else {
-            ORIGIN_CHUNK_BLOCKS
-        };
-        let chunk = (next, end.min(next + step));
-        let bytes = self.chunk_bytes(f, chunk);
+    /// Starts the flow of `i`'s open `request` across `path`.
+    fn start_flow(&mut self, i: u32, request: RequestId, path: &[ResId], wan: bool) {
+        let open = self.nodes[i as usize].open[&request];
+        let chunk = next_chunk(&open);
+        let bytes = self.chunk_bytes(open.file, chunk);
         let mut etas = std::mem::take(&mut self.etas);
         let flow = self.net.start(self.now, path, bytes as f64, &mut etas);
         let slot = flow.0 as usize;
@@ -1033,18 +997,14 @@ impl Sim {
             request,
             chunk,
             chunk_bytes: bytes,
-            server,
+            server: open.server,
             wan,
             armed: u64::MAX,
         });
         self.schedule_etas(&mut etas);
         self.etas = etas;
-        flow
-    }
-
-    fn open_file(&self, i: u32, request: RequestId) -> usize {
-        match &self.nodes[i as usize].open[&request] {
-            Open::Origin { file, .. } | Open::Peer { file, .. } => *file,
+        if let Some(o) = self.nodes[i as usize].open.get_mut(&request) {
+            o.flow = Some(flow);
         }
     }
 
@@ -1131,12 +1091,10 @@ impl Sim {
         let info = self.flows[flow.0 as usize].expect("live flow");
         let i = info.node;
         let request = info.request;
-        let Some(open) = self.nodes[i as usize].open.get(&request).cloned() else {
+        let Some(&open) = self.nodes[i as usize].open.get(&request) else {
             return;
         };
-        let (file, end) = match open {
-            Open::Origin { file, end, .. } | Open::Peer { file, end, .. } => (file, end),
-        };
+        let (file, end) = (open.file, open.end);
         let (first, last) = info.chunk;
         let bytes = info.chunk_bytes;
         let corrupt = info
@@ -1147,12 +1105,7 @@ impl Sim {
             self.end_flow(flow);
             self.nodes[i as usize].open.remove(&request);
         } else {
-            let step = if info.server.is_some() {
-                CHUNK_BLOCKS
-            } else {
-                ORIGIN_CHUNK_BLOCKS
-            };
-            let next = (last, end.min(last + step));
+            let next = next_chunk(&Open { next: last, ..open });
             let next_bytes = self.chunk_bytes(file, next);
             self.count_wire(&info, bytes);
             let eta = self.net.next_milestone(self.now, flow, next_bytes as f64);
@@ -1162,9 +1115,8 @@ impl Sim {
                 slot.armed = u64::MAX;
             }
             self.arm(flow, eta.at);
-            match self.nodes[i as usize].open.get_mut(&request) {
-                Some(Open::Origin { next: n, .. } | Open::Peer { next: n, .. }) => *n = last,
-                None => {}
+            if let Some(o) = self.nodes[i as usize].open.get_mut(&request) {
+                o.next = last;
             }
         }
         self.bin(info.server.map(|s| self.class(i, s)), bytes);
@@ -1240,10 +1192,7 @@ impl Sim {
         let Some(open) = self.nodes[i as usize].open.remove(&request) else {
             return;
         };
-        let flow = match open {
-            Open::Origin { flow, .. } | Open::Peer { flow, .. } => flow,
-        };
-        if let Some(flow) = flow
+        if let Some(flow) = open.flow
             && self.flows[flow.0 as usize].is_some()
         {
             let carried = self.end_flow(flow);
@@ -1277,10 +1226,8 @@ impl Sim {
             let carried = self.end_flow(flow);
             self.out.wasted_bytes += carried;
             if crash {
-                if let Some(Open::Peer { flow: slot, .. }) =
-                    self.nodes[r as usize].open.get_mut(&request)
-                {
-                    *slot = None;
+                if let Some(o) = self.nodes[r as usize].open.get_mut(&request) {
+                    o.flow = None;
                 }
             } else {
                 self.fail_peer_request(r, request, i);
@@ -1328,16 +1275,10 @@ impl Sim {
         if node.online {
             return;
         }
-        let mut seed = [0u8; 32];
-        seed[..8].copy_from_slice(&self.sc.seed.to_le_bytes());
-        seed[8..16].copy_from_slice(&u64::from(i).to_le_bytes());
-        seed[16..24].copy_from_slice(&self.now.to_le_bytes());
-        let config = Config {
-            node_key: node.key,
-            origin_fallback_delay: Duration::from_secs_f64(self.sc.engine.origin_fallback_delay_s),
-            ..Config::default()
-        };
-        node.engine = Engine::new(config, seed);
+        node.engine = Engine::new(
+            engine_config(&self.sc, node.key),
+            engine_seed(self.seed, u64::from(i), self.now),
+        );
         node.trusted = vec![false; files];
         node.told_fetching = vec![BTreeSet::new(); files];
         for f in 0..files {
@@ -1396,6 +1337,41 @@ impl Sim {
         }
         self.out
     }
+}
+
+/// The file of a download (the simulator numbers downloads from 1, files from 0).
+fn file_of(id: DownloadId) -> usize {
+    (id.0 - 1) as usize
+}
+
+/// The blocks an open request's next milestone brings: a whole peer request at once, the
+/// origin's bytes block by block.
+fn next_chunk(open: &Open) -> (u64, u64) {
+    let step = if open.server.is_some() {
+        CHUNK_BLOCKS
+    } else {
+        ORIGIN_CHUNK_BLOCKS
+    };
+    (open.next, open.end.min(open.next + step))
+}
+
+/// Node `key`'s engine configuration under the scenario's knobs.
+fn engine_config(sc: &Scenario, key: u64) -> Config {
+    Config {
+        node_key: key,
+        origin_fallback_delay: Duration::from_secs_f64(sc.engine.origin_fallback_delay_s),
+        peer_slots: sc.engine.peer_slots,
+        ..Config::default()
+    }
+}
+
+/// The seed of node `index`'s engine started at `now` (a rejoin starts a new one).
+fn engine_seed(seed: u64, index: u64, now: u64) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    bytes[8..16].copy_from_slice(&index.to_le_bytes());
+    bytes[16..24].copy_from_slice(&now.to_le_bytes());
+    bytes
 }
 
 fn ev_tag(ev: &Ev) -> u64 {
