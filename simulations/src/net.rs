@@ -30,7 +30,6 @@ struct Flow {
     remaining: f64,
     /// When `remaining` was last brought up to date.
     updated: u64,
-    version: u32,
 }
 
 impl Flow {
@@ -39,13 +38,11 @@ impl Flow {
     }
 }
 
-/// A flow whose milestone moved: `at` (ns) is when it reaches it, unless `version` changes.
+/// A flow whose milestone moved: `at` (ns) is when it reaches it at its new rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Eta {
     /// The flow.
     pub flow: FlowId,
-    /// Its version when the time was computed.
-    pub version: u32,
     /// When it reaches its milestone, ns.
     pub at: u64,
 }
@@ -57,8 +54,6 @@ pub struct Net {
     alloc: Vec<f64>,
     at: Vec<Vec<u32>>,
     flows: Vec<Option<Flow>>,
-    /// The last version of the flow that held each slot.
-    retired: Vec<u32>,
     free: Vec<u32>,
     // Scratch space for a re-allocation, indexed by resource or flow, valid where the stamp
     // equals `epoch`.
@@ -120,11 +115,6 @@ impl Net {
         self.flow(flow).rate
     }
 
-    /// A flow's version (changes whenever its milestone time does).
-    pub fn version(&self, flow: FlowId) -> u32 {
-        self.flow(flow).version
-    }
-
     /// Starts a flow across `path` (at least one finite resource) with its first milestone
     /// `bytes` away; the flows whose milestone times changed, this one included, go to `out`.
     pub fn start(&mut self, now: u64, path: &[ResId], bytes: f64, out: &mut Vec<Eta>) -> FlowId {
@@ -146,20 +136,14 @@ impl Net {
             rate: 0.0,
             remaining: bytes,
             updated: now,
-            version: 0,
         };
         let index = match self.free.pop() {
             Some(i) => {
-                // Versions keep counting across reuse of a slot, so that a milestone event of
-                // the flow that held it before can never match the new one.
-                let mut flow = flow;
-                flow.version = self.retired[i as usize].wrapping_add(1);
                 self.flows[i as usize] = Some(flow);
                 i
             }
             None => {
                 self.flows.push(Some(flow));
-                self.retired.push(0);
                 self.flow_stamp.push(0);
                 self.frozen.push(false);
                 u32::try_from(self.flows.len() - 1).expect("fewer than 2^32 flows")
@@ -184,7 +168,6 @@ impl Net {
             list.swap_remove(pos);
             self.alloc[r as usize] = (self.alloc[r as usize] - f.rate).max(0.0);
         }
-        self.retired[flow.0 as usize] = f.version;
         self.free.push(flow.0);
         self.active -= 1;
         self.reallocate(now, &path[..usize::from(f.len)], out);
@@ -195,10 +178,8 @@ impl Net {
         let f = self.flows[flow.0 as usize].as_mut().expect("live flow");
         f.remaining = bytes;
         f.updated = now;
-        f.version = f.version.wrapping_add(1);
         Eta {
             flow,
-            version: f.version,
             at: eta(now, f.remaining, f.rate),
         }
     }
@@ -311,10 +292,8 @@ impl Net {
             for &r in f.path() {
                 self.alloc[r as usize] += f.rate;
             }
-            f.version = f.version.wrapping_add(1);
             out.push(Eta {
                 flow: FlowId(fi),
-                version: f.version,
                 at: eta(now, f.remaining, f.rate),
             });
         }
@@ -375,19 +354,6 @@ mod tests {
         let fast = net.start(0, &[up, wide], MB, &mut out);
         assert_eq!(net.rate(slow), 2.0 * MB);
         assert_eq!(net.rate(fast), 8.0 * MB);
-    }
-
-    #[test]
-    fn a_reused_flow_slot_never_takes_an_old_version() {
-        let mut net = Net::new();
-        let up = net.add_resource(MB);
-        let mut out = Vec::new();
-        let a = net.start(0, &[up], MB, &mut out);
-        let old = net.version(a);
-        net.remove(10, a, &mut out);
-        let b = net.start(20, &[up], MB, &mut out);
-        assert_eq!(a, b, "the slot is reused");
-        assert!(net.version(b) > old);
     }
 
     #[test]
