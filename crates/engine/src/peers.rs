@@ -337,27 +337,24 @@ impl Engine {
             .chain(std::iter::once((self.config.node_key, None)))
             .collect();
         nodes.sort_unstable();
-        let any_stalled = nodes
-            .iter()
-            .any(|(_, p)| p.is_some_and(|p| d.co_fetchers[&p].stalled));
-        if !any_stalled {
-            let me = nodes.iter().position(|(_, p)| p.is_none())?;
-            let n = nodes.len() as u64;
-            return (n > 1).then(|| share_of(blocks, me as u64, n));
-        }
-        // Needed blocks that neither this node nor any usable peer holds or is bringing.
-        let mut unheld = missing.clone();
-        for (p, have) in &d.haves {
-            if self.peers.get(p).is_some_and(|info| !info.banned) {
-                unheld = unheld.difference(have);
-            }
-        }
+        // Needed blocks that neither this node nor any usable peer holds or is bringing:
+        // swept only if some co-fetcher stalled (the sweep costs every peer's holdings).
+        let mut unheld: Option<RangeSet> = None;
         loop {
             let n = nodes.len() as u64;
             let dropout = nodes.iter().enumerate().position(|(i, &(_, peer))| {
                 let Some(peer) = peer else { return false };
+                if !d.co_fetchers[&peer].stalled {
+                    return false;
+                }
+                let unheld = unheld.get_or_insert_with(|| {
+                    d.haves
+                        .iter()
+                        .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
+                        .fold(missing.clone(), |left, (_, have)| left.difference(have))
+                });
                 let part = share_of(blocks, i as u64, n);
-                d.co_fetchers[&peer].stalled && !unheld.clipped(part.start, part.end).is_empty()
+                !unheld.clipped(part.start, part.end).is_empty()
             });
             match dropout {
                 Some(i) => {
