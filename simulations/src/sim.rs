@@ -676,9 +676,9 @@ impl Sim {
                 any_active = true;
                 let id = DownloadId(f as u64 + 1);
                 let blocks = block_count(self.file_len[f]);
-                let mut union = self.nodes[i].held[f].clone();
+                // What the node could learn hashes of, while it does not trust a manifest yet.
+                let mut union = (!self.nodes[i].trusted[f]).then(|| self.nodes[i].held[f].clone());
                 let neighbors = self.nodes[i].neighbors.clone();
-                let trusted = self.nodes[i].trusted[f];
                 for j in neighbors {
                     let (ju, iu) = (j as usize, i);
                     if !self.nodes[ju].online || self.nodes[iu].banned.contains(&j) {
@@ -705,14 +705,14 @@ impl Sim {
                     }
                     // Every peer answers for the hashes of what it verified (a stalling
                     // peer stalls on blocks only; a corrupt cache has the right hashes).
-                    if !trusted {
+                    if let Some(union) = &mut union {
                         for run in self.nodes[ju].held[f].runs() {
                             union.insert(run.start, run.end);
                         }
                     }
                 }
                 let proofs = self.sc.engine.verify == Verify::Proofs;
-                if !trusted && (proofs || union.count() == blocks) {
+                if union.is_some_and(|u| proofs || u.count() == blocks) {
                     self.nodes[i].trusted[f] = true;
                     batch.push(Input::ManifestTrusted { id });
                 }
