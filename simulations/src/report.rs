@@ -77,7 +77,8 @@ pub struct Summary {
     pub saved_pct: f64,
     /// Per-site WAN traffic.
     pub sites: Vec<SiteSummary>,
-    /// Bytes of corrupt blocks recorded as verified anywhere (must be 0).
+    /// Bytes an engine assembled without a verified copy of them (never received, or only
+    /// from a corrupt peer); must be 0.
     pub corrupt_bytes_committed: u64,
     /// Bytes of corrupt blocks received and dropped.
     pub corrupt_bytes_received: u64,

@@ -197,7 +197,8 @@ pub struct Outcome {
     pub wan_egress: Vec<u64>,
     /// Bytes of corrupt blocks received (and dropped).
     pub corrupt_bytes_received: u64,
-    /// Bytes of blocks from a corrupt server recorded as verified (must be 0).
+    /// Bytes an engine assembled without a verified copy of them: blocks it counted as in
+    /// place but never received, or received only from a corrupt peer (must be 0).
     pub corrupt_bytes_committed: u64,
     /// Bytes moved and not kept: corrupt, cancelled mid-chunk, or duplicates.
     pub wasted_bytes: u64,
@@ -841,8 +842,18 @@ impl Sim {
             }
             Action::Cancel { request } => self.cancel(i, request),
             Action::Assemble { request, id, .. } => {
+                // The driver hashes what it assembles: blocks the engine counts as in place but
+                // that have no verified copy (never received, or only from a corrupt peer)
+                // would fail the content id. Any such byte is a broken safety invariant.
                 let f = file_of(id);
-                let result = Ok(Some(self.file_id[f]));
+                let unverified =
+                    unverified_bytes(self.file_len[f], &self.nodes[i as usize].held[f]);
+                self.out.corrupt_bytes_committed += unverified;
+                let result = if unverified == 0 {
+                    Ok(Some(self.file_id[f]))
+                } else {
+                    Err(Failure::Integrity)
+                };
                 self.push(
                     now,
                     Ev::Reply(i, Box::new(Input::Assembled { request, result })),
@@ -1339,6 +1350,16 @@ impl Sim {
     }
 }
 
+/// Bytes of a `len`-byte file outside the verified blocks `held`.
+fn unverified_bytes(len: u64, held: &RangeSet) -> u64 {
+    std::iter::once(0..block_count(len))
+        .collect::<RangeSet>()
+        .difference(held)
+        .runs()
+        .map(|r| (r.end * BLOCK_SIZE).min(len) - (r.start * BLOCK_SIZE).min(len))
+        .sum()
+}
+
 /// The file of a download (the simulator numbers downloads from 1, files from 0).
 fn file_of(id: DownloadId) -> usize {
     (id.0 - 1) as usize
@@ -1389,5 +1410,28 @@ fn ev_tag(ev: &Ev) -> u64 {
         Ev::Gone(i) => u64::from(*i) << 8 | 11,
         Ev::OutageStart => 12,
         Ev::OutageEnd => 13,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unverified_bytes_count_every_block_without_a_verified_copy() {
+        let len = 3 * BLOCK_SIZE + 100; // four blocks, the last one short
+        assert_eq!(unverified_bytes(len, &RangeSet::new()), len);
+        assert_eq!(
+            unverified_bytes(len, &std::iter::once(0..4).collect::<RangeSet>()),
+            0
+        );
+        assert_eq!(
+            unverified_bytes(len, &std::iter::once(0..3).collect::<RangeSet>()),
+            100
+        );
+        assert_eq!(
+            unverified_bytes(len, &std::iter::once(1..4).collect::<RangeSet>()),
+            BLOCK_SIZE
+        );
     }
 }
