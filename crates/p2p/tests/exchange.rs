@@ -2,36 +2,23 @@
 //! asker verifies the manifest against the content id and every block against the manifest,
 //! and catches a peer that sends a changed byte.
 
+mod common;
+
 use std::time::Duration;
 
+use common::node;
 use do_content::{BLOCK_SIZE, BlockIndex, ContentId, Manifest, block_range};
 use do_p2p::{
-    BehaviourEvent, Config,
+    BehaviourEvent,
     wire::{Request, Response},
 };
 use futures::StreamExt;
-use libp2p::{Multiaddr, identity::Keypair, request_response, swarm::SwarmEvent};
-
-/// A node without mDNS (it skips loopback anyway): peers are dialled by address.
-fn node() -> libp2p::Swarm<do_p2p::Behaviour> {
-    let config = Config {
-        mdns: false,
-        ..Config::default()
-    };
-    do_p2p::swarm(Keypair::generate_ed25519(), &config).unwrap()
-}
+use libp2p::{Multiaddr, request_response, swarm::SwarmEvent};
 
 /// Serves `data` from a node; a `corrupt` node flips one byte of every block it sends.
 async fn serve(data: Vec<u8>, corrupt: bool) -> (libp2p::PeerId, Multiaddr) {
-    let mut swarm = node();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address;
-        }
-    };
+    let mut swarm = node(None);
+    let addr = common::listen(&mut swarm).await;
     let peer = *swarm.local_peer_id();
     let file = do_p2p::InMemory::new(data);
     tokio::spawn(async move {
@@ -63,7 +50,7 @@ async fn fetch(
     content: ContentId,
     blocks: u64,
 ) -> (bool, u64, u64) {
-    let mut swarm = node();
+    let mut swarm = node(None);
     swarm.dial(addr).unwrap();
     // Ask once connected (the protocol does not know the address to dial by itself).
     loop {

@@ -1,32 +1,19 @@
 //! Group mode on loopback: members of a group connect; a node with the wrong secret, another
 //! group id, or no group at all cannot complete a handshake with them.
 
+mod common;
+
 use std::time::Duration;
 
-use do_p2p::{Behaviour, Config, Group};
+use common::node;
+use do_p2p::{Behaviour, Group};
 use futures::StreamExt;
-use libp2p::{Multiaddr, identity::Keypair, swarm::SwarmEvent};
-
-fn node(group: Option<Group>) -> libp2p::Swarm<Behaviour> {
-    let config = Config {
-        mdns: false,
-        group,
-        ..Config::default()
-    };
-    do_p2p::swarm(Keypair::generate_ed25519(), &config).unwrap()
-}
+use libp2p::{Multiaddr, swarm::SwarmEvent};
 
 /// A group member listening on loopback; it counts the connections it accepted.
 async fn member() -> (Multiaddr, tokio::sync::watch::Receiver<u32>) {
     let mut swarm = node(Some(Group::new("lab", b"right secret")));
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address;
-        }
-    };
+    let addr = common::listen(&mut swarm).await;
     let (tx, rx) = tokio::sync::watch::channel(0);
     tokio::spawn(async move {
         loop {
