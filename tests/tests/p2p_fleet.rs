@@ -23,12 +23,17 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 /// A fleet of `nodes` daemons (and `spare` more hosts) for the test file.
 fn fleet(nodes: usize, spare: usize) -> Fleet {
-    Fleet::start(FleetOptions {
+    Fleet::start(options(nodes, spare))
+}
+
+/// Options for `nodes` daemons (and `spare` more hosts) for the test file, origin unlimited.
+fn options(nodes: usize, spare: usize) -> FleetOptions {
+    FleetOptions {
         nodes,
         spare_hosts: spare,
         file_bytes: FILE,
         origin_mbit: None,
-    })
+    }
 }
 
 /// Starts `donode get` on every daemon at once and checks each output; returns the time until
@@ -246,12 +251,7 @@ fn start_in_group(fleet: &mut Fleet, hosts: &[(usize, &str)]) {
 #[test]
 fn group_mode_members_learn_the_content_id_from_each_other() {
     let _alone = one_at_a_time();
-    let mut fleet = Fleet::without_daemons(FleetOptions {
-        nodes: 2,
-        spare_hosts: 0,
-        file_bytes: FILE,
-        origin_mbit: None,
-    });
+    let mut fleet = Fleet::without_daemons(options(2, 0));
     // The origin publishes no digest: only a node that fetched the file knows its content id.
     std::fs::remove_file(fleet.origin_file().with_extension("bin.b3")).unwrap();
     start_in_group(&mut fleet, &[(2, "the secret"), (3, "the secret")]);
@@ -272,12 +272,7 @@ fn group_mode_members_learn_the_content_id_from_each_other() {
 #[test]
 fn group_mode_a_node_with_the_wrong_secret_gets_nothing_and_gives_nothing() {
     let _alone = one_at_a_time();
-    let mut fleet = Fleet::without_daemons(FleetOptions {
-        nodes: 3,
-        spare_hosts: 0,
-        file_bytes: FILE,
-        origin_mbit: None,
-    });
+    let mut fleet = Fleet::without_daemons(options(3, 0));
     // Hosts 2 and 3 are members of group "lab"; host 4 has its id but the wrong secret.
     start_in_group(
         &mut fleet,
@@ -326,12 +321,7 @@ fn a_node_with_an_upload_cap_serves_no_faster_than_the_cap() {
     // 8 MiB/s: the file takes 8 s, several times what the same transfer takes uncapped.
     const CAP: u64 = 8 << 20;
     let _alone = one_at_a_time();
-    let mut fleet = Fleet::without_daemons(FleetOptions {
-        nodes: 2,
-        spare_hosts: 0,
-        file_bytes: FILE,
-        origin_mbit: None,
-    });
+    let mut fleet = Fleet::without_daemons(options(2, 0));
     fleet.start_daemon_with(2, &["--upload-max-rate", &CAP.to_string()]);
     fleet.start_daemon(3);
     fleet.wait_for_mesh();
