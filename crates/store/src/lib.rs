@@ -448,8 +448,74 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
             _ => {}
         }
+        self.discard_unchecked(id);
         info!(entry = id.0, "cache entry deleted");
         Ok(())
+    }
+
+    /// Opens entry `id`'s side file for blocks that arrived before they could be checked (from
+    /// peers, before the file's manifest is trusted), at their offsets. Those bytes never go
+    /// into the data file unchecked: [`Store::adopt_unchecked`] checks and moves them.
+    pub fn unchecked_writer(&self, id: EntryId) -> Result<Writer, Error> {
+        let path = self.unchecked_path(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Writer {
+            file: Arc::new(file),
+            path,
+        })
+    }
+
+    /// Checks `blocks` of entry `id`'s side file against `manifest`; the good ones are written
+    /// into the data file and recorded (in one transaction), the others are returned. The side
+    /// file is removed afterwards.
+    pub fn adopt_unchecked(
+        &self,
+        id: EntryId,
+        manifest: &Manifest,
+        blocks: &RangeSet,
+    ) -> Result<Adopted, Error> {
+        let len = manifest.len();
+        let path = self.unchecked_path(id);
+        let side = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let writer = self.writer(id)?;
+        let mut out = Adopted::default();
+        let mut record = Vec::new();
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        for b in blocks.iter().filter(|&b| b < block_count(len)) {
+            let range = do_content::block_range(len, BlockIndex(b));
+            let data = &mut buf[..range.len() as usize];
+            if side.read_exact_at(data, range.start).is_err() {
+                out.unreadable.insert(b, b + 1);
+            } else if manifest.verify_block(BlockIndex(b), data).is_ok() {
+                writer.write_at(range.start, data)?;
+                record.push((BlockIndex(b), manifest.blocks()[b as usize]));
+            } else {
+                out.refuted.insert(b, b + 1);
+            }
+        }
+        self.commit_blocks(id, &record)?;
+        self.discard_unchecked(id);
+        Ok(out)
+    }
+
+    /// Removes entry `id`'s side file of unchecked blocks, if any.
+    pub fn discard_unchecked(&self, id: EntryId) {
+        let path = self.unchecked_path(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                warn!(error = %e, path = %path.display(), "removing unchecked blocks failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn unchecked_path(&self, id: EntryId) -> PathBuf {
+        self.dir.join("data").join(format!("{}.unchecked", id.0))
     }
 
     /// Every entry with its metadata.
@@ -568,6 +634,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The outcome of [`Store::adopt_unchecked`]: the blocks not adopted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Adopted {
+    /// Read back, they do not match the manifest.
+    pub refuted: RangeSet,
+    /// They could not be read back from the side file.
+    pub unreadable: RangeSet,
 }
 
 /// The outcome of [`Store::recheck`].

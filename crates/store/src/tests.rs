@@ -250,3 +250,68 @@ fn read_verified_hands_out_only_bytes_that_check() {
     );
     assert_eq!(store.read_verified(id, 9, 1).unwrap(), None, "past the end");
 }
+
+#[test]
+fn unchecked_blocks_are_adopted_only_if_they_match_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let data = sample(4 * BLOCK_SIZE as usize);
+    let manifest = Manifest::from_bytes(&data);
+    let id = store
+        .create_entry(EntryMeta::new("http://o/f", data.len() as u64, None, None))
+        .unwrap();
+    let side = store.unchecked_writer(id).unwrap();
+    let block = |b: u64| {
+        let r = block_range(data.len() as u64, BlockIndex(b));
+        (r.start, data[r.start as usize..r.end as usize].to_vec())
+    };
+    for b in [0, 1] {
+        let (at, bytes) = block(b);
+        side.write_at(at, &bytes).unwrap();
+    }
+    let (at, mut bytes) = block(2);
+    bytes[7] ^= 1;
+    side.write_at(at, &bytes).unwrap();
+    // Block 3 was never written to the side file.
+    let asked: RangeSet = std::iter::once(0..4).collect();
+    let out = store.adopt_unchecked(id, &manifest, &asked).unwrap();
+    assert_eq!(out.refuted, std::iter::once(2..3).collect::<RangeSet>());
+    assert_eq!(out.unreadable, std::iter::once(3..4).collect::<RangeSet>());
+    assert_eq!(
+        store.verified(id).unwrap(),
+        std::iter::once(0..2).collect::<RangeSet>()
+    );
+    let got = store
+        .read_verified(id, 0, 2)
+        .unwrap()
+        .expect("adopted blocks read back");
+    assert_eq!(got, data[..2 * BLOCK_SIZE as usize]);
+    assert!(
+        !dir.path()
+            .join("data")
+            .join(format!("{}.unchecked", id.0))
+            .exists(),
+        "the side file is gone"
+    );
+}
+
+#[test]
+fn side_files_do_not_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        let id = store
+            .create_entry(EntryMeta::new("http://o/f", BLOCK_SIZE, None, None))
+            .unwrap();
+        store
+            .unchecked_writer(id)
+            .unwrap()
+            .write_at(0, b"x")
+            .unwrap();
+        id
+    };
+    let side = dir.path().join("data").join(format!("{}.unchecked", id.0));
+    assert!(side.exists());
+    let _store = Store::open(dir.path(), Config::default()).unwrap();
+    assert!(!side.exists(), "unchecked bytes are forgotten at a restart");
+}
