@@ -225,8 +225,8 @@ pub struct EngineKnobs {
     /// discovery would find). Default 4.
     #[serde(default = "four")]
     pub wan_peers_per_node: usize,
-    /// The engine's origin fallback delay, seconds. Default 2, the node's default with peers.
-    #[serde(default = "two")]
+    /// The engine's origin fallback delay, seconds. Default 1, the node's default with peers.
+    #[serde(default = "one_f")]
     pub origin_fallback_delay_s: f64,
     /// Upload slots per node (requests served at once; more wait in a queue). Default 4.
     #[serde(default = "four")]
@@ -244,10 +244,6 @@ pub struct EngineKnobs {
     pub have_interval_s: f64,
 }
 
-fn two() -> f64 {
-    2.0
-}
-
 fn four() -> usize {
     4
 }
@@ -261,7 +257,7 @@ impl Default for EngineKnobs {
         Self {
             peers_per_node: 0,
             wan_peers_per_node: 4,
-            origin_fallback_delay_s: 2.0,
+            origin_fallback_delay_s: 1.0,
             upload_slots: 4,
             peer_slots: 4,
             verify: Verify::Manifest,

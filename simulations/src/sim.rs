@@ -85,6 +85,11 @@ struct Node {
     jobs: Vec<Job>,
     /// Per file: the engine trusts a manifest.
     trusted: Vec<bool>,
+    /// Per file: blocks peers sent before the manifest was trusted, written but not checked
+    /// (the driver checks them against the manifest once it is trusted).
+    unchecked: Vec<RangeSet>,
+    /// Per file: the unchecked blocks a corrupt peer sent (they fail that check).
+    refuted: Vec<RangeSet>,
     /// Per file: neighbors already told that this node is fetching it.
     told_fetching: Vec<BTreeSet<u32>>,
     /// The next poll reports every neighbor's holdings, changed or not (a download started,
@@ -142,6 +147,9 @@ enum Ev {
     StartFile(u32, usize),
     Timer(u32, u64),
     HavePoll,
+    /// One node polls its neighbors (as the driver does when a download joins its file's
+    /// swarm).
+    Poll(u32),
     Reply(u32, Box<Input>),
     /// An origin fetch's first byte arrives.
     OriginBegin(u32, RequestId),
@@ -342,6 +350,8 @@ impl Sim {
                     changed: vec![false; files],
                     jobs: vec![Job::Waiting; files],
                     trusted: vec![false; files],
+                    unchecked: vec![RangeSet::new(); files],
+                    refuted: vec![RangeSet::new(); files],
                     told_fetching: vec![BTreeSet::new(); files],
                     refresh_all: false,
                     refresh: BTreeSet::new(),
@@ -542,6 +552,9 @@ impl Sim {
                 }
             }
             Ev::HavePoll => self.have_poll(),
+            Ev::Poll(i) => {
+                self.poll_node(i as usize, None);
+            }
             Ev::Reply(i, input) => self.feed(i, *input),
             Ev::OriginBegin(i, request) => self.origin_begin(i, request),
             Ev::PeerBegin(i, request) => self.peer_begin(i, request),
@@ -661,76 +674,104 @@ impl Sim {
     /// hashes it can get from them cover the whole file.
     fn have_poll(&mut self) {
         self.poll_scheduled = false;
-        let now = self.instant();
-        let n = self.nodes.len();
-        let files = self.file_len.len();
+        // What changed since the last poll; what changes during this one (a node that comes to
+        // trust a manifest holds more) is for the next.
+        let changed: Vec<Vec<bool>> = self
+            .nodes
+            .iter_mut()
+            .map(|node| {
+                let none = vec![false; node.changed.len()];
+                std::mem::replace(&mut node.changed, none)
+            })
+            .collect();
         let mut any_active = false;
-        for i in 0..n {
-            if !self.nodes[i].online {
-                continue;
-            }
-            let mut batch: Vec<Input> = Vec::new();
-            for f in 0..files {
-                if !matches!(self.nodes[i].jobs[f], Job::Active(_)) {
-                    continue;
-                }
-                any_active = true;
-                let id = DownloadId(f as u64 + 1);
-                let blocks = block_count(self.file_len[f]);
-                // What the node could learn hashes of, while it does not trust a manifest yet.
-                let mut union = (!self.nodes[i].trusted[f]).then(|| self.nodes[i].held[f].clone());
-                let neighbors = self.nodes[i].neighbors.clone();
-                for j in neighbors {
-                    let (ju, iu) = (j as usize, i);
-                    if !self.nodes[ju].online || self.nodes[iu].banned.contains(&j) {
-                        continue;
-                    }
-                    let peer = PeerId(u64::from(j));
-                    let report = self.nodes[ju].changed[f]
-                        || self.nodes[iu].refresh_all
-                        || self.nodes[iu].refresh.contains(&j);
-                    if report && !self.nodes[ju].held[f].is_empty() {
-                        let held = self.nodes[ju].held[f].clone();
-                        batch.push(Input::PeerHas {
-                            id,
-                            peer,
-                            blocks: held,
-                        });
-                    }
-                    if matches!(self.nodes[ju].jobs[f], Job::Active(_))
-                        && !self.nodes[iu].told_fetching[f].contains(&j)
-                    {
-                        self.nodes[iu].told_fetching[f].insert(j);
-                        let key = self.nodes[ju].key;
-                        batch.push(Input::PeerFetching { id, peer, key });
-                    }
-                    // Every peer answers for the hashes of what it verified (a stalling
-                    // peer stalls on blocks only; a corrupt cache has the right hashes).
-                    if let Some(union) = &mut union {
-                        for run in self.nodes[ju].held[f].runs() {
-                            union.insert(run.start, run.end);
-                        }
-                    }
-                }
-                let proofs = self.sc.engine.verify == Verify::Proofs;
-                if union.is_some_and(|u| proofs || u.count() == blocks) {
-                    self.nodes[i].trusted[f] = true;
-                    batch.push(Input::ManifestTrusted { id });
-                }
-            }
-            self.nodes[i].refresh_all = false;
-            self.nodes[i].refresh.clear();
-            if !batch.is_empty() {
-                self.nodes[i].engine.handle_inputs(now, batch);
-                self.drain(i as u32);
-            }
-        }
-        for node in &mut self.nodes {
-            node.changed.iter_mut().for_each(|c| *c = false);
+        for i in 0..self.nodes.len() {
+            any_active |= self.poll_node(i, Some(&changed));
         }
         if any_active {
             self.ensure_poll();
         }
+    }
+
+    /// Node `i`'s poll of its neighbors: their holdings that changed since the last poll
+    /// (all of them after a start or a reconnection), who fetches the same files, and trust in
+    /// a manifest once the hashes it can get cover the whole file. `changed`: what changed
+    /// since the last poll (`None`: the live flags). True if `i` downloads.
+    fn poll_node(&mut self, i: usize, changed: Option<&[Vec<bool>]>) -> bool {
+        if !self.nodes[i].online {
+            return false;
+        }
+        let now = self.instant();
+        let files = self.file_len.len();
+        let mut any_active = false;
+        let mut batch: Vec<Input> = Vec::new();
+        for f in 0..files {
+            if !matches!(self.nodes[i].jobs[f], Job::Active(_)) {
+                continue;
+            }
+            any_active = true;
+            let id = DownloadId(f as u64 + 1);
+            let blocks = block_count(self.file_len[f]);
+            // What the node could learn hashes of, while it does not trust a manifest yet.
+            let mut union = (!self.nodes[i].trusted[f]).then(|| self.nodes[i].held[f].clone());
+            let neighbors = self.nodes[i].neighbors.clone();
+            for j in neighbors {
+                let (ju, iu) = (j as usize, i);
+                if !self.nodes[ju].online || self.nodes[iu].banned.contains(&j) {
+                    continue;
+                }
+                let peer = PeerId(u64::from(j));
+                let report = changed.map_or(self.nodes[ju].changed[f], |c| c[ju][f])
+                    || self.nodes[iu].refresh_all
+                    || self.nodes[iu].refresh.contains(&j);
+                if report && !self.nodes[ju].held[f].is_empty() {
+                    let held = self.nodes[ju].held[f].clone();
+                    batch.push(Input::PeerHas {
+                        id,
+                        peer,
+                        blocks: held,
+                    });
+                }
+                if matches!(self.nodes[ju].jobs[f], Job::Active(_))
+                    && !self.nodes[iu].told_fetching[f].contains(&j)
+                {
+                    self.nodes[iu].told_fetching[f].insert(j);
+                    let key = self.nodes[ju].key;
+                    batch.push(Input::PeerFetching { id, peer, key });
+                }
+                // Every peer answers for the hashes of what it verified (a stalling
+                // peer stalls on blocks only; a corrupt cache has the right hashes).
+                if let Some(union) = &mut union {
+                    for run in self.nodes[ju].held[f].runs() {
+                        union.insert(run.start, run.end);
+                    }
+                }
+            }
+            let proofs = self.sc.engine.verify == Verify::Proofs;
+            if union.is_some_and(|u| proofs || u.count() == blocks) {
+                // The driver checks what arrived unchecked: a corrupt peer's blocks fail.
+                let node = &mut self.nodes[i];
+                node.trusted[f] = true;
+                let refuted = std::mem::take(&mut node.refuted[f]);
+                let good = std::mem::take(&mut node.unchecked[f]).difference(&refuted);
+                for run in good.runs() {
+                    node.held[f].insert(run.start, run.end);
+                }
+                node.changed[f] |= !good.is_empty();
+                batch.push(Input::ManifestTrusted {
+                    id,
+                    refuted,
+                    lost: RangeSet::new(),
+                });
+            }
+        }
+        self.nodes[i].refresh_all = false;
+        self.nodes[i].refresh.clear();
+        if !batch.is_empty() {
+            self.nodes[i].engine.handle_inputs(now, batch);
+            self.drain(i as u32);
+        }
+        any_active
     }
 
     fn feed(&mut self, i: u32, input: Input) {
@@ -799,6 +840,12 @@ impl Sim {
                 };
                 let at = now + self.origin_rtt(i);
                 self.push(at, Ev::Reply(i, Box::new(Input::Stat { request, result })));
+                // With the file known, the driver joins its swarm and asks every peer at once.
+                if self.sc.mode != Mode::Http {
+                    let lan_rtt =
+                        ns(2.0 * self.sc.sites[self.nodes[i as usize].site].lan_latency_ms / 1e3);
+                    self.push(at + lan_rtt, Ev::Poll(i));
+                }
             }
             Action::Fetch {
                 request, id, range, ..
@@ -1111,7 +1158,10 @@ impl Sim {
         let corrupt = info
             .server
             .is_some_and(|s| self.nodes[s as usize].behaviour == Behaviour::Corrupt);
-        let finished = last >= end || corrupt;
+        // Before the manifest is trusted, peer blocks are written unchecked (a corrupt peer's
+        // too: nothing can tell yet), and checked when it is trusted.
+        let unchecked = info.server.is_some() && !self.nodes[i as usize].trusted[file];
+        let finished = last >= end || (corrupt && !unchecked);
         if finished {
             self.end_flow(flow);
             self.nodes[i as usize].open.remove(&request);
@@ -1134,6 +1184,49 @@ impl Sim {
         let now = self.instant();
         if corrupt {
             self.out.corrupt_bytes_received += bytes;
+        }
+        if unchecked {
+            let node = &mut self.nodes[i as usize];
+            let fresh = (last - first) - node.held[file].clipped(first, last).count();
+            if corrupt || fresh < last - first {
+                let waste = if corrupt {
+                    last - first
+                } else {
+                    last - first - fresh
+                };
+                self.out.wasted_bytes += bytes * waste / (last - first);
+            }
+            node.unchecked[file].insert(first, last);
+            if corrupt {
+                node.refuted[file].insert(first, last);
+            }
+            let s = info.server.expect("peer flow");
+            let class = self.class(i, s) as usize;
+            self.nodes[i as usize].from_peers[class] += bytes;
+            self.nodes[s as usize].to_peers += bytes;
+            let engine = &mut self.nodes[i as usize].engine;
+            for b in first..last {
+                engine.handle_input(
+                    now,
+                    Input::BlockUnchecked {
+                        request,
+                        block: BlockIndex(b),
+                    },
+                );
+            }
+            if finished {
+                engine.handle_input(
+                    now,
+                    Input::FetchEnded {
+                        request,
+                        result: Ok(()),
+                    },
+                );
+            }
+            self.drain(i);
+            return;
+        }
+        if corrupt {
             self.out.wasted_bytes += bytes;
             self.nodes[i as usize].engine.handle_input(
                 now,
@@ -1291,6 +1384,8 @@ impl Sim {
             engine_seed(self.seed, u64::from(i), self.now),
         );
         node.trusted = vec![false; files];
+        node.unchecked = vec![RangeSet::new(); files];
+        node.refuted = vec![RangeSet::new(); files];
         node.told_fetching = vec![BTreeSet::new(); files];
         for f in 0..files {
             if matches!(node.jobs[f], Job::Active(_)) {
@@ -1410,6 +1505,7 @@ fn ev_tag(ev: &Ev) -> u64 {
         Ev::Gone(i) => u64::from(*i) << 8 | 11,
         Ev::OutageStart => 12,
         Ev::OutageEnd => 13,
+        Ev::Poll(i) => u64::from(*i) << 8 | 14,
     }
 }
 

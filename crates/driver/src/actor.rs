@@ -98,6 +98,20 @@ pub(crate) enum IoEvent {
         block: BlockIndex,
         bytes: u64,
     },
+    /// A block from a peer, before the download's manifest was trusted: written to the side
+    /// file, not checked yet.
+    PeerBlockUnchecked {
+        request: RequestId,
+        download: DownloadId,
+        block: BlockIndex,
+        bytes: u64,
+    },
+    /// The unchecked blocks of a download whose manifest is now trusted were checked: the
+    /// good ones moved into the cache.
+    Adopted {
+        download: DownloadId,
+        result: Result<do_store::Adopted, u32>,
+    },
     /// A block from a peer failed verification; its bytes were dropped.
     PeerCorrupt {
         request: RequestId,
@@ -435,6 +449,33 @@ impl Actor {
                 }
                 Input::Block { request, block }
             }
+            IoEvent::PeerBlockUnchecked {
+                request,
+                download,
+                block,
+                bytes,
+            } => {
+                let (Some(p2p), Some(job)) = (&mut self.p2p, self.jobs.get(&download)) else {
+                    return;
+                };
+                let group = p2p.class() == PeerClass::Group;
+                job.progress.send_modify(|p| {
+                    if group {
+                        p.bytes_from_group_peers += bytes;
+                    } else {
+                        p.bytes_from_peers += bytes;
+                    }
+                });
+                // Trusted meanwhile: this block missed the check, so it is fetched again.
+                if !p2p.note_unchecked(download, block) {
+                    return;
+                }
+                Input::BlockUnchecked { request, block }
+            }
+            IoEvent::Adopted { download, result } => {
+                let Some(p2p) = &mut self.p2p else { return };
+                p2p.adopted(download, result)
+            }
             IoEvent::PeerCorrupt { request, block } => Input::BlockCorrupt { request, block },
             IoEvent::FetchEnded { request, result } => {
                 self.forget_request(request);
@@ -626,7 +667,7 @@ impl Actor {
                     | do_engine::State::Aborted
             ) && let Some(p2p) = &mut self.p2p
             {
-                p2p.leave(id);
+                p2p.leave(&self.store, id);
             }
             let content_id = self.engine.content_id(id);
             let Some(job) = self.jobs.get(&id) else {

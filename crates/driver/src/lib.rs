@@ -74,7 +74,9 @@ pub struct P2pConfig {
     pub upload_max_rate: Option<u64>,
     /// While peers could supply a file, the origin waits this long after a download starts
     /// (for peers to say what they hold and who else fetches it) before fetching what they
-    /// lack; the larger of this and the engine's own delay applies. Default 2 s.
+    /// lack; the larger of this and the engine's own delay applies. Default 1 s: a download
+    /// asks every peer as soon as it knows its file, and peers on a LAN answer within
+    /// milliseconds.
     pub origin_fallback_delay: Duration,
 }
 
@@ -85,7 +87,7 @@ impl Default for P2pConfig {
             listen: "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
             upload_slots: 4,
             upload_max_rate: None,
-            origin_fallback_delay: Duration::from_secs(2),
+            origin_fallback_delay: Duration::from_secs(1),
         }
     }
 }

@@ -82,6 +82,9 @@ struct Swarming {
     hashes: Vec<Option<BlockHash>>,
     /// Set once the collected hashes merged to the content id (or a peer's did).
     manifest: Option<Arc<Manifest>>,
+    /// Blocks peers sent before the manifest was trusted, in the entry's side file and told
+    /// to the engine as unchecked; checked and moved into the cache once it is trusted.
+    unchecked: RangeSet,
     /// Peers asked for their status and not yet answered.
     polling: HashSet<libp2p::PeerId>,
     /// Peers asked for hashes and not yet answered.
@@ -427,14 +430,23 @@ impl P2p {
                 len,
                 hashes: vec![None; block_count(len) as usize],
                 manifest: manifest.clone(),
+                unchecked: RangeSet::new(),
                 polling: HashSet::new(),
                 hashing: HashSet::new(),
                 co_fetchers: HashSet::new(),
             },
         );
+        // Unchecked bytes of an earlier try are not known to anyone any more.
+        ctx.store.discard_unchecked(entry);
         if manifest.is_some() {
-            ctx.engine
-                .handle_input(ctx.now, Input::ManifestTrusted { id: download });
+            ctx.engine.handle_input(
+                ctx.now,
+                Input::ManifestTrusted {
+                    id: download,
+                    refuted: RangeSet::new(),
+                    lost: RangeSet::new(),
+                },
+            );
         } else {
             self.refresh_own_hashes(ctx, download);
         }
@@ -442,8 +454,11 @@ impl P2p {
     }
 
     /// A download stopped wanting its file (transferred, paused, aborted).
-    pub(crate) fn leave(&mut self, download: DownloadId) {
+    pub(crate) fn leave(&mut self, store: &Store, download: DownloadId) {
         if let Some(s) = self.swarms.remove(&download) {
+            if !s.unchecked.is_empty() {
+                store.discard_unchecked(s.entry);
+            }
             let still = self.swarms.values().any(|o| o.content == s.content);
             if !still {
                 self.active.lock().expect("active map").remove(&s.content);
@@ -822,20 +837,23 @@ impl P2p {
                     fail_request(ctx, request);
                     return None;
                 };
-                let Some(manifest) = s.manifest.clone() else {
-                    fail_request(ctx, request);
-                    return None;
-                };
-                let (store, io_tx, entry) = (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry);
+                let (store, io_tx, entry, len) =
+                    (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry, s.len);
                 let (counters, class) = (Arc::clone(&self.counters), self.class);
+                let manifest = s.manifest.clone();
                 ctx.tasks.spawn(async move {
                     let outcome = tokio::task::spawn_blocking(move || {
                         let blocks = first..first + count;
-                        write_peer_blocks(&store, entry, &manifest, blocks, got, &data)
+                        match manifest {
+                            Some(manifest) => {
+                                write_peer_blocks(&store, entry, &manifest, blocks, got, &data)
+                            }
+                            None => write_unchecked_blocks(&store, entry, len, blocks, got, &data),
+                        }
                     })
                     .await;
                     let events = match outcome {
-                        Ok(written) => written.into_events(request, &counters, class),
+                        Ok(written) => written.into_events(request, download, &counters, class),
                         Err(_) => vec![IoEvent::FetchEnded {
                             request,
                             result: Err(Failure::Transient(DO_E_PEER_REQUEST_FAILED)),
@@ -904,6 +922,54 @@ impl P2p {
                 })
             }
             None => None,
+        }
+    }
+
+    /// A peer's block reached the side file before the manifest was trusted: true if it is
+    /// still unchecked (it is recorded for the check), false if the manifest came meanwhile
+    /// (the block missed the check and must be fetched again).
+    pub(crate) fn note_unchecked(&mut self, download: DownloadId, block: BlockIndex) -> bool {
+        match self.swarms.get_mut(&download) {
+            Some(s) if s.manifest.is_none() => {
+                s.unchecked.insert(block.0, block.0 + 1);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The outcome of checking a download's unchecked blocks, for the engine: the manifest
+    /// is trusted, with the blocks that failed (their senders are banned) and those that
+    /// could not be checked.
+    pub(crate) fn adopted(
+        &mut self,
+        download: DownloadId,
+        result: Result<do_store::Adopted, u32>,
+    ) -> Input {
+        let (refuted, lost) = match result {
+            Ok(adopted) => {
+                if !adopted.refuted.is_empty() {
+                    warn!(
+                        download = download.0,
+                        blocks = adopted.refuted.count(),
+                        "blocks peers sent before the manifest was trusted fail it"
+                    );
+                }
+                (adopted.refuted, adopted.unreadable)
+            }
+            Err(code) => {
+                warn!(
+                    download = download.0,
+                    code = format_args!("{code:#x}"),
+                    "checking unchecked blocks failed"
+                );
+                (RangeSet::new(), std::iter::once(0..u64::MAX).collect())
+            }
+        };
+        Input::ManifestTrusted {
+            id: download,
+            refuted,
+            lost,
         }
     }
 
@@ -996,9 +1062,37 @@ impl P2p {
                     download = download.0,
                     "manifest trusted: peers' blocks can be verified"
                 );
-                s.manifest = Some(Arc::new(m));
-                ctx.engine
-                    .handle_input(ctx.now, Input::ManifestTrusted { id: download });
+                let manifest = Arc::new(m);
+                s.manifest = Some(Arc::clone(&manifest));
+                let unchecked = std::mem::take(&mut s.unchecked);
+                if unchecked.is_empty() {
+                    ctx.engine.handle_input(
+                        ctx.now,
+                        Input::ManifestTrusted {
+                            id: download,
+                            refuted: RangeSet::new(),
+                            lost: RangeSet::new(),
+                        },
+                    );
+                    return;
+                }
+                // The blocks that came before it are checked and moved into the cache; the
+                // engine hears of the trust with their outcome.
+                let (store, io_tx, entry) = (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry);
+                ctx.tasks.spawn(async move {
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        store
+                            .adopt_unchecked(entry, &manifest, &unchecked)
+                            .map_err(|e| (e.hresult(), unchecked))
+                    })
+                    .await;
+                    let result = match outcome {
+                        Ok(Ok(adopted)) => Ok(adopted),
+                        Ok(Err((code, _))) => Err(code),
+                        Err(_) => Err(DO_E_PEER_REQUEST_FAILED),
+                    };
+                    let _ = io_tx.send(IoEvent::Adopted { download, result }).await;
+                });
             }
             _ => {
                 warn!(
@@ -1043,6 +1137,8 @@ fn runs_to_set(runs: &[(u64, u64)], blocks: u64) -> RangeSet {
 struct Written {
     /// Blocks verified, written and recorded, with their sizes.
     good: Vec<(u64, u64)>,
+    /// Blocks written to the side file unchecked (no manifest was trusted), with their sizes.
+    unchecked: Vec<(u64, u64)>,
     /// The first block that failed verification (the peer is banned).
     corrupt: Option<u64>,
     /// Writing or recording failed.
@@ -1053,6 +1149,7 @@ impl Written {
     fn into_events(
         self,
         request: RequestId,
+        download: DownloadId,
         counters: &Counters,
         class: PeerClass,
     ) -> Vec<IoEvent> {
@@ -1070,6 +1167,17 @@ impl Written {
                 }
             })
             .collect();
+        for &(block, bytes) in &self.unchecked {
+            counters
+                .received_from(class)
+                .fetch_add(bytes, Ordering::Relaxed);
+            events.push(IoEvent::PeerBlockUnchecked {
+                request,
+                download,
+                block: BlockIndex(block),
+                bytes,
+            });
+        }
         if let Some(block) = self.corrupt {
             events.push(IoEvent::PeerCorrupt {
                 request,
@@ -1098,6 +1206,7 @@ fn write_peer_blocks(
 ) -> Written {
     let mut written = Written {
         good: Vec::new(),
+        unchecked: Vec::new(),
         corrupt: None,
         failed: None,
     };
@@ -1139,6 +1248,53 @@ fn write_peer_blocks(
         written.good.clear();
         written.failed = Some(e.hresult());
     }
+    written
+}
+
+/// Writes a peer's answer to the entry's side file, before any manifest is trusted: nothing
+/// can check the blocks yet, so they stay out of the data file (see
+/// [`Store::adopt_unchecked`]). An answer for other blocks than asked, or of the wrong size,
+/// is bad.
+fn write_unchecked_blocks(
+    store: &Store,
+    entry: EntryId,
+    len: u64,
+    blocks: std::ops::Range<u64>,
+    first: u64,
+    data: &[u8],
+) -> Written {
+    let mut written = Written {
+        good: Vec::new(),
+        unchecked: Vec::new(),
+        corrupt: None,
+        failed: None,
+    };
+    let span = |b: u64| block_range(len, BlockIndex(b));
+    let expected = blocks
+        .clone()
+        .filter(|&b| b < block_count(len))
+        .map(|b| span(b).len())
+        .sum::<u64>();
+    if first != blocks.start || data.len() as u64 != expected || expected == 0 {
+        written.corrupt = Some(blocks.start);
+        return written;
+    }
+    let writer = match store.unchecked_writer(entry) {
+        Ok(w) => w,
+        Err(e) => {
+            written.failed = Some(e.hresult());
+            return written;
+        }
+    };
+    let start = span(blocks.start).start;
+    if let Err(e) = writer.write_at(start, data) {
+        written.failed = Some(e.hresult());
+        return written;
+    }
+    written.unchecked = blocks
+        .filter(|&b| b < block_count(len))
+        .map(|b| (b, span(b).len()))
+        .collect();
     written
 }
 

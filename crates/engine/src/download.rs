@@ -63,9 +63,12 @@ pub(crate) struct Download {
     /// Peers whose requests for this file stalled: what they say they hold is ignored until
     /// they reconnect, so their blocks come from elsewhere (the origin if need be).
     pub(crate) dropped: BTreeSet<PeerId>,
-    /// The driver holds a manifest whose root is a trusted content id: peer blocks can be
-    /// verified one by one, so peers may be asked.
+    /// The driver holds a manifest whose root is a trusted content id: peer blocks are
+    /// verified one by one as they arrive.
     pub(crate) manifest_trusted: bool,
+    /// Blocks peers sent before the manifest was trusted, by sender: written but not checked
+    /// yet (never counted as held, never served), checked when it is trusted.
+    unchecked: BTreeMap<PeerId, RangeSet>,
     /// When the download last started (for the origin fallback delay).
     pub(crate) started_at: Instant,
     /// The origin fallback delay of the current start has passed (its deadline is no longer
@@ -106,6 +109,7 @@ impl Download {
             co_fetchers: BTreeMap::new(),
             dropped: BTreeSet::new(),
             manifest_trusted: false,
+            unchecked: BTreeMap::new(),
             started_at: now,
             fallback_passed: false,
             retry_at: None,
@@ -147,6 +151,8 @@ impl Download {
         self.stat_pending = false;
         let blocks = block_count(info.len);
         self.have = info.cached.clipped(0, blocks);
+        // A new look at the file: what was waiting for a check is fetched again if need be.
+        self.unchecked.clear();
         self.info = Some(Known {
             len: info.len,
             accepts_ranges: info.accepts_ranges,
@@ -180,7 +186,7 @@ impl Download {
     /// Blocks still needed that no fetch is bringing.
     pub(crate) fn missing(&self) -> RangeSet {
         let mut missing = self.needed.difference(&self.have);
-        for owed in self.fetches.values() {
+        for owed in self.fetches.values().chain(self.unchecked.values()) {
             for run in owed.runs() {
                 missing.remove(run.start, run.end);
             }
@@ -291,6 +297,68 @@ impl Download {
         true
     }
 
+    /// Records a block a peer sent for `request` before the manifest was trusted: written, not
+    /// checked yet. True if the request was live.
+    pub(crate) fn add_unchecked(
+        &mut self,
+        request: RequestId,
+        block: BlockIndex,
+        now: Instant,
+    ) -> bool {
+        let Some(p) = self.peer_requests.get_mut(&request) else {
+            return false;
+        };
+        p.last_progress = now;
+        let peer = p.peer;
+        if let Some(owed) = self.fetches.get_mut(&request) {
+            owed.remove(block.0, block.0 + 1);
+        }
+        let fresh = self
+            .info
+            .as_ref()
+            .is_some_and(|i| block.0 < block_count(i.len))
+            && !self.have.contains(block.0);
+        if fresh {
+            self.unchecked
+                .entry(peer)
+                .or_default()
+                .insert(block.0, block.0 + 1);
+        }
+        fresh
+    }
+
+    /// Some block waits, unchecked, for the manifest.
+    pub(crate) fn has_unchecked(&self) -> bool {
+        !self.unchecked.is_empty()
+    }
+
+    /// The manifest is trusted and the driver checked the unchecked blocks: all but `refuted`
+    /// and `lost` are now held. Returns the peers that sent a refuted block.
+    pub(crate) fn confirm_unchecked(&mut self, refuted: &RangeSet, lost: &RangeSet) -> Vec<PeerId> {
+        let Some(len) = self.info.as_ref().map(|i| i.len) else {
+            self.unchecked.clear();
+            return Vec::new();
+        };
+        let wanted = self.wanted_bytes(len);
+        let mut liars = Vec::new();
+        for (peer, blocks) in std::mem::take(&mut self.unchecked) {
+            let checked = blocks.difference(lost);
+            let good = checked.difference(refuted);
+            if good.count() < checked.count() {
+                liars.push(peer);
+            }
+            for run in good.runs() {
+                for b in run {
+                    if !self.have.contains(b) {
+                        self.have.insert(b, b + 1);
+                        self.bytes_transferred += overlap(&wanted, block_range(len, BlockIndex(b)));
+                    }
+                }
+            }
+        }
+        liars
+    }
+
     /// The origin's file changed: everything known about the old version goes.
     pub(crate) fn forget_file(&mut self) {
         self.info = None;
@@ -301,6 +369,7 @@ impl Download {
         self.haves.clear();
         self.availability.clear();
         self.co_fetchers.clear();
+        self.unchecked.clear();
         self.published = None;
         self.manifest_trusted = false;
         self.bytes_total = 0;

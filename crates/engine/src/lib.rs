@@ -314,11 +314,29 @@ pub enum Input {
         /// Its rank key (its [`Config::node_key`]).
         key: u64,
     },
-    /// The driver holds a manifest whose root is a content id the download trusts: blocks
-    /// from peers can be verified, so peers may be asked.
+    /// The driver holds a manifest whose root is a content id the download trusts: from now
+    /// on blocks from peers are verified as they arrive, and the blocks that arrived before
+    /// ([`Input::BlockUnchecked`]) were checked against it.
     ManifestTrusted {
         /// The download.
         id: DownloadId,
+        /// The unchecked blocks that failed the check: their bytes are dropped, and the peers
+        /// that sent them are banned.
+        refuted: RangeSet,
+        /// The unchecked blocks the driver could not check (a local I/O error): fetched
+        /// again, nobody banned. Every unchecked block in neither set is now held.
+        lost: RangeSet,
+    },
+    /// A block of a [`Action::RequestBlocks`] sent before the download trusted a manifest:
+    /// its bytes are written but not checked, so it is neither held, nor served, nor in a
+    /// finished file. The driver checks it (with the others) once the manifest is trusted
+    /// and reports the outcome in [`Input::ManifestTrusted`]. Until then it is not fetched
+    /// again.
+    BlockUnchecked {
+        /// The request that carried it.
+        request: RequestId,
+        /// The block.
+        block: BlockIndex,
     },
     /// A block of a [`Action::RequestBlocks`] failed verification: its bytes were dropped and
     /// the peer is banned.
@@ -359,6 +377,20 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// Inputs about peers and what they hold, rather than about one request.
+    fn is_peer(&self) -> bool {
+        matches!(
+            self,
+            Self::PeerAdded { .. }
+                | Self::PeerRemoved { .. }
+                | Self::PeerHas { .. }
+                | Self::PeerFetching { .. }
+                | Self::ManifestTrusted { .. }
+        )
+    }
+}
+
 /// Something the driver must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -384,8 +416,8 @@ pub enum Action {
         whole: bool,
     },
     /// Ask a peer for blocks `blocks` of a download's file; each arrives as [`Input::Block`]
-    /// (verified against the trusted manifest) or [`Input::BlockCorrupt`], then
-    /// [`Input::FetchEnded`].
+    /// (verified against the trusted manifest) or [`Input::BlockCorrupt`], or, while no
+    /// manifest is trusted, as [`Input::BlockUnchecked`]; then [`Input::FetchEnded`].
     RequestBlocks {
         /// Echo in the answers.
         request: RequestId,
@@ -517,23 +549,21 @@ impl Engine {
 
     /// Applies an outcome reported by the driver.
     pub fn handle_input(&mut self, now: Instant, input: Input) {
+        if input.is_peer() {
+            self.on_peer_input(now, input);
+            return;
+        }
         let request = match &input {
             Input::Stat { request, .. }
             | Input::Block { request, .. }
+            | Input::BlockUnchecked { request, .. }
             | Input::FetchEnded { request, .. }
             | Input::Assembled { request, .. } => *request,
             Input::BlockCorrupt { request, block } => {
                 self.on_block_corrupt(now, *request, *block);
                 return;
             }
-            Input::PeerAdded { .. }
-            | Input::PeerRemoved { .. }
-            | Input::PeerHas { .. }
-            | Input::PeerFetching { .. }
-            | Input::ManifestTrusted { .. } => {
-                self.on_peer_input(now, input);
-                return;
-            }
+            _ => unreachable!("peer inputs are handled above"),
         };
         let Some(&id) = self.requests.get(&request) else {
             debug!(request = request.0, "input for a cancelled request ignored");
@@ -552,6 +582,17 @@ impl Engine {
                     return;
                 }
             }
+            Input::BlockUnchecked { block, .. } => {
+                // Like a block: it is no longer owed, and nothing new is missing.
+                let d = self
+                    .downloads
+                    .get_mut(&id)
+                    .expect("request maps to a live download");
+                if !d.manifest_trusted && d.add_unchecked(request, block, now) {
+                    d.last_progress = now;
+                }
+                return;
+            }
             Input::FetchEnded { result, .. } => {
                 self.requests.remove(&request);
                 self.on_fetch_ended(now, id, request, result);
@@ -560,12 +601,7 @@ impl Engine {
                 self.requests.remove(&request);
                 self.on_assembled(now, id, result);
             }
-            Input::PeerAdded { .. }
-            | Input::PeerRemoved { .. }
-            | Input::PeerHas { .. }
-            | Input::PeerFetching { .. }
-            | Input::ManifestTrusted { .. }
-            | Input::BlockCorrupt { .. } => unreachable!("handled before the lookup"),
+            _ => unreachable!("handled before the lookup"),
         }
         self.schedule(now, id);
     }
@@ -577,17 +613,14 @@ impl Engine {
         let mut all = false;
         let mut some: Vec<DownloadId> = Vec::new();
         for input in inputs {
-            match input {
-                Input::PeerAdded { .. }
-                | Input::PeerRemoved { .. }
-                | Input::PeerHas { .. }
-                | Input::PeerFetching { .. }
-                | Input::ManifestTrusted { .. } => match self.apply_peer_input(now, input) {
+            if input.is_peer() {
+                match self.apply_peer_input(now, input) {
                     Some(id) if !some.contains(&id) => some.push(id),
                     Some(_) => {}
                     None => all = true,
-                },
-                other => self.handle_input(now, other),
+                }
+            } else {
+                self.handle_input(now, input);
             }
         }
         if all {
@@ -908,7 +941,8 @@ impl Engine {
         let (len, accepts_ranges) = (info.len, info.accepts_ranges);
         let mut missing = d.missing();
         if missing.is_empty() {
-            if d.fetches.is_empty() {
+            // Unchecked blocks wait for the manifest: no assembly before they are held.
+            if d.fetches.is_empty() && !d.has_unchecked() {
                 d.assembling = true;
                 let (ranges, content_id) = (d.ranges.clone(), d.trusted_id());
                 let request = self.new_request(id);

@@ -8,7 +8,7 @@ use do_content::{BlockIndex, RangeSet};
 use tracing::{debug, info};
 
 use crate::{
-    Action, DownloadId, Engine, Event, Input, PeerClass, PeerId, RequestId,
+    Action, DownloadId, Engine, Event, Input, PeerClass, PeerId, RequestId, State,
     download::{CoFetcher, Download, PeerRequest},
 };
 
@@ -41,7 +41,7 @@ impl Engine {
         let affected = match &input {
             Input::PeerHas { id, .. }
             | Input::PeerFetching { id, .. }
-            | Input::ManifestTrusted { id } => Some(*id),
+            | Input::ManifestTrusted { id, .. } => Some(*id),
             _ => None,
         };
         match input {
@@ -91,9 +91,26 @@ impl Engine {
                     });
                 }
             }
-            Input::ManifestTrusted { id } => {
-                if let Some(d) = self.downloads.get_mut(&id) {
-                    d.manifest_trusted = true;
+            Input::ManifestTrusted { id, refuted, lost } => {
+                let Some(d) = self.downloads.get_mut(&id) else {
+                    return affected;
+                };
+                d.manifest_trusted = true;
+                let liars = d.confirm_unchecked(&refuted, &lost);
+                if d.state == State::Transferring {
+                    d.last_progress = now;
+                }
+                self.emit_status(id);
+                if !liars.is_empty() {
+                    for peer in liars {
+                        info!(
+                            peer = peer.0,
+                            download = id.0,
+                            "peer sent bad blocks before the manifest was trusted: banned"
+                        );
+                        self.ban(peer);
+                    }
+                    return None;
                 }
             }
             _ => unreachable!("only peer inputs are routed here"),
@@ -114,15 +131,20 @@ impl Engine {
             return;
         };
         info!(peer = peer.0, download = id.0, %block, "bad block from a peer: banned");
+        self.ban(peer);
+        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
+        for id in ids {
+            self.schedule(now, id);
+        }
+    }
+
+    /// Bans a peer everywhere: its requests are cancelled and it is never asked again.
+    fn ban(&mut self, peer: PeerId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.banned = true;
         }
         self.forget_peer(peer);
         self.events.push_back(Event::PeerBanned { peer });
-        let ids: Vec<DownloadId> = self.downloads.keys().copied().collect();
-        for id in ids {
-            self.schedule(now, id);
-        }
     }
 
     /// Cancels a peer's requests and forgets its holdings, in every download.
@@ -217,10 +239,14 @@ impl Engine {
 
     /// Asks peers for missing blocks they hold: nearest class first, the rarest blocks first
     /// (from a random point, so that downloads spread over the file), within each peer's slots.
+    /// Before the manifest is trusted too: what peers send then waits, unchecked, for it (so
+    /// that the parts of a crowd's co-fetchers move while the origin is still sending them).
     /// `missing` is the download's [`Download::missing`]; what this asks of peers is taken
     /// out of it.
     pub(crate) fn schedule_peers(&mut self, now: Instant, id: DownloadId, missing: &mut RangeSet) {
-        if !self.downloads[&id].manifest_trusted {
+        // Without a content id to trust, peers' bytes could never be checked.
+        let d = &self.downloads[&id];
+        if !d.manifest_trusted && d.trusted_id().is_none() {
             return;
         }
         let mut order: Vec<(PeerClass, PeerId)> = self.downloads[&id]
@@ -305,10 +331,9 @@ impl Engine {
         if let Some(share) = &share {
             missing = missing.clipped(share.start, share.end);
         }
-        // Blocks a peer holds come from it once the manifest is trusted; while co-fetching,
-        // the manifest becomes trusted when the co-fetchers' shares are in, so their
-        // holdings are not fetched again either.
-        if d.manifest_trusted || share.is_some() {
+        // Blocks a peer holds come from it, checked at once with a trusted manifest, or
+        // checked when it is trusted (peers are asked only with a content id to trust).
+        if d.manifest_trusted || d.trusted_id().is_some() {
             let usable = d
                 .haves
                 .iter()

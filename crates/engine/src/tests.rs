@@ -568,7 +568,30 @@ fn with_peers(config: Config, blocks: u64, peers: &[(u64, PeerClass, RangeSet)])
             blocks: have.clone(),
         });
     }
-    h.input(Input::ManifestTrusted { id: ID });
+    h.input(Input::ManifestTrusted {
+        id: ID,
+        refuted: RangeSet::new(),
+        lost: RangeSet::new(),
+    });
+    h.answer_stat(Ok(info(blocks * BLOCK_SIZE)));
+    h
+}
+
+/// Like [`with_peers`], but no manifest is trusted yet (the content id is).
+fn with_peers_untrusted(blocks: u64, peers: &[(u64, PeerClass, RangeSet)]) -> Harness {
+    let mut h = Harness::new(Config::default());
+    h.start_whole(Some(root()));
+    for (p, class, have) in peers {
+        h.input(Input::PeerAdded {
+            peer: PeerId(*p),
+            class: *class,
+        });
+        h.input(Input::PeerHas {
+            id: ID,
+            peer: PeerId(*p),
+            blocks: have.clone(),
+        });
+    }
     h.answer_stat(Ok(info(blocks * BLOCK_SIZE)));
     h
 }
@@ -973,14 +996,128 @@ fn nodes_fetching_a_file_together_split_the_origin_work() {
         peer: PeerId(2),
         blocks: std::iter::once(60..90).collect(),
     });
+    // Their parts move before the manifest is trusted, unchecked: not held until it is.
+    let got = serve_unchecked(&mut h);
+    assert_eq!(got[&Some(1)].len() + got[&Some(2)].len(), 60);
+    assert!(!got.contains_key(&None), "nothing more from the origin");
     assert!(
         h.take().is_empty(),
-        "no peer request before the manifest is trusted"
+        "nothing asked twice, nothing assembled"
     );
-    h.input(Input::ManifestTrusted { id: ID });
+    assert_eq!(h.status().state, State::Transferring);
+    h.input(Input::ManifestTrusted {
+        id: ID,
+        refuted: RangeSet::new(),
+        lost: RangeSet::new(),
+    });
     let got = serve_sources(&mut h, &[]);
-    assert!(!got.contains_key(&None), "nothing more from the origin");
-    assert_eq!(got[&Some(1)].len() + got[&Some(2)].len(), 60);
+    assert!(got.is_empty(), "nothing fetched again: {:?}", got.keys());
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+/// Like [`serve_sources`] before the manifest is trusted: peers' blocks arrive unchecked
+/// (`Input::BlockUnchecked`), the origin's as usual; stops when nothing is pending. Returns
+/// blocks by source (`None` for the origin).
+fn serve_unchecked(h: &mut Harness) -> BTreeMap<Option<u64>, Vec<u64>> {
+    let mut got: BTreeMap<Option<u64>, Vec<u64>> = BTreeMap::new();
+    for _ in 0..10_000 {
+        let actions = h.take();
+        if actions.is_empty() {
+            return got;
+        }
+        for action in actions {
+            match action {
+                Action::RequestBlocks {
+                    request,
+                    peer,
+                    blocks,
+                    ..
+                } => {
+                    for b in blocks {
+                        got.entry(Some(peer.0)).or_default().push(b);
+                        h.input(Input::BlockUnchecked {
+                            request,
+                            block: BlockIndex(b),
+                        });
+                    }
+                    h.input(Input::FetchEnded {
+                        request,
+                        result: Ok(()),
+                    });
+                }
+                Action::Fetch { request, range, .. } => {
+                    for b in range.blocks() {
+                        got.entry(None).or_default().push(b);
+                        h.input(Input::Block {
+                            request,
+                            block: BlockIndex(b),
+                        });
+                    }
+                    h.input(Input::FetchEnded {
+                        request,
+                        result: Ok(()),
+                    });
+                }
+                Action::Cancel { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    panic!("did not settle");
+}
+
+#[test]
+fn blocks_refuted_by_the_manifest_ban_their_sender_and_are_fetched_again() {
+    let mut h = co_fetching();
+    serve_origin(&mut h);
+    for (peer, part) in [(1, 0..30), (2, 60..90)] {
+        h.input(Input::PeerHas {
+            id: ID,
+            peer: PeerId(peer),
+            blocks: std::iter::once(part).collect(),
+        });
+    }
+    let got = serve_unchecked(&mut h);
+    assert_eq!(got[&Some(2)].len(), 30);
+    // Peer 2's blocks 70..72 do not match the manifest.
+    h.collect();
+    h.input(Input::ManifestTrusted {
+        id: ID,
+        refuted: std::iter::once(70..72).collect(),
+        lost: RangeSet::new(),
+    });
+    h.collect();
+    assert!(
+        h.events
+            .iter()
+            .any(|e| matches!(e, Event::PeerBanned { peer } if *peer == PeerId(2))),
+        "the sender of refuted blocks is banned"
+    );
+    let got = serve_sources(&mut h, &[]);
+    let mut again: Vec<u64> = got.values().flatten().copied().collect();
+    again.sort_unstable();
+    assert_eq!(again, vec![70, 71], "only the refuted blocks, again");
+    assert!(!got.contains_key(&Some(2)), "never from the banned peer");
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
+fn unchecked_blocks_are_not_held() {
+    // Every block arrives unchecked: no assembly until the manifest is trusted, and progress
+    // counts only checked bytes.
+    let mut h = with_peers_untrusted(16, &[(1, PeerClass::Lan, all(16))]);
+    let got = serve_unchecked(&mut h);
+    assert_eq!(got[&Some(1)].len(), 16, "{got:?}");
+    assert_eq!(h.status().state, State::Transferring);
+    assert_eq!(h.status().bytes_transferred, 0);
+    h.input(Input::ManifestTrusted {
+        id: ID,
+        refuted: RangeSet::new(),
+        lost: RangeSet::new(),
+    });
+    assert_eq!(h.status().bytes_transferred, 16 * BLOCK_SIZE);
+    let got = serve_sources(&mut h, &[]);
+    assert!(got.is_empty());
     assert_eq!(h.status().state, State::Transferred);
 }
 
@@ -994,6 +1131,11 @@ fn a_co_fetcher_that_stops_growing_loses_its_part() {
         peer: PeerId(1),
         blocks: std::iter::once(0..30).collect(),
     });
+    assert_eq!(
+        serve_unchecked(&mut h)[&Some(1)].len(),
+        30,
+        "peer 1's part moves"
+    );
     h.advance(Duration::from_secs(5));
     assert!(h.take().is_empty(), "peer 2 still has time");
     h.advance(Duration::from_secs(6));
@@ -1151,7 +1293,7 @@ proptest! {
             h.input(Input::PeerHas { id: ID, peer, blocks: std::iter::once(a.min(b)..a.max(b) + 1).collect() });
             if corrupt { bad.insert(peer); }
         }
-        h.input(Input::ManifestTrusted { id: ID });
+        h.input(Input::ManifestTrusted { id: ID, refuted: RangeSet::new(), lost: RangeSet::new() });
         h.answer_stat(Ok(info(blocks * BLOCK_SIZE)));
         let mut held = BTreeSet::new();
         let mut banned = BTreeSet::new();
