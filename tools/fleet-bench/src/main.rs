@@ -33,11 +33,21 @@ struct Args {
     /// Runs of each measurement (the best is kept).
     #[arg(long, default_value_t = 2)]
     runs: usize,
+    /// Keep each crowd daemon's log as DIR/run-R-host-H.log.
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
+    /// Only the flash crowd (its `F/d_min` term then uses 940 Mbit/s for the LAN).
+    #[arg(long)]
+    crowd_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let lan_bytes_per_s = pair(&args)?;
+    let lan_bytes_per_s = if args.crowd_only {
+        940e6 / 8.0
+    } else {
+        pair(&args)?
+    };
     crowd(&args, lan_bytes_per_s)?;
     Ok(())
 }
@@ -112,7 +122,7 @@ fn crowd(args: &Args, lan_bytes_per_s: f64) -> anyhow::Result<()> {
         .copied()
         .fold(("", 0.0), |best, t| if t.1 > best.1 { t } else { best });
     let mut best: Option<(f64, u64)> = None;
-    for _ in 0..args.runs {
+    for run in 0..args.runs {
         let fleet = Fleet::start(FleetOptions {
             nodes: args.nodes,
             spare_hosts: 0,
@@ -129,6 +139,13 @@ fn crowd(args: &Args, lan_bytes_per_s: f64) -> anyhow::Result<()> {
         }
         let makespan = started.elapsed().as_secs_f64();
         let origin = fleet.origin_bytes();
+        if let Some(dir) = &args.logs {
+            std::fs::create_dir_all(dir)?;
+            for host in 2..=args.nodes + 1 {
+                let log = dir.join(format!("run-{run}-host-{host}.log"));
+                std::fs::write(log, fleet.log(host))?;
+            }
+        }
         if best.is_none_or(|(m, _)| makespan < m) {
             best = Some((makespan, origin));
         }
