@@ -239,8 +239,8 @@ pub struct EngineKnobs {
     /// so peers may be asked from the start; not built in the node).
     #[serde(default)]
     pub verify: Verify,
-    /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 1.
-    #[serde(default = "one_f")]
+    /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 0.5.
+    #[serde(default = "half")]
     pub have_interval_s: f64,
 }
 
@@ -252,6 +252,10 @@ fn one_f() -> f64 {
     1.0
 }
 
+fn half() -> f64 {
+    0.5
+}
+
 impl Default for EngineKnobs {
     fn default() -> Self {
         Self {
@@ -261,7 +265,7 @@ impl Default for EngineKnobs {
             upload_slots: 4,
             peer_slots: 4,
             verify: Verify::Manifest,
-            have_interval_s: 1.0,
+            have_interval_s: 0.5,
         }
     }
 }

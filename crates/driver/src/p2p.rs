@@ -39,7 +39,7 @@ use crate::{
 /// DO_E_FATAL_CORE_ERROR: a peer request could not be sent or its answer handled.
 const DO_E_PEER_REQUEST_FAILED: u32 = 0x80D0_6802;
 /// How often peers are asked what they hold of the files being downloaded.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Requests waiting for an upload slot; beyond this, peers get `Busy`.
 const UPLOAD_QUEUE: usize = 256;
 
