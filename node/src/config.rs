@@ -19,6 +19,7 @@ pub(crate) struct File {
     pub(crate) log: Option<String>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) p2p: Option<bool>,
+    pub(crate) transport: Option<Transport>,
     #[serde(default)]
     pub(crate) group: Group,
     #[serde(default)]
@@ -60,6 +61,17 @@ pub(crate) struct Download {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upload {
     pub(crate) max_rate: Option<u64>,
+}
+
+/// The transport tried first when dialing a peer.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Transport {
+    /// TCP with noise and yamux.
+    #[default]
+    Tcp,
+    /// QUIC.
+    Quic,
 }
 
 /// How log lines are written.
@@ -111,6 +123,8 @@ mod tests {
             Some(store.background_yield_rate)
         );
         let p2p = do_driver::P2pConfig::default();
+        assert_eq!(file.transport, Some(Transport::Tcp));
+        assert_eq!(p2p.dial_first, do_driver::Transport::Tcp);
         assert_eq!(file.upload.max_rate, Some(p2p.upload_max_rate.unwrap_or(0)));
         assert_eq!(
             file.run_dir.as_deref(),

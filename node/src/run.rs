@@ -57,6 +57,10 @@ pub(crate) struct Args {
     /// `DOMaxUploadBandwidth`) [default: 0].
     #[arg(long, value_name = "BYTES_PER_SECOND")]
     upload_max_rate: Option<u64>,
+    /// The transport tried first when dialing a peer (the node listens on both; Group mode is
+    /// TCP only) [default: tcp].
+    #[arg(long, value_enum)]
+    transport: Option<config::Transport>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -116,6 +120,10 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
     if args.p2p || file.p2p.unwrap_or(false) || group.is_some() {
         let mut p2p = do_driver::P2pConfig::default();
         p2p.layer.group = group;
+        p2p.dial_first = match args.transport.or(file.transport).unwrap_or_default() {
+            config::Transport::Tcp => do_driver::Transport::Tcp,
+            config::Transport::Quic => do_driver::Transport::Quic,
+        };
         p2p.upload_max_rate = args
             .upload_max_rate
             .or(file.upload.max_rate)

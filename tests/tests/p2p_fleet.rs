@@ -83,6 +83,36 @@ fn nodes_fetching_one_after_another_take_the_file_from_each_other() {
 }
 
 #[test]
+fn nodes_that_dial_quic_first_exchange_the_file_over_quic() {
+    let _alone = one_at_a_time();
+    let mut fleet = Fleet::without_daemons(options(2, 0));
+    for host in 2..=3 {
+        fleet.start_daemon_with(host, &["--transport", "quic"]);
+    }
+    fleet.wait_for_mesh();
+    for host in 2..=3 {
+        let stats = fleet.stats(host).unwrap();
+        let peers = stats["Peers"].as_array().cloned().unwrap_or_default();
+        assert_eq!(peers.len(), 1, "{stats}");
+        assert!(
+            peers[0]["Address"]
+                .as_str()
+                .is_some_and(|a| a.contains("/udp/") && a.contains("/quic-v1")),
+            "host {host} reaches its peer over QUIC: {stats}"
+        );
+    }
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    let out = fleet.spawn_get(3).wait_with_output().unwrap();
+    let summary = fleet.check(3, &out);
+    assert_eq!(
+        summary["BytesFromLanPeers"].as_u64(),
+        Some(FILE),
+        "host 3 took every byte from its peer: {summary}"
+    );
+}
+
+#[test]
 fn a_flash_crowd_fetches_each_byte_from_the_origin_about_once() {
     let _alone = one_at_a_time();
     let fleet = fleet(5, 0);

@@ -65,6 +65,12 @@ pub struct P2pConfig {
     pub layer: do_p2p::Config,
     /// Where to listen. Default all IPv4 addresses, a free TCP port.
     pub listen: libp2p::Multiaddr,
+    /// Where to listen for QUIC (when the layer carries it: not in Group mode). Default all
+    /// IPv4 addresses, a free UDP port.
+    pub quic_listen: libp2p::Multiaddr,
+    /// The transport tried first when dialing a peer that offers both; the other is the
+    /// fallback. Default TCP (on a LAN it costs less CPU per byte than QUIC).
+    pub dial_first: Transport,
     /// Peer requests answered at once; more wait in a queue (DO's upload slots). Default 4.
     pub upload_slots: usize,
     /// Most bytes per second of block data served to peers, on average (DO's
@@ -80,11 +86,39 @@ pub struct P2pConfig {
     pub origin_fallback_delay: Duration,
 }
 
+/// A transport peers are reached over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP with noise and yamux.
+    #[default]
+    Tcp,
+    /// QUIC (TLS 1.3 inside).
+    Quic,
+}
+
+impl Transport {
+    /// The transport an address is for.
+    pub fn of(addr: &libp2p::Multiaddr) -> Self {
+        if addr
+            .iter()
+            .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+        {
+            Self::Quic
+        } else {
+            Self::Tcp
+        }
+    }
+}
+
 impl Default for P2pConfig {
     fn default() -> Self {
         Self {
             layer: do_p2p::Config::default(),
             listen: "/ip4/0.0.0.0/tcp/0".parse().expect("a valid multiaddr"),
+            quic_listen: "/ip4/0.0.0.0/udp/0/quic-v1"
+                .parse()
+                .expect("a valid multiaddr"),
+            dial_first: Transport::Tcp,
             upload_slots: 4,
             upload_max_rate: None,
             origin_fallback_delay: Duration::from_secs(1),

@@ -208,6 +208,8 @@ pub(crate) struct P2p {
     queue: VecDeque<(libp2p::PeerId, Request, ResponseChannel<Response>)>,
     peers: HashMap<libp2p::PeerId, Known>,
     dialer: Dialer,
+    /// The transport tried first.
+    dial_first: crate::Transport,
     banned: HashSet<libp2p::PeerId>,
     by_engine: HashMap<PeerId, libp2p::PeerId>,
     next_peer: u64,
@@ -231,6 +233,11 @@ impl P2p {
         swarm
             .listen_on(config.listen.clone())
             .map_err(|e| do_p2p::Error::Transport(e.to_string()))?;
+        if config.layer.quic && config.layer.group.is_none() {
+            swarm
+                .listen_on(config.quic_listen.clone())
+                .map_err(|e| do_p2p::Error::Transport(e.to_string()))?;
+        }
         let me = *swarm.local_peer_id();
         let group = config.layer.group.as_ref();
         match group {
@@ -261,6 +268,7 @@ impl P2p {
             queue: VecDeque::new(),
             peers: HashMap::new(),
             dialer: Dialer::new(me),
+            dial_first: config.dial_first,
             banned: HashSet::new(),
             by_engine: HashMap::new(),
             next_peer: 1,
@@ -698,9 +706,15 @@ impl P2p {
 
     /// Dials the peers found on the LAN whose turn it is (see [`Dialer`]).
     fn dial_due(&mut self, now: Instant) {
-        for (peer, addrs) in self.dialer.due(now) {
+        for (peer, mut addrs) in self.dialer.due(now) {
             debug!(%peer, "found on the LAN; dialing");
-            let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+            // The preferred transport first, one address at a time (the swarm would race them
+            // all, and the first to connect would win whatever its transport).
+            addrs.sort_by_key(|a| crate::Transport::of(a) != self.dial_first);
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .override_dial_concurrency_factor(std::num::NonZeroU8::MIN)
+                .build();
             if let Err(e) = self.swarm.dial(opts) {
                 debug!(%peer, error = %e, "dial failed");
                 self.dialer.failed(now, &peer);

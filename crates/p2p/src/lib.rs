@@ -1,11 +1,12 @@
 //! The libp2p layer of donode: a persisted node identity, LAN discovery over mDNS, and the
-//! block exchange protocol ([`wire`]) over TCP with noise and yamux; in Group mode
-//! ([`Group`]), under libp2p's private-network layer keyed by the group's secret.
+//! block exchange protocol ([`wire`]) over TCP with noise and yamux, and over QUIC; in Group
+//! mode ([`Group`]), over TCP only, under libp2p's private-network layer keyed by the group's
+//! secret.
 //!
 //! It carries bytes and makes no decision: which blocks to ask of whom is the engine's job,
 //! and every block a peer sends is verified against a trusted manifest by the caller before
 //! anything uses it. The driver (`do-driver`) uses it for downloads and serving. Not here yet:
-//! QUIC and Kademlia provider records (see `docs/p2p-design.md`).
+//! Kademlia provider records (see `docs/p2p-design.md`).
 #![warn(missing_docs)]
 
 mod memory;
@@ -36,6 +37,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Group mode: only the group's members can connect. Default `None` (LAN mode).
     pub group: Option<Group>,
+    /// Carry QUIC besides TCP (outside Group mode: the private-network layer is TCP only).
+    /// Default true.
+    pub quic: bool,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             mdns_query_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             group: None,
+            quic: true,
         }
     }
 }
@@ -177,6 +182,14 @@ pub fn swarm(key: Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
     // finds its peers at once (the driver drops peers that mDNS no longer sees).
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::MAX);
     let swarm = match &config.group {
+        None if config.quic => builder
+            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .map_err(transport_error)?
+            .with_quic()
+            .with_behaviour(|key| behaviour(key, config))
+            .map_err(transport_error)?
+            .with_swarm_config(idle)
+            .build(),
         None => builder
             .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
             .map_err(transport_error)?
