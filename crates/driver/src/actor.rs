@@ -6,7 +6,7 @@ use std::{
     time::Instant,
 };
 
-use do_content::{BlockIndex, ContentId, Manifest, RangeSet, block_count};
+use do_content::{BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count};
 use do_engine::{
     Action, DownloadId, Engine, Event, Failure, FileInfo, Input, PeerClass, RequestId, Spec,
 };
@@ -105,12 +105,15 @@ pub(crate) enum IoEvent {
         download: DownloadId,
         block: BlockIndex,
         bytes: u64,
+        /// The hash of the bytes written.
+        hash: BlockHash,
     },
     /// The unchecked blocks of a download whose manifest is now trusted were checked: the
-    /// good ones moved into the cache.
+    /// good ones moved into the cache (or the move failed with this HRESULT).
     Adopted {
         download: DownloadId,
-        result: Result<do_store::Adopted, u32>,
+        refuted: RangeSet,
+        moved: Result<(), (u32, RangeSet)>,
     },
     /// A block from a peer failed verification; its bytes were dropped.
     PeerCorrupt {
@@ -454,6 +457,7 @@ impl Actor {
                 download,
                 block,
                 bytes,
+                hash,
             } => {
                 let (Some(p2p), Some(job)) = (&mut self.p2p, self.jobs.get(&download)) else {
                     return;
@@ -467,15 +471,16 @@ impl Actor {
                     }
                 });
                 // Trusted meanwhile: this block missed the check, so it is fetched again.
-                if !p2p.note_unchecked(download, block) {
+                if !p2p.note_unchecked(download, block, hash) {
                     return;
                 }
                 Input::BlockUnchecked { request, block }
             }
-            IoEvent::Adopted { download, result } => {
-                let Some(p2p) = &mut self.p2p else { return };
-                p2p.adopted(download, result)
-            }
+            IoEvent::Adopted {
+                download,
+                refuted,
+                moved,
+            } => crate::p2p::adopted(download, refuted, moved),
             IoEvent::PeerCorrupt { request, block } => Input::BlockCorrupt { request, block },
             IoEvent::FetchEnded { request, result } => {
                 self.forget_request(request);

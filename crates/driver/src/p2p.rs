@@ -4,7 +4,7 @@
 //! verified blocks of downloads in progress) to others.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use do_content::{BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count, block_range};
+use do_content::{
+    BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count, block_range, hash_block,
+};
 use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId};
 use do_origin::Validators;
 use do_p2p::{
@@ -82,9 +84,10 @@ struct Swarming {
     hashes: Vec<Option<BlockHash>>,
     /// Set once the collected hashes merged to the content id (or a peer's did).
     manifest: Option<Arc<Manifest>>,
-    /// Blocks peers sent before the manifest was trusted, in the entry's side file and told
-    /// to the engine as unchecked; checked and moved into the cache once it is trusted.
-    unchecked: RangeSet,
+    /// Blocks peers sent before the manifest was trusted, with the hashes of their bytes: in
+    /// the entry's side file and told to the engine as unchecked; checked and moved into the
+    /// cache once it is trusted.
+    unchecked: BTreeMap<u64, BlockHash>,
     /// Peers asked for their status and not yet answered.
     polling: HashSet<libp2p::PeerId>,
     /// Peers asked for hashes and not yet answered.
@@ -438,7 +441,7 @@ impl P2p {
                 len,
                 hashes: vec![None; block_count(len) as usize],
                 manifest: manifest.clone(),
-                unchecked: RangeSet::new(),
+                unchecked: BTreeMap::new(),
                 polling: HashSet::new(),
                 hashing: HashSet::new(),
                 co_fetchers: HashSet::new(),
@@ -942,48 +945,18 @@ impl P2p {
     /// A peer's block reached the side file before the manifest was trusted: true if it is
     /// still unchecked (it is recorded for the check), false if the manifest came meanwhile
     /// (the block missed the check and must be fetched again).
-    pub(crate) fn note_unchecked(&mut self, download: DownloadId, block: BlockIndex) -> bool {
+    pub(crate) fn note_unchecked(
+        &mut self,
+        download: DownloadId,
+        block: BlockIndex,
+        hash: BlockHash,
+    ) -> bool {
         match self.swarms.get_mut(&download) {
             Some(s) if s.manifest.is_none() => {
-                s.unchecked.insert(block.0, block.0 + 1);
+                s.unchecked.insert(block.0, hash);
                 true
             }
             _ => false,
-        }
-    }
-
-    /// The outcome of checking a download's unchecked blocks, for the engine: the manifest
-    /// is trusted, with the blocks that failed (their senders are banned) and those that
-    /// could not be checked.
-    pub(crate) fn adopted(
-        &mut self,
-        download: DownloadId,
-        result: Result<do_store::Adopted, u32>,
-    ) -> Input {
-        let (refuted, lost) = match result {
-            Ok(adopted) => {
-                if !adopted.refuted.is_empty() {
-                    warn!(
-                        download = download.0,
-                        blocks = adopted.refuted.count(),
-                        "blocks peers sent before the manifest was trusted fail it"
-                    );
-                }
-                (adopted.refuted, adopted.unreadable)
-            }
-            Err(code) => {
-                warn!(
-                    download = download.0,
-                    code = format_args!("{code:#x}"),
-                    "checking unchecked blocks failed"
-                );
-                (RangeSet::new(), std::iter::once(0..u64::MAX).collect())
-            }
-        };
-        Input::ManifestTrusted {
-            id: download,
-            refuted,
-            lost,
         }
     }
 
@@ -1076,36 +1049,46 @@ impl P2p {
                     download = download.0,
                     "manifest trusted: peers' blocks can be verified"
                 );
-                let manifest = Arc::new(m);
-                s.manifest = Some(Arc::clone(&manifest));
                 let unchecked = std::mem::take(&mut s.unchecked);
-                if unchecked.is_empty() {
-                    ctx.engine.handle_input(
-                        ctx.now,
-                        Input::ManifestTrusted {
-                            id: download,
-                            refuted: RangeSet::new(),
-                            lost: RangeSet::new(),
-                        },
-                    );
+                let (mut good, mut refuted) = (Vec::new(), RangeSet::new());
+                for (b, hash) in unchecked {
+                    if m.blocks().get(b as usize) == Some(&hash) {
+                        good.push((BlockIndex(b), hash));
+                    } else {
+                        refuted.insert(b, b + 1);
+                    }
+                }
+                s.manifest = Some(Arc::new(m));
+                if good.is_empty() {
+                    ctx.engine
+                        .handle_input(ctx.now, adopted(download, refuted, Ok(())));
                     return;
                 }
-                // The blocks that came before it are checked and moved into the cache; the
-                // engine hears of the trust with their outcome.
-                let (store, io_tx, entry) = (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry);
+                // The good blocks that came before it move into the cache; the engine hears
+                // of the trust once they are there.
+                let (store, io_tx, entry, len) =
+                    (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry, s.len);
                 ctx.tasks.spawn(async move {
                     let outcome = tokio::task::spawn_blocking(move || {
-                        store
-                            .adopt_unchecked(entry, &manifest, &unchecked)
-                            .map_err(|e| (e.hresult(), unchecked))
+                        let moved = store.adopt_unchecked(entry, len, &good);
+                        moved.map_err(|e| {
+                            let lost = good.iter().map(|(b, _)| b.0..b.0 + 1).collect();
+                            (e.hresult(), lost)
+                        })
                     })
                     .await;
-                    let result = match outcome {
-                        Ok(Ok(adopted)) => Ok(adopted),
-                        Ok(Err((code, _))) => Err(code),
-                        Err(_) => Err(DO_E_PEER_REQUEST_FAILED),
+                    let moved = outcome.unwrap_or_else(|_| {
+                        Err((
+                            DO_E_PEER_REQUEST_FAILED,
+                            std::iter::once(0..u64::MAX).collect(),
+                        ))
+                    });
+                    let event = IoEvent::Adopted {
+                        download,
+                        refuted,
+                        moved,
                     };
-                    let _ = io_tx.send(IoEvent::Adopted { download, result }).await;
+                    let _ = io_tx.send(event).await;
                 });
             }
             _ => {
@@ -1116,6 +1099,39 @@ impl P2p {
                 s.hashes.iter_mut().for_each(|h| *h = None);
             }
         }
+    }
+}
+
+/// The engine's news that a download's manifest is trusted, once its unchecked blocks were
+/// checked: `refuted` failed (their senders get banned); the others moved into the cache, or,
+/// if `moved` failed, are lost and fetched again.
+pub(crate) fn adopted(
+    download: DownloadId,
+    refuted: RangeSet,
+    moved: Result<(), (u32, RangeSet)>,
+) -> Input {
+    if !refuted.is_empty() {
+        warn!(
+            download = download.0,
+            blocks = refuted.count(),
+            "blocks peers sent before the manifest was trusted fail it"
+        );
+    }
+    let lost = match moved {
+        Ok(()) => RangeSet::new(),
+        Err((code, lost)) => {
+            warn!(
+                download = download.0,
+                code = format_args!("{code:#x}"),
+                "moving checked blocks into the cache failed"
+            );
+            lost
+        }
+    };
+    Input::ManifestTrusted {
+        id: download,
+        refuted,
+        lost,
     }
 }
 
@@ -1151,8 +1167,9 @@ fn runs_to_set(runs: &[(u64, u64)], blocks: u64) -> RangeSet {
 struct Written {
     /// Blocks verified, written and recorded, with their sizes.
     good: Vec<(u64, u64)>,
-    /// Blocks written to the side file unchecked (no manifest was trusted), with their sizes.
-    unchecked: Vec<(u64, u64)>,
+    /// Blocks written to the side file unchecked (no manifest was trusted), with their sizes
+    /// and the hashes of their bytes.
+    unchecked: Vec<(u64, u64, BlockHash)>,
     /// The first block that failed verification (the peer is banned).
     corrupt: Option<u64>,
     /// Writing or recording failed.
@@ -1181,7 +1198,7 @@ impl Written {
                 }
             })
             .collect();
-        for &(block, bytes) in &self.unchecked {
+        for &(block, bytes, hash) in &self.unchecked {
             counters
                 .received_from(class)
                 .fetch_add(bytes, Ordering::Relaxed);
@@ -1190,6 +1207,7 @@ impl Written {
                 download,
                 block: BlockIndex(block),
                 bytes,
+                hash,
             });
         }
         if let Some(block) = self.corrupt {
@@ -1305,9 +1323,15 @@ fn write_unchecked_blocks(
         written.failed = Some(e.hresult());
         return written;
     }
+    // Hashed now, while the bytes are at hand: the check against the manifest is then a
+    // comparison, and the move into the cache a copy in the kernel.
     written.unchecked = blocks
         .filter(|&b| b < block_count(len))
-        .map(|b| (b, span(b).len()))
+        .map(|b| {
+            let r = span(b);
+            let bytes = &data[(r.start - start) as usize..(r.end - start) as usize];
+            (b, r.len(), hash_block(len, BlockIndex(b), bytes))
+        })
         .collect();
     written
 }

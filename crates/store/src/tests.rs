@@ -252,40 +252,35 @@ fn read_verified_hands_out_only_bytes_that_check() {
 }
 
 #[test]
-fn unchecked_blocks_are_adopted_only_if_they_match_the_manifest() {
+fn adopted_blocks_move_from_the_side_file_into_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Config::default()).unwrap();
-    let data = sample(4 * BLOCK_SIZE as usize);
+    let len = 4 * BLOCK_SIZE + 10;
+    let data = sample(len as usize);
     let manifest = Manifest::from_bytes(&data);
     let id = store
-        .create_entry(EntryMeta::new("http://o/f", data.len() as u64, None, None))
+        .create_entry(EntryMeta::new("http://o/f", len, None, None))
         .unwrap();
     let side = store.unchecked_writer(id).unwrap();
-    let block = |b: u64| {
-        let r = block_range(data.len() as u64, BlockIndex(b));
-        (r.start, data[r.start as usize..r.end as usize].to_vec())
-    };
-    for b in [0, 1] {
-        let (at, bytes) = block(b);
-        side.write_at(at, &bytes).unwrap();
-    }
-    let (at, mut bytes) = block(2);
-    bytes[7] ^= 1;
-    side.write_at(at, &bytes).unwrap();
-    // Block 3 was never written to the side file.
-    let asked: RangeSet = std::iter::once(0..4).collect();
-    let out = store.adopt_unchecked(id, &manifest, &asked).unwrap();
-    assert_eq!(out.refuted, std::iter::once(2..3).collect::<RangeSet>());
-    assert_eq!(out.unreadable, std::iter::once(3..4).collect::<RangeSet>());
+    side.write_at(0, &data).unwrap();
+    // Blocks 0, 1 and 4 (the short tail) are adopted; 2 and 3 are not.
+    let adopt: Vec<_> = [0, 1, 4]
+        .into_iter()
+        .map(|b| (BlockIndex(b), manifest.blocks()[b as usize]))
+        .collect();
+    store.adopt_unchecked(id, len, &adopt).unwrap();
     assert_eq!(
         store.verified(id).unwrap(),
-        std::iter::once(0..2).collect::<RangeSet>()
+        [0..2, 4..5].into_iter().collect::<RangeSet>()
     );
-    let got = store
+    let head = store
         .read_verified(id, 0, 2)
         .unwrap()
-        .expect("adopted blocks read back");
-    assert_eq!(got, data[..2 * BLOCK_SIZE as usize]);
+        .expect("blocks 0 and 1");
+    assert_eq!(head, data[..2 * BLOCK_SIZE as usize]);
+    let tail = store.read_verified(id, 4, 1).unwrap().expect("block 4");
+    assert_eq!(tail, data[4 * BLOCK_SIZE as usize..]);
+    assert_eq!(store.read_verified(id, 2, 1).unwrap(), None);
     assert!(
         !dir.path()
             .join("data")
