@@ -194,6 +194,24 @@ impl Download {
         missing
     }
 
+    /// Blocks still needed that no peer is bringing: [`Download::missing`] plus what the
+    /// origin fetches are bringing. A co-fetcher's gap that this node fetches in its stead is
+    /// still its gap (else taking it over would undo itself).
+    pub(crate) fn not_from_peers(&self) -> RangeSet {
+        let mut left = self.needed.difference(&self.have);
+        let from_peers = self
+            .peer_requests
+            .keys()
+            .filter_map(|r| self.fetches.get(r))
+            .chain(self.unchecked.values());
+        for owed in from_peers {
+            for run in owed.runs() {
+                left.remove(run.start, run.end);
+            }
+        }
+        left
+    }
+
     /// The next span of `missing` blocks for one origin request: a share of what is missing
     /// per connection, clamped to `[min, max]` blocks, from the first missing run.
     pub(crate) fn next_span(

@@ -940,6 +940,8 @@ impl Engine {
         };
         let (len, accepts_ranges) = (info.len, info.accepts_ranges);
         let mut missing = d.missing();
+        self.cancel_stray_origin_fetches(id, &mut missing);
+        let d = self.downloads.get_mut(&id).expect("live");
         if missing.is_empty() {
             // Unchecked blocks wait for the manifest: no assembly before they are held.
             if d.fetches.is_empty() && !d.has_unchecked() {

@@ -326,7 +326,7 @@ impl Engine {
         if self.peering(d) && now < d.started_at + self.config.origin_fallback_delay {
             return None;
         }
-        let share = self.origin_share(d, missing);
+        let share = self.origin_share(d);
         let mut missing = missing.clone();
         if let Some(share) = &share {
             missing = missing.clipped(share.start, share.end);
@@ -345,11 +345,51 @@ impl Engine {
         Some(missing)
     }
 
+    /// Cancels the origin fetches that bring blocks outside this node's share (the share
+    /// shrank: a co-fetcher joined and takes them over); their unfetched blocks go back to
+    /// `missing`, and what lies inside the share is asked for again. Without this, every node
+    /// that started before the others came would fetch its first, larger share to the end.
+    pub(crate) fn cancel_stray_origin_fetches(&mut self, id: DownloadId, missing: &mut RangeSet) {
+        let d = &self.downloads[&id];
+        if !d.info.as_ref().is_some_and(|i| i.accepts_ranges) {
+            return;
+        }
+        let Some(share) = self.origin_share(d) else {
+            return;
+        };
+        let stray: Vec<RequestId> = d
+            .fetches
+            .iter()
+            .filter(|(r, _)| !d.peer_requests.contains_key(r))
+            .filter(|(_, owed)| {
+                owed.runs()
+                    .any(|run| run.start < share.start || run.end > share.end)
+            })
+            .map(|(&r, _)| r)
+            .collect();
+        for request in stray {
+            let d = self.downloads.get_mut(&id).expect("live");
+            if let Some(owed) = d.fetches.get(&request) {
+                for run in owed.runs() {
+                    missing.insert(run.start, run.end);
+                }
+            }
+            debug!(
+                download = id.0,
+                request = request.0,
+                "origin fetch outside the share: cancelled"
+            );
+            d.end_fetch(request);
+            self.requests.remove(&request);
+            self.actions.push_back(Action::Cancel { request });
+        }
+    }
+
     /// This node's share of the origin's work on a whole-file download that other nodes
     /// fetch at the same time: the nodes, ordered by key, take equal contiguous parts of the
     /// file. A co-fetcher that stopped growing while its part still has blocks nobody holds
     /// drops out, and the parts are cut again among the rest. `None`: nobody to share with.
-    fn origin_share(&self, d: &Download, missing: &RangeSet) -> Option<std::ops::Range<u64>> {
+    fn origin_share(&self, d: &Download) -> Option<std::ops::Range<u64>> {
         if d.ranges.is_some() || d.co_fetchers.is_empty() {
             return None;
         }
@@ -362,8 +402,10 @@ impl Engine {
             .chain(std::iter::once((self.config.node_key, None)))
             .collect();
         nodes.sort_unstable();
-        // Needed blocks that neither this node nor any usable peer holds or is bringing:
-        // swept only if some co-fetcher stalled (the sweep costs every peer's holdings).
+        // Needed blocks that neither this node nor any usable peer holds or is bringing (the
+        // origin fetches of this node do not count: they may be taking over a stalled
+        // co-fetcher's part): swept only if some co-fetcher stalled (the sweep costs every
+        // peer's holdings).
         let mut unheld: Option<RangeSet> = None;
         loop {
             let n = nodes.len() as u64;
@@ -376,7 +418,7 @@ impl Engine {
                     d.haves
                         .iter()
                         .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
-                        .fold(missing.clone(), |left, (_, have)| left.difference(have))
+                        .fold(d.not_from_peers(), |left, (_, have)| left.difference(have))
                 });
                 let part = share_of(blocks, i as u64, n);
                 !unheld.clipped(part.start, part.end).is_empty()

@@ -1143,9 +1143,10 @@ fn a_co_fetcher_that_stops_growing_loses_its_part() {
     assert_eq!(serve_origin(&mut h), (60..90).collect::<Vec<_>>());
     // A co-fetcher that holds its part and stops growing keeps it: peer 1 is not dropped.
     h.advance(Duration::from_secs(20));
+    let late = h.take();
     assert!(
-        h.take().is_empty(),
-        "peer 1 holds 0..30; nothing to take over"
+        late.is_empty(),
+        "peer 1 holds 0..30; nothing to take over: {late:?}"
     );
 }
 
@@ -1343,4 +1344,63 @@ proptest! {
         prop_assert_eq!(h.status().state, State::Transferred);
         prop_assert_eq!(held.len() as u64, blocks);
     }
+}
+
+#[test]
+fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
+    // Alone at first, this node asks the origin for the whole file; when a peer starts the
+    // same file, the fetches outside this node's half are cancelled (else both would fetch
+    // that half), and what lies inside it is asked for again.
+    let config = Config {
+        node_key: 5,
+        origin_connections: 1,
+        min_span_blocks: 90,
+        max_span_blocks: 90,
+        ..Config::default()
+    };
+    let mut h = Harness::new(config);
+    h.start_whole(Some(root()));
+    h.answer_stat(Ok(info(90 * BLOCK_SIZE)));
+    let first: Vec<(RequestId, ByteRange)> = h
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Fetch { request, range, .. } => Some((request, range)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].1.blocks(), 0..90, "alone: the whole file");
+    // Ten blocks arrive, then a peer with a higher key starts the file: this node's part is
+    // the first half, 0..45.
+    for b in 0..10 {
+        h.input(Input::Block {
+            request: first[0].0,
+            block: BlockIndex(b),
+        });
+    }
+    h.input(Input::PeerAdded {
+        peer: PeerId(1),
+        class: PeerClass::Lan,
+    });
+    h.input(Input::PeerFetching {
+        id: ID,
+        peer: PeerId(1),
+        key: 9,
+    });
+    let actions = h.take();
+    assert!(
+        actions.contains(&Action::Cancel {
+            request: first[0].0
+        }),
+        "the whole-file fetch is cancelled: {actions:?}"
+    );
+    let again: Vec<std::ops::Range<u64>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Fetch { range, .. } => Some(range.blocks()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(again, vec![10..45], "the rest of this node's half only");
 }
