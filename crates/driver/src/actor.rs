@@ -98,22 +98,15 @@ pub(crate) enum IoEvent {
         block: BlockIndex,
         bytes: u64,
     },
-    /// A block from a peer, before the download's manifest was trusted: written to the side
-    /// file, not checked yet.
-    PeerBlockUnchecked {
+    /// A peer's answer, before the download's manifest was trusted: the bytes of consecutive
+    /// blocks from byte `offset`, each block with its size and the hash of its bytes; not
+    /// written yet (the actor writes them if the request is still live).
+    PeerBlocksUnchecked {
         request: RequestId,
         download: DownloadId,
-        block: BlockIndex,
-        bytes: u64,
-        /// The hash of the bytes written.
-        hash: BlockHash,
-    },
-    /// The unchecked blocks of a download whose manifest is now trusted were checked: the
-    /// good ones moved into the cache (or the move failed with this HRESULT).
-    Adopted {
-        download: DownloadId,
-        refuted: RangeSet,
-        moved: Result<(), (u32, RangeSet)>,
+        offset: u64,
+        data: Vec<u8>,
+        blocks: Vec<(u64, u64, BlockHash)>,
     },
     /// A block from a peer failed verification; its bytes were dropped.
     PeerCorrupt {
@@ -452,16 +445,27 @@ impl Actor {
                 }
                 Input::Block { request, block }
             }
-            IoEvent::PeerBlockUnchecked {
+            IoEvent::PeerBlocksUnchecked {
                 request,
                 download,
-                block,
-                bytes,
-                hash,
+                offset,
+                data,
+                blocks,
             } => {
+                // Only for a live request: the engine then holds none of these blocks and
+                // fetches them from nowhere else, so the write cannot land on verified bytes.
+                if !self.requests.contains_key(&request) {
+                    return;
+                }
                 let (Some(p2p), Some(job)) = (&mut self.p2p, self.jobs.get(&download)) else {
                     return;
                 };
+                if !p2p.write_unchecked(&self.store, download, offset, &data, &blocks) {
+                    // The manifest came meanwhile, or the write failed: the blocks stay owed
+                    // and are fetched again when the request ends.
+                    return;
+                }
+                let bytes: u64 = blocks.iter().map(|&(_, n, _)| n).sum();
                 let group = p2p.class() == PeerClass::Group;
                 job.progress.send_modify(|p| {
                     if group {
@@ -470,17 +474,13 @@ impl Actor {
                         p.bytes_from_peers += bytes;
                     }
                 });
-                // Trusted meanwhile: this block missed the check, so it is fetched again.
-                if !p2p.note_unchecked(download, block, hash) {
-                    return;
+                for &(block, _, _) in &blocks {
+                    let block = BlockIndex(block);
+                    self.engine
+                        .handle_input(now, Input::BlockUnchecked { request, block });
                 }
-                Input::BlockUnchecked { request, block }
+                return;
             }
-            IoEvent::Adopted {
-                download,
-                refuted,
-                moved,
-            } => crate::p2p::adopted(download, refuted, moved),
             IoEvent::PeerCorrupt { request, block } => Input::BlockCorrupt { request, block },
             IoEvent::FetchEnded { request, result } => {
                 self.forget_request(request);
@@ -672,7 +672,7 @@ impl Actor {
                     | do_engine::State::Aborted
             ) && let Some(p2p) = &mut self.p2p
             {
-                p2p.leave(&self.store, id);
+                p2p.leave(id);
             }
             let content_id = self.engine.content_id(id);
             let Some(job) = self.jobs.get(&id) else {

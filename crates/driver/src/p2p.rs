@@ -84,9 +84,9 @@ struct Swarming {
     hashes: Vec<Option<BlockHash>>,
     /// Set once the collected hashes merged to the content id (or a peer's did).
     manifest: Option<Arc<Manifest>>,
-    /// Blocks peers sent before the manifest was trusted, with the hashes of their bytes: in
-    /// the entry's side file and told to the engine as unchecked; checked and moved into the
-    /// cache once it is trusted.
+    /// Blocks peers sent before the manifest was trusted, with the hashes of their bytes:
+    /// written into the data file but not recorded (so neither served nor assembled), told to
+    /// the engine as unchecked; checked and recorded once the manifest is trusted.
     unchecked: BTreeMap<u64, BlockHash>,
     /// Peers asked for their status and not yet answered.
     polling: HashSet<libp2p::PeerId>,
@@ -447,8 +447,6 @@ impl P2p {
                 co_fetchers: HashSet::new(),
             },
         );
-        // Unchecked bytes of an earlier try are not known to anyone any more.
-        ctx.store.discard_unchecked(entry);
         if manifest.is_some() {
             ctx.engine.handle_input(
                 ctx.now,
@@ -465,11 +463,8 @@ impl P2p {
     }
 
     /// A download stopped wanting its file (transferred, paused, aborted).
-    pub(crate) fn leave(&mut self, store: &Store, download: DownloadId) {
+    pub(crate) fn leave(&mut self, download: DownloadId) {
         if let Some(s) = self.swarms.remove(&download) {
-            if !s.unchecked.is_empty() {
-                store.discard_unchecked(s.entry);
-            }
             let still = self.swarms.values().any(|o| o.content == s.content);
             if !still {
                 self.active.lock().expect("active map").remove(&s.content);
@@ -864,18 +859,18 @@ impl P2p {
                         match manifest {
                             Some(manifest) => {
                                 write_peer_blocks(&store, entry, &manifest, blocks, got, &data)
+                                    .into_events(request, &counters, class)
                             }
-                            None => write_unchecked_blocks(&store, entry, len, blocks, got, &data),
+                            None => hash_unchecked(request, download, len, blocks, got, data),
                         }
                     })
                     .await;
-                    let events = match outcome {
-                        Ok(written) => written.into_events(request, download, &counters, class),
-                        Err(_) => vec![IoEvent::FetchEnded {
+                    let events = outcome.unwrap_or_else(|_| {
+                        vec![IoEvent::FetchEnded {
                             request,
                             result: Err(Failure::Transient(DO_E_PEER_REQUEST_FAILED)),
-                        }],
-                    };
+                        }]
+                    });
                     for event in events {
                         let _ = io_tx.send(event).await;
                     }
@@ -942,22 +937,36 @@ impl P2p {
         }
     }
 
-    /// A peer's block reached the side file before the manifest was trusted: true if it is
-    /// still unchecked (it is recorded for the check), false if the manifest came meanwhile
-    /// (the block missed the check and must be fetched again).
-    pub(crate) fn note_unchecked(
+    /// Writes a peer's answer that came before the manifest was trusted into the data file,
+    /// unrecorded, and notes its blocks' hashes for the check: true if done, false if the
+    /// manifest came meanwhile (the blocks missed the check and are fetched again) or the
+    /// write failed. The caller made sure the request is live.
+    pub(crate) fn write_unchecked(
         &mut self,
+        store: &Store,
         download: DownloadId,
-        block: BlockIndex,
-        hash: BlockHash,
+        offset: u64,
+        data: &[u8],
+        blocks: &[(u64, u64, BlockHash)],
     ) -> bool {
-        match self.swarms.get_mut(&download) {
-            Some(s) if s.manifest.is_none() => {
-                s.unchecked.insert(block.0, hash);
-                true
-            }
-            _ => false,
+        let Some(s) = self.swarms.get_mut(&download) else {
+            return false;
+        };
+        if s.manifest.is_some() {
+            return false;
         }
+        let written = store.writer(s.entry).and_then(|w| w.write_at(offset, data));
+        if let Err(e) = written {
+            warn!(download = download.0, error = %e, "writing peer blocks failed");
+            return false;
+        }
+        for &(b, _, hash) in blocks {
+            s.unchecked.insert(b, hash);
+        }
+        self.counters
+            .received_from(self.class)
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        true
     }
 
     fn is_trusted(&self, download: DownloadId) -> bool {
@@ -1059,37 +1068,21 @@ impl P2p {
                     }
                 }
                 s.manifest = Some(Arc::new(m));
-                if good.is_empty() {
-                    ctx.engine
-                        .handle_input(ctx.now, adopted(download, refuted, Ok(())));
-                    return;
+                if !good.is_empty() || !refuted.is_empty() {
+                    info!(
+                        download = download.0,
+                        good = good.len(),
+                        refuted = refuted.count(),
+                        "blocks from peers that came before the manifest checked"
+                    );
                 }
-                // The good blocks that came before it move into the cache; the engine hears
-                // of the trust once they are there.
-                let (store, io_tx, entry, len) =
-                    (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry, s.len);
-                ctx.tasks.spawn(async move {
-                    let outcome = tokio::task::spawn_blocking(move || {
-                        let moved = store.adopt_unchecked(entry, len, &good);
-                        moved.map_err(|e| {
-                            let lost = good.iter().map(|(b, _)| b.0..b.0 + 1).collect();
-                            (e.hresult(), lost)
-                        })
-                    })
-                    .await;
-                    let moved = outcome.unwrap_or_else(|_| {
-                        Err((
-                            DO_E_PEER_REQUEST_FAILED,
-                            std::iter::once(0..u64::MAX).collect(),
-                        ))
-                    });
-                    let event = IoEvent::Adopted {
-                        download,
-                        refuted,
-                        moved,
-                    };
-                    let _ = io_tx.send(event).await;
+                // The good ones are recorded: their bytes are in place since they came.
+                let recorded = ctx.store.commit_blocks(s.entry, &good).map_err(|e| {
+                    let lost = good.iter().map(|(b, _)| b.0..b.0 + 1).collect();
+                    (e.hresult(), lost)
                 });
+                ctx.engine
+                    .handle_input(ctx.now, adopted(download, refuted, recorded));
             }
             _ => {
                 warn!(
@@ -1103,12 +1096,12 @@ impl P2p {
 }
 
 /// The engine's news that a download's manifest is trusted, once its unchecked blocks were
-/// checked: `refuted` failed (their senders get banned); the others moved into the cache, or,
-/// if `moved` failed, are lost and fetched again.
-pub(crate) fn adopted(
+/// checked: `refuted` failed (their senders get banned); the others are recorded, or, if
+/// `recorded` failed, lost and fetched again.
+fn adopted(
     download: DownloadId,
     refuted: RangeSet,
-    moved: Result<(), (u32, RangeSet)>,
+    recorded: Result<(), (u32, RangeSet)>,
 ) -> Input {
     if !refuted.is_empty() {
         warn!(
@@ -1117,13 +1110,13 @@ pub(crate) fn adopted(
             "blocks peers sent before the manifest was trusted fail it"
         );
     }
-    let lost = match moved {
+    let lost = match recorded {
         Ok(()) => RangeSet::new(),
         Err((code, lost)) => {
             warn!(
                 download = download.0,
                 code = format_args!("{code:#x}"),
-                "moving checked blocks into the cache failed"
+                "recording checked blocks failed"
             );
             lost
         }
@@ -1167,9 +1160,6 @@ fn runs_to_set(runs: &[(u64, u64)], blocks: u64) -> RangeSet {
 struct Written {
     /// Blocks verified, written and recorded, with their sizes.
     good: Vec<(u64, u64)>,
-    /// Blocks written to the side file unchecked (no manifest was trusted), with their sizes
-    /// and the hashes of their bytes.
-    unchecked: Vec<(u64, u64, BlockHash)>,
     /// The first block that failed verification (the peer is banned).
     corrupt: Option<u64>,
     /// Writing or recording failed.
@@ -1180,7 +1170,6 @@ impl Written {
     fn into_events(
         self,
         request: RequestId,
-        download: DownloadId,
         counters: &Counters,
         class: PeerClass,
     ) -> Vec<IoEvent> {
@@ -1198,18 +1187,6 @@ impl Written {
                 }
             })
             .collect();
-        for &(block, bytes, hash) in &self.unchecked {
-            counters
-                .received_from(class)
-                .fetch_add(bytes, Ordering::Relaxed);
-            events.push(IoEvent::PeerBlockUnchecked {
-                request,
-                download,
-                block: BlockIndex(block),
-                bytes,
-                hash,
-            });
-        }
         if let Some(block) = self.corrupt {
             events.push(IoEvent::PeerCorrupt {
                 request,
@@ -1238,7 +1215,6 @@ fn write_peer_blocks(
 ) -> Written {
     let mut written = Written {
         good: Vec::new(),
-        unchecked: Vec::new(),
         corrupt: None,
         failed: None,
     };
@@ -1283,57 +1259,47 @@ fn write_peer_blocks(
     written
 }
 
-/// Writes a peer's answer to the entry's side file, before any manifest is trusted: nothing
-/// can check the blocks yet, so they stay out of the data file (see
-/// [`Store::adopt_unchecked`]). An answer for other blocks than asked, or of the wrong size,
-/// is bad.
-fn write_unchecked_blocks(
-    store: &Store,
-    entry: EntryId,
+/// Hashes the blocks of a peer's answer that came before any manifest was trusted, for the
+/// actor to write (see [`P2p::write_unchecked`]). An answer for other blocks than asked, or of
+/// the wrong size, is bad: the peer is banned.
+fn hash_unchecked(
+    request: RequestId,
+    download: DownloadId,
     len: u64,
     blocks: std::ops::Range<u64>,
     first: u64,
-    data: &[u8],
-) -> Written {
-    let mut written = Written {
-        good: Vec::new(),
-        unchecked: Vec::new(),
-        corrupt: None,
-        failed: None,
-    };
+    data: Vec<u8>,
+) -> Vec<IoEvent> {
     let span = |b: u64| block_range(len, BlockIndex(b));
-    let expected = blocks
-        .clone()
-        .filter(|&b| b < block_count(len))
-        .map(|b| span(b).len())
-        .sum::<u64>();
-    if first != blocks.start || data.len() as u64 != expected || expected == 0 {
-        written.corrupt = Some(blocks.start);
-        return written;
-    }
-    let writer = match store.unchecked_writer(entry) {
-        Ok(w) => w,
-        Err(e) => {
-            written.failed = Some(e.hresult());
-            return written;
-        }
+    let inside: Vec<u64> = blocks.clone().filter(|&b| b < block_count(len)).collect();
+    let expected: u64 = inside.iter().map(|&b| span(b).len()).sum();
+    let end = IoEvent::FetchEnded {
+        request,
+        result: Ok(()),
     };
-    let start = span(blocks.start).start;
-    if let Err(e) = writer.write_at(start, data) {
-        written.failed = Some(e.hresult());
-        return written;
+    if first != blocks.start || data.len() as u64 != expected || expected == 0 {
+        let block = BlockIndex(blocks.start);
+        return vec![IoEvent::PeerCorrupt { request, block }, end];
     }
-    // Hashed now, while the bytes are at hand: the check against the manifest is then a
-    // comparison, and the move into the cache a copy in the kernel.
-    written.unchecked = blocks
-        .filter(|&b| b < block_count(len))
+    let offset = span(blocks.start).start;
+    let hashed = inside
+        .into_iter()
         .map(|b| {
             let r = span(b);
-            let bytes = &data[(r.start - start) as usize..(r.end - start) as usize];
+            let bytes = &data[(r.start - offset) as usize..(r.end - offset) as usize];
             (b, r.len(), hash_block(len, BlockIndex(b), bytes))
         })
         .collect();
-    written
+    vec![
+        IoEvent::PeerBlocksUnchecked {
+            request,
+            download,
+            offset,
+            data,
+            blocks: hashed,
+        },
+        end,
+    ]
 }
 
 /// Answers one request from the cache: verified bytes only, of complete files or of downloads

@@ -448,72 +448,8 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
             _ => {}
         }
-        self.discard_unchecked(id);
         info!(entry = id.0, "cache entry deleted");
         Ok(())
-    }
-
-    /// Opens entry `id`'s side file for blocks that arrived before they could be checked (from
-    /// peers, before the file's manifest is trusted), at their offsets. Those bytes never go
-    /// into the data file unchecked: [`Store::adopt_unchecked`] checks and moves them.
-    pub fn unchecked_writer(&self, id: EntryId) -> Result<Writer, Error> {
-        let path = self.unchecked_path(id);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(Writer {
-            file: Arc::new(file),
-            path,
-        })
-    }
-
-    /// Moves `blocks` of entry `id`'s side file into its data file and records them with
-    /// their hashes (in one transaction), then removes the side file. The caller checked each
-    /// hash (computed from the bytes as they were written) against the trusted manifest. The
-    /// bytes are copied by the kernel (`copy_file_range`), never through this process.
-    pub fn adopt_unchecked(
-        &self,
-        id: EntryId,
-        len: u64,
-        blocks: &[(BlockIndex, BlockHash)],
-    ) -> Result<(), Error> {
-        let path = self.unchecked_path(id);
-        let side = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let writer = self.writer(id)?;
-        // Runs of consecutive blocks, one copy each.
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (b, _) in blocks {
-            let r = do_content::block_range(len, *b);
-            match runs.last_mut() {
-                Some((_, end)) if *end == r.start => *end = r.end,
-                _ => runs.push((r.start, r.end)),
-            }
-        }
-        for (start, end) in runs {
-            copy_range(&side, &writer.file, start, end - start)
-                .map_err(|e| Error::io(&writer.path, e))?;
-        }
-        self.commit_blocks(id, blocks)?;
-        self.discard_unchecked(id);
-        Ok(())
-    }
-
-    /// Removes entry `id`'s side file of unchecked blocks, if any.
-    pub fn discard_unchecked(&self, id: EntryId) {
-        let path = self.unchecked_path(id);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                warn!(error = %e, path = %path.display(), "removing unchecked blocks failed");
-            }
-            _ => {}
-        }
-    }
-
-    fn unchecked_path(&self, id: EntryId) -> PathBuf {
-        self.dir.join("data").join(format!("{}.unchecked", id.0))
     }
 
     /// Every entry with its metadata.
@@ -680,58 +616,6 @@ impl Writer {
     pub fn set_len(&self, len: u64) -> Result<(), Error> {
         self.file.set_len(len).map_err(|e| Error::io(&self.path, e))
     }
-}
-
-/// Copies `len` bytes at `offset` from `from` to the same offset of `to`, in the kernel, falling
-/// back to reads and writes where the file system cannot.
-fn copy_range(from: &File, to: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (mut done, mut fallback) = (0u64, false);
-    while done < len && !fallback {
-        let mut off_in = (offset + done) as libc::loff_t;
-        let mut off_out = off_in;
-        let chunk = usize::try_from(len - done)
-            .unwrap_or(usize::MAX)
-            .min(1 << 30);
-        // SAFETY: both descriptors are open for the call; the offsets are locals.
-        let n = unsafe {
-            libc::copy_file_range(
-                from.as_raw_fd(),
-                &mut off_in,
-                to.as_raw_fd(),
-                &mut off_out,
-                chunk,
-                0,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as u64,
-            0 => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "side file shorter than its blocks",
-                ));
-            }
-            _ => {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::ENOSYS | libc::EXDEV | libc::EINVAL | libc::EOPNOTSUPP) => {
-                        fallback = true;
-                    }
-                    Some(libc::EINTR) => {}
-                    _ => return Err(e),
-                }
-            }
-        }
-    }
-    let mut buf = vec![0u8; 1 << 20];
-    while done < len {
-        let n = buf.len().min((len - done) as usize);
-        from.read_exact_at(&mut buf[..n], offset + done)?;
-        to.write_all_at(&buf[..n], offset + done)?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 fn read_meta(
