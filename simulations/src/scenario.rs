@@ -24,7 +24,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verify {
-    /// Once the whole file's block hashes are known and merge to the root (the node today).
+    /// Once the whole file's block hashes are known and merge to the root (the node today;
+    /// blocks that come before wait, unchecked, neither held nor served).
     #[default]
     Manifest,
     /// Each block with its own proof against the root (a what-if).
@@ -234,9 +235,10 @@ pub struct EngineKnobs {
     /// Requests a node keeps in flight to one peer (the engine's `peer_slots`). Default 4.
     #[serde(default = "four")]
     pub peer_slots: usize,
-    /// How peer blocks are verified: `manifest` (the node today: only once the hashes of the
-    /// whole file are known) or `proofs` (what-if: each block carries a proof against the root,
-    /// so peers may be asked from the start; not built in the node).
+    /// How peer blocks are verified: `manifest` (the node today: once the hashes of the whole
+    /// file are known; blocks that come before wait unchecked) or `proofs` (what-if: each block
+    /// carries a proof against the root, so it is checked, held and served at once; not built
+    /// in the node).
     #[serde(default)]
     pub verify: Verify,
     /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 0.5.
