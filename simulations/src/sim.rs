@@ -1185,48 +1185,7 @@ impl Sim {
         if corrupt {
             self.out.corrupt_bytes_received += bytes;
         }
-        if unchecked {
-            let node = &mut self.nodes[i as usize];
-            let fresh = (last - first) - node.held[file].clipped(first, last).count();
-            if corrupt || fresh < last - first {
-                let waste = if corrupt {
-                    last - first
-                } else {
-                    last - first - fresh
-                };
-                self.out.wasted_bytes += bytes * waste / (last - first);
-            }
-            node.unchecked[file].insert(first, last);
-            if corrupt {
-                node.refuted[file].insert(first, last);
-            }
-            let s = info.server.expect("peer flow");
-            let class = self.class(i, s) as usize;
-            self.nodes[i as usize].from_peers[class] += bytes;
-            self.nodes[s as usize].to_peers += bytes;
-            let engine = &mut self.nodes[i as usize].engine;
-            for b in first..last {
-                engine.handle_input(
-                    now,
-                    Input::BlockUnchecked {
-                        request,
-                        block: BlockIndex(b),
-                    },
-                );
-            }
-            if finished {
-                engine.handle_input(
-                    now,
-                    Input::FetchEnded {
-                        request,
-                        result: Ok(()),
-                    },
-                );
-            }
-            self.drain(i);
-            return;
-        }
-        if corrupt {
+        if corrupt && !unchecked {
             self.out.wasted_bytes += bytes;
             self.nodes[i as usize].engine.handle_input(
                 now,
@@ -1239,15 +1198,24 @@ impl Sim {
             return;
         }
         let node = &mut self.nodes[i as usize];
-        let fresh = {
-            let before = node.held[file].clipped(first, last).count();
-            (last - first) - before
+        let fresh = (last - first) - node.held[file].clipped(first, last).count();
+        let waste = if corrupt {
+            last - first
+        } else {
+            last - first - fresh
         };
-        if fresh < last - first {
-            self.out.wasted_bytes += bytes * (last - first - fresh) / (last - first);
+        if waste > 0 {
+            self.out.wasted_bytes += bytes * waste / (last - first);
         }
-        node.held[file].insert(first, last);
-        node.changed[file] = true;
+        if unchecked {
+            node.unchecked[file].insert(first, last);
+            if corrupt {
+                node.refuted[file].insert(first, last);
+            }
+        } else {
+            node.held[file].insert(first, last);
+            node.changed[file] = true;
+        }
         match info.server {
             None => node.from_origin += bytes,
             Some(s) => {
@@ -1258,13 +1226,13 @@ impl Sim {
         }
         let engine = &mut self.nodes[i as usize].engine;
         for b in first..last {
-            engine.handle_input(
-                now,
-                Input::Block {
-                    request,
-                    block: BlockIndex(b),
-                },
-            );
+            let block = BlockIndex(b);
+            let input = if unchecked {
+                Input::BlockUnchecked { request, block }
+            } else {
+                Input::Block { request, block }
+            };
+            engine.handle_input(now, input);
         }
         if finished {
             engine.handle_input(
