@@ -36,6 +36,21 @@ fn options(nodes: usize, spare: usize) -> FleetOptions {
     }
 }
 
+/// Host 2 takes the file from the origin, then host 3 from host 2 (every byte); returns host
+/// 3's summary.
+fn relay(fleet: &Fleet) -> serde_json::Value {
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    let out = fleet.spawn_get(3).wait_with_output().unwrap();
+    let summary = fleet.check(3, &out);
+    assert_eq!(
+        summary["BytesFromLanPeers"].as_u64(),
+        Some(FILE),
+        "host 3 took every byte from its peer: {summary}"
+    );
+    summary
+}
+
 /// Starts `donode get` on every daemon at once and checks each output; returns the time until
 /// the last one finished.
 fn flash_crowd(fleet: &Fleet) -> Duration {
@@ -101,15 +116,7 @@ fn nodes_that_dial_quic_first_exchange_the_file_over_quic() {
             "host {host} reaches its peer over QUIC: {stats}"
         );
     }
-    let out = fleet.spawn_get(2).wait_with_output().unwrap();
-    fleet.check(2, &out);
-    let out = fleet.spawn_get(3).wait_with_output().unwrap();
-    let summary = fleet.check(3, &out);
-    assert_eq!(
-        summary["BytesFromLanPeers"].as_u64(),
-        Some(FILE),
-        "host 3 took every byte from its peer: {summary}"
-    );
+    relay(&fleet);
 }
 
 #[test]
@@ -355,15 +362,7 @@ fn a_node_with_an_upload_cap_serves_no_faster_than_the_cap() {
     fleet.start_daemon_with(2, &["--upload-max-rate", &CAP.to_string()]);
     fleet.start_daemon(3);
     fleet.wait_for_mesh();
-    let out = fleet.spawn_get(2).wait_with_output().unwrap();
-    fleet.check(2, &out);
-    let out = fleet.spawn_get(3).wait_with_output().unwrap();
-    let summary = fleet.check(3, &out);
-    assert_eq!(
-        summary["BytesFromLanPeers"].as_u64(),
-        Some(FILE),
-        "{summary}"
-    );
+    let summary = relay(&fleet);
     let seconds = summary["seconds"].as_f64().unwrap();
     let rate = FILE as f64 / seconds;
     eprintln!(

@@ -604,6 +604,16 @@ fn all(blocks: u64) -> RangeSet {
 /// peer in `corrupt` sends a bad first block), assembly succeeds. Returns blocks by source
 /// (`None` for the origin).
 fn serve_sources(h: &mut Harness, corrupt: &[u64]) -> BTreeMap<Option<u64>, Vec<u64>> {
+    serve(h, corrupt, false)
+}
+
+/// Like [`serve_sources`] before the manifest is trusted: peers' blocks arrive unchecked
+/// (`Input::BlockUnchecked`), the origin's as usual, and nothing may be assembled.
+fn serve_unchecked(h: &mut Harness) -> BTreeMap<Option<u64>, Vec<u64>> {
+    serve(h, &[], true)
+}
+
+fn serve(h: &mut Harness, corrupt: &[u64], unchecked: bool) -> BTreeMap<Option<u64>, Vec<u64>> {
     let mut got: BTreeMap<Option<u64>, Vec<u64>> = BTreeMap::new();
     for _ in 0..10_000 {
         let actions = h.take();
@@ -627,9 +637,11 @@ fn serve_sources(h: &mut Harness, corrupt: &[u64]) -> BTreeMap<Option<u64>, Vec<
                     }
                     for b in blocks {
                         got.entry(Some(peer.0)).or_default().push(b);
-                        h.input(Input::Block {
-                            request,
-                            block: BlockIndex(b),
+                        let block = BlockIndex(b);
+                        h.input(if unchecked {
+                            Input::BlockUnchecked { request, block }
+                        } else {
+                            Input::Block { request, block }
                         });
                     }
                     h.input(Input::FetchEnded {
@@ -649,6 +661,9 @@ fn serve_sources(h: &mut Harness, corrupt: &[u64]) -> BTreeMap<Option<u64>, Vec<
                         request,
                         result: Ok(()),
                     });
+                }
+                Action::Assemble { .. } if unchecked => {
+                    panic!("assembled before the manifest was trusted")
                 }
                 Action::Assemble { request, .. } => h.input(Input::Assembled {
                     request,
@@ -1013,57 +1028,6 @@ fn nodes_fetching_a_file_together_split_the_origin_work() {
     let got = serve_sources(&mut h, &[]);
     assert!(got.is_empty(), "nothing fetched again: {:?}", got.keys());
     assert_eq!(h.status().state, State::Transferred);
-}
-
-/// Like [`serve_sources`] before the manifest is trusted: peers' blocks arrive unchecked
-/// (`Input::BlockUnchecked`), the origin's as usual; stops when nothing is pending. Returns
-/// blocks by source (`None` for the origin).
-fn serve_unchecked(h: &mut Harness) -> BTreeMap<Option<u64>, Vec<u64>> {
-    let mut got: BTreeMap<Option<u64>, Vec<u64>> = BTreeMap::new();
-    for _ in 0..10_000 {
-        let actions = h.take();
-        if actions.is_empty() {
-            return got;
-        }
-        for action in actions {
-            match action {
-                Action::RequestBlocks {
-                    request,
-                    peer,
-                    blocks,
-                    ..
-                } => {
-                    for b in blocks {
-                        got.entry(Some(peer.0)).or_default().push(b);
-                        h.input(Input::BlockUnchecked {
-                            request,
-                            block: BlockIndex(b),
-                        });
-                    }
-                    h.input(Input::FetchEnded {
-                        request,
-                        result: Ok(()),
-                    });
-                }
-                Action::Fetch { request, range, .. } => {
-                    for b in range.blocks() {
-                        got.entry(None).or_default().push(b);
-                        h.input(Input::Block {
-                            request,
-                            block: BlockIndex(b),
-                        });
-                    }
-                    h.input(Input::FetchEnded {
-                        request,
-                        result: Ok(()),
-                    });
-                }
-                Action::Cancel { .. } => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-    panic!("did not settle");
 }
 
 #[test]
