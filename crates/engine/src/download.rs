@@ -60,6 +60,10 @@ pub(crate) struct Download {
     availability: Vec<u32>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
+    /// This node's share of the origin's work may have moved since the last look (a
+    /// co-fetcher came, went or stalled, or a stalled one's part may now be held elsewhere):
+    /// origin fetches outside it are looked for at the next scheduling pass.
+    pub(crate) shares_moved: bool,
     /// Peers whose requests for this file stalled: what they say they hold is ignored until
     /// they reconnect, so their blocks come from elsewhere (the origin if need be).
     pub(crate) dropped: BTreeSet<PeerId>,
@@ -69,6 +73,8 @@ pub(crate) struct Download {
     /// Blocks peers sent before the manifest was trusted, by sender: written but not checked
     /// yet (never counted as held, never served), checked when it is trusted.
     unchecked: BTreeMap<PeerId, RangeSet>,
+    /// All of `unchecked`, in one set.
+    unchecked_all: RangeSet,
     /// When the download last started (for the origin fallback delay).
     pub(crate) started_at: Instant,
     /// The origin fallback delay of the current start has passed (its deadline is no longer
@@ -107,9 +113,11 @@ impl Download {
             haves: BTreeMap::new(),
             availability: Vec::new(),
             co_fetchers: BTreeMap::new(),
+            shares_moved: false,
             dropped: BTreeSet::new(),
             manifest_trusted: false,
             unchecked: BTreeMap::new(),
+            unchecked_all: RangeSet::new(),
             started_at: now,
             fallback_passed: false,
             retry_at: None,
@@ -153,6 +161,7 @@ impl Download {
         self.have = info.cached.clipped(0, blocks);
         // A new look at the file: what was waiting for a check is fetched again if need be.
         self.unchecked.clear();
+        self.unchecked_all = RangeSet::new();
         self.info = Some(Known {
             len: info.len,
             accepts_ranges: info.accepts_ranges,
@@ -185,8 +194,11 @@ impl Download {
 
     /// Blocks still needed that no fetch is bringing.
     pub(crate) fn missing(&self) -> RangeSet {
-        let mut missing = self.needed.difference(&self.have);
-        for owed in self.fetches.values().chain(self.unchecked.values()) {
+        let mut missing = self
+            .needed
+            .difference(&self.have)
+            .difference(&self.unchecked_all);
+        for owed in self.fetches.values() {
             for run in owed.runs() {
                 missing.remove(run.start, run.end);
             }
@@ -198,12 +210,14 @@ impl Download {
     /// origin fetches are bringing. A co-fetcher's gap that this node fetches in its stead is
     /// still its gap (else taking it over would undo itself).
     pub(crate) fn not_from_peers(&self) -> RangeSet {
-        let mut left = self.needed.difference(&self.have);
+        let mut left = self
+            .needed
+            .difference(&self.have)
+            .difference(&self.unchecked_all);
         let from_peers = self
             .peer_requests
             .keys()
-            .filter_map(|r| self.fetches.get(r))
-            .chain(self.unchecked.values());
+            .filter_map(|r| self.fetches.get(r));
         for owed in from_peers {
             for run in owed.runs() {
                 left.remove(run.start, run.end);
@@ -257,6 +271,29 @@ impl Download {
                 self.count(run, false);
             }
         }
+    }
+
+    /// The blocks of `set` that no peer in `haves` holds (from the availability counts: one
+    /// pass over `set`, whatever the number of peers).
+    pub(crate) fn held_by_no_peer(&self, set: &RangeSet) -> RangeSet {
+        let mut out = RangeSet::new();
+        for run in set.runs() {
+            let mut start = None;
+            for b in run.clone() {
+                match (self.availability(b) == 0, start) {
+                    (true, None) => start = Some(b),
+                    (false, Some(s)) => {
+                        out.insert(s, b);
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(s) = start {
+                out.insert(s, run.end);
+            }
+        }
+        out
     }
 
     /// How many peers in `haves` hold `block`.
@@ -341,6 +378,7 @@ impl Download {
                 .entry(peer)
                 .or_default()
                 .insert(block.0, block.0 + 1);
+            self.unchecked_all.insert(block.0, block.0 + 1);
         }
         fresh
     }
@@ -353,6 +391,7 @@ impl Download {
     /// The manifest is trusted and the driver checked the unchecked blocks: all but `refuted`
     /// and `lost` are now held. Returns the peers that sent a refuted block.
     pub(crate) fn confirm_unchecked(&mut self, refuted: &RangeSet, lost: &RangeSet) -> Vec<PeerId> {
+        self.unchecked_all = RangeSet::new();
         let Some(len) = self.info.as_ref().map(|i| i.len) else {
             self.unchecked.clear();
             return Vec::new();
@@ -388,6 +427,7 @@ impl Download {
         self.availability.clear();
         self.co_fetchers.clear();
         self.unchecked.clear();
+        self.unchecked_all = RangeSet::new();
         self.published = None;
         self.manifest_trusted = false;
         self.bytes_total = 0;

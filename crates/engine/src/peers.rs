@@ -74,6 +74,9 @@ impl Engine {
                         co.last_grew = now;
                         co.stalled = false;
                     }
+                    // With a stalled co-fetcher, whether it keeps its part depends on what the
+                    // others hold.
+                    d.shares_moved |= d.co_fetchers.values().any(|co| co.stalled);
                     d.set_have(peer, blocks);
                 }
             }
@@ -89,6 +92,7 @@ impl Engine {
                         last_grew: now,
                         stalled: false,
                     });
+                    d.shares_moved = true;
                 }
             }
             Input::ManifestTrusted { id, refuted, lost } => {
@@ -152,7 +156,7 @@ impl Engine {
         let mut cancelled = Vec::new();
         for d in self.downloads.values_mut() {
             d.remove_have(peer);
-            d.co_fetchers.remove(&peer);
+            d.shares_moved |= d.co_fetchers.remove(&peer).is_some();
             let mine: Vec<RequestId> = d
                 .peer_requests
                 .iter()
@@ -188,6 +192,7 @@ impl Engine {
                         "co-fetching peer stopped growing"
                     );
                     co.stalled = true;
+                    d.shares_moved = true;
                 }
             }
             let late: Vec<(RequestId, PeerId)> = d
@@ -204,7 +209,7 @@ impl Engine {
                 );
                 d.end_fetch(request);
                 d.remove_have(peer);
-                d.co_fetchers.remove(&peer);
+                d.shares_moved |= d.co_fetchers.remove(&peer).is_some();
                 d.dropped.insert(peer);
                 stalled.push(request);
             }
@@ -333,14 +338,9 @@ impl Engine {
         }
         // Blocks a peer holds come from it, checked at once with a trusted manifest, or
         // checked when it is trusted (peers are asked only with a content id to trust).
+        // (`haves` holds usable peers only: a peer that is banned or gone is forgotten.)
         if d.manifest_trusted || d.trusted_id().is_some() {
-            let usable = d
-                .haves
-                .iter()
-                .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned));
-            for (_, have) in usable {
-                missing = missing.difference(have);
-            }
+            missing = d.held_by_no_peer(&missing);
         }
         Some(missing)
     }
@@ -350,6 +350,11 @@ impl Engine {
     /// `missing`, and what lies inside the share is asked for again. Without this, every node
     /// that started before the others came would fetch its first, larger share to the end.
     pub(crate) fn cancel_stray_origin_fetches(&mut self, id: DownloadId, missing: &mut RangeSet) {
+        let d = self.downloads.get_mut(&id).expect("live");
+        // Only when the share may have moved: computing it can sweep every peer's holdings.
+        if !std::mem::take(&mut d.shares_moved) {
+            return;
+        }
         let d = &self.downloads[&id];
         if !d.info.as_ref().is_some_and(|i| i.accepts_ranges) {
             return;
@@ -404,8 +409,7 @@ impl Engine {
         nodes.sort_unstable();
         // Needed blocks that neither this node nor any usable peer holds or is bringing (the
         // origin fetches of this node do not count: they may be taking over a stalled
-        // co-fetcher's part): swept only if some co-fetcher stalled (the sweep costs every
-        // peer's holdings).
+        // co-fetcher's part): computed only if some co-fetcher stalled.
         let mut unheld: Option<RangeSet> = None;
         loop {
             let n = nodes.len() as u64;
@@ -414,12 +418,7 @@ impl Engine {
                 if !d.co_fetchers[&peer].stalled {
                     return false;
                 }
-                let unheld = unheld.get_or_insert_with(|| {
-                    d.haves
-                        .iter()
-                        .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
-                        .fold(d.not_from_peers(), |left, (_, have)| left.difference(have))
-                });
+                let unheld = unheld.get_or_insert_with(|| d.held_by_no_peer(&d.not_from_peers()));
                 let part = share_of(blocks, i as u64, n);
                 !unheld.clipped(part.start, part.end).is_empty()
             });
