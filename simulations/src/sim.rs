@@ -5,7 +5,8 @@
 //! The simulator plays the driver's part exactly where the real node's tokio driver would:
 //! it carries out the engine's actions and reports their outcomes. Verification is modelled,
 //! not computed: a block served by a corrupt peer is reported as [`Input::BlockCorrupt`], as
-//! the driver's BLAKE3 check would report it.
+//! the driver's BLAKE3 check would report it, or, if it came before the manifest was trusted
+//! (as [`Input::BlockUnchecked`]), refuted in [`Input::ManifestTrusted`].
 
 use std::{
     cmp::Reverse,
