@@ -1068,7 +1068,14 @@ impl P2p {
                     }
                 }
                 s.manifest = Some(Arc::new(m));
-                if !good.is_empty() || !refuted.is_empty() {
+                if !refuted.is_empty() {
+                    warn!(
+                        download = download.0,
+                        good = good.len(),
+                        refuted = refuted.count(),
+                        "blocks peers sent before the manifest was trusted fail it"
+                    );
+                } else if !good.is_empty() {
                     info!(
                         download = download.0,
                         good = good.len(),
@@ -1076,13 +1083,21 @@ impl P2p {
                         "blocks from peers that came before the manifest checked"
                     );
                 }
-                // The good ones are recorded: their bytes are in place since they came.
-                let recorded = ctx.store.commit_blocks(s.entry, &good).map_err(|e| {
-                    let lost = good.iter().map(|(b, _)| b.0..b.0 + 1).collect();
-                    (e.hresult(), lost)
-                });
-                ctx.engine
-                    .handle_input(ctx.now, adopted(download, refuted, recorded));
+                // The good ones are recorded: their bytes are in place since they came. If
+                // that fails, they are lost and fetched again.
+                let lost = match ctx.store.commit_blocks(s.entry, &good) {
+                    Ok(()) => RangeSet::new(),
+                    Err(e) => {
+                        warn!(download = download.0, error = %e, "recording checked blocks failed");
+                        good.iter().map(|(b, _)| b.0..b.0 + 1).collect()
+                    }
+                };
+                let trusted = Input::ManifestTrusted {
+                    id: download,
+                    refuted,
+                    lost,
+                };
+                ctx.engine.handle_input(ctx.now, trusted);
             }
             _ => {
                 warn!(
@@ -1092,39 +1107,6 @@ impl P2p {
                 s.hashes.iter_mut().for_each(|h| *h = None);
             }
         }
-    }
-}
-
-/// The engine's news that a download's manifest is trusted, once its unchecked blocks were
-/// checked: `refuted` failed (their senders get banned); the others are recorded, or, if
-/// `recorded` failed, lost and fetched again.
-fn adopted(
-    download: DownloadId,
-    refuted: RangeSet,
-    recorded: Result<(), (u32, RangeSet)>,
-) -> Input {
-    if !refuted.is_empty() {
-        warn!(
-            download = download.0,
-            blocks = refuted.count(),
-            "blocks peers sent before the manifest was trusted fail it"
-        );
-    }
-    let lost = match recorded {
-        Ok(()) => RangeSet::new(),
-        Err((code, lost)) => {
-            warn!(
-                download = download.0,
-                code = format_args!("{code:#x}"),
-                "recording checked blocks failed"
-            );
-            lost
-        }
-    };
-    Input::ManifestTrusted {
-        id: download,
-        refuted,
-        lost,
     }
 }
 
