@@ -22,7 +22,7 @@ use tracing::{Instrument, info_span, warn};
 use crate::{
     Config, Download, Error, Progress, Request,
     fetch::{self, FetchTask},
-    p2p::{Ctx, Join, Outcome, P2p, P2pEvent},
+    p2p::{Ctx, Join, Outcome, P2p, P2pEvent, UncheckedWrite},
 };
 
 /// DO_E_FILE_SIZE_UNKNOWN_HTTP_200: the origin did not say how long the file is.
@@ -460,13 +460,19 @@ impl Actor {
                 let (Some(p2p), Some(job)) = (&mut self.p2p, self.jobs.get(&download)) else {
                     return;
                 };
-                if !p2p.write_unchecked(&self.store, download, offset, &data, &blocks) {
-                    // The manifest came meanwhile, or the write failed: the blocks stay owed
-                    // and are fetched again when the request ends.
-                    return;
-                }
-                let bytes: u64 = blocks.iter().map(|&(_, n, _)| n).sum();
+                let write = p2p.write_unchecked(&self.store, download, offset, &data, &blocks);
                 let group = p2p.class() == PeerClass::Group;
+                let unchecked = matches!(write, UncheckedWrite::Unchecked);
+                let (kept, corrupt): (Vec<(u64, u64)>, _) = match write {
+                    // The write failed: the blocks stay owed and are fetched again when the
+                    // request ends.
+                    UncheckedWrite::Failed => return,
+                    UncheckedWrite::Unchecked => {
+                        (blocks.iter().map(|&(b, n, _)| (b, n)).collect(), None)
+                    }
+                    UncheckedWrite::Checked { good, corrupt } => (good, corrupt),
+                };
+                let bytes: u64 = kept.iter().map(|&(_, n)| n).sum();
                 job.progress.send_modify(|p| {
                     if group {
                         p.bytes_from_group_peers += bytes;
@@ -474,10 +480,18 @@ impl Actor {
                         p.bytes_from_peers += bytes;
                     }
                 });
-                for &(block, _, _) in &blocks {
+                for (block, _) in kept {
                     let block = BlockIndex(block);
+                    let input = if unchecked {
+                        Input::BlockUnchecked { request, block }
+                    } else {
+                        Input::Block { request, block }
+                    };
+                    self.engine.handle_input(now, input);
+                }
+                if let Some(block) = corrupt {
                     self.engine
-                        .handle_input(now, Input::BlockUnchecked { request, block });
+                        .handle_input(now, Input::BlockCorrupt { request, block });
                 }
                 return;
             }

@@ -937,10 +937,11 @@ impl P2p {
         }
     }
 
-    /// Writes a peer's answer that came before the manifest was trusted into the data file,
-    /// unrecorded, and notes its blocks' hashes for the check: true if done, false if the
-    /// manifest came meanwhile (the blocks missed the check and are fetched again) or the
-    /// write failed. The caller made sure the request is live.
+    /// Writes a peer's answer that came before the manifest was trusted into the data file.
+    /// While the manifest is still unknown, the blocks stay unrecorded and their hashes wait
+    /// for the check. If it came meanwhile, they are checked against it at once, and the good
+    /// ones are recorded (a block whose answer raced the manifest is not fetched twice). The
+    /// caller made sure the request is live.
     pub(crate) fn write_unchecked(
         &mut self,
         store: &Store,
@@ -948,25 +949,47 @@ impl P2p {
         offset: u64,
         data: &[u8],
         blocks: &[(u64, u64, BlockHash)],
-    ) -> bool {
+    ) -> UncheckedWrite {
         let Some(s) = self.swarms.get_mut(&download) else {
-            return false;
+            return UncheckedWrite::Failed;
         };
-        if s.manifest.is_some() {
-            return false;
-        }
-        let written = store.writer(s.entry).and_then(|w| w.write_at(offset, data));
-        if let Err(e) = written {
+        let received = self.counters.received_from(self.class);
+        let Some(manifest) = &s.manifest else {
+            let written = store.writer(s.entry).and_then(|w| w.write_at(offset, data));
+            if let Err(e) = written {
+                warn!(download = download.0, error = %e, "writing peer blocks failed");
+                return UncheckedWrite::Failed;
+            }
+            for &(b, _, hash) in blocks {
+                s.unchecked.insert(b, hash);
+            }
+            received.fetch_add(data.len() as u64, Ordering::Relaxed);
+            return UncheckedWrite::Unchecked;
+        };
+        // The good blocks up to the first bad one are kept, as for a checked answer.
+        let good = blocks
+            .iter()
+            .take_while(|&&(b, _, hash)| manifest.blocks().get(b as usize) == Some(&hash))
+            .count();
+        let corrupt = blocks.get(good).map(|&(b, _, _)| BlockIndex(b));
+        let kept: u64 = blocks[..good].iter().map(|&(_, n, _)| n).sum();
+        let record: Vec<(BlockIndex, BlockHash)> = blocks[..good]
+            .iter()
+            .map(|&(b, _, hash)| (BlockIndex(b), hash))
+            .collect();
+        let done = store
+            .writer(s.entry)
+            .and_then(|w| w.write_at(offset, &data[..kept as usize]))
+            .and_then(|()| store.commit_blocks(s.entry, &record));
+        if let Err(e) = done {
             warn!(download = download.0, error = %e, "writing peer blocks failed");
-            return false;
+            return UncheckedWrite::Failed;
         }
-        for &(b, _, hash) in blocks {
-            s.unchecked.insert(b, hash);
+        received.fetch_add(kept, Ordering::Relaxed);
+        UncheckedWrite::Checked {
+            good: blocks[..good].iter().map(|&(b, n, _)| (b, n)).collect(),
+            corrupt,
         }
-        self.counters
-            .received_from(self.class)
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        true
     }
 
     fn is_trusted(&self, download: DownloadId) -> bool {
@@ -1136,6 +1159,20 @@ fn runs_to_set(runs: &[(u64, u64)], blocks: u64) -> RangeSet {
         }
     }
     set
+}
+
+/// What [`P2p::write_unchecked`] did with a peer's answer that came before the manifest.
+pub(crate) enum UncheckedWrite {
+    /// Written, unrecorded, waiting for the manifest.
+    Unchecked,
+    /// The manifest came meanwhile: these blocks (index, size) passed it and are recorded;
+    /// `corrupt` is the first that failed it, if any.
+    Checked {
+        good: Vec<(u64, u64)>,
+        corrupt: Option<BlockIndex>,
+    },
+    /// Nothing kept (the write failed, or the download is gone): the blocks stay owed.
+    Failed,
 }
 
 /// What became of a peer's answer to a block request.
