@@ -87,13 +87,23 @@ fn nodes_fetching_one_after_another_take_the_file_from_each_other() {
     let origin = fleet.origin_bytes();
     eprintln!("sequential: origin sent {:.3} × the file", ratio(origin));
     assert!(ratio(origin) <= 1.05, "origin sent {origin} bytes");
-    let served: u64 = (2..=6)
-        .filter_map(|h| fleet.stats(h)?["BytesToLanPeers"].as_u64())
-        .sum();
-    assert_eq!(
-        served,
-        4 * FILE,
-        "what peers served is what the others took"
+    let node_wide = |field: &str| -> u64 {
+        (2..=6)
+            .map(|h| fleet.stats(h).and_then(|s| s[field].as_u64()).unwrap_or(0))
+            .sum()
+    };
+    let (served, received) = (node_wide("BytesToLanPeers"), node_wide("BytesFromLanPeers"));
+    eprintln!(
+        "sequential: peers served {:.4} × the file, received {:.4} ×",
+        ratio(served),
+        ratio(received)
+    );
+    assert_eq!(served, received, "every byte a peer served reached a peer");
+    // Each of the four took the file from peers (checked above); anything beyond that is a
+    // block taken twice (a request that stalled and was asked elsewhere): under 1 %.
+    assert!(
+        received >= 4 * FILE && received - 4 * FILE <= 4 * FILE / 100,
+        "peers received {received} bytes for four copies of {FILE}"
     );
 }
 
