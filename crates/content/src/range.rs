@@ -1,6 +1,6 @@
 //! Byte ranges, block indices and sets of ranges.
 
-use std::{collections::BTreeMap, fmt, ops::Range};
+use std::{fmt, ops::Range};
 
 use crate::BLOCK_SIZE;
 
@@ -84,11 +84,14 @@ impl fmt::Display for ByteRange {
 ///
 /// Used for byte ranges ("which bytes does the caller want") and for block indices ("which
 /// blocks are still missing"). Every operation keeps the runs normalised, so two sets with the
-/// same members compare equal.
+/// same members compare equal. The runs sit in one sorted vector (a clone is one copy, a
+/// lookup a binary search) and the number of members is kept beside them.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RangeSet {
-    /// start -> end of each run.
-    runs: BTreeMap<u64, u64>,
+    /// `(start, end)` of each run, in increasing order.
+    runs: Vec<(u64, u64)>,
+    /// Number of members.
+    len: u64,
 }
 
 impl RangeSet {
@@ -102,21 +105,20 @@ impl RangeSet {
         if start >= end {
             return;
         }
-        let (mut new_start, mut new_end) = (start, end);
-        // Runs that overlap or touch [start, end) are merged into it.
-        let touching: Vec<(u64, u64)> = self
-            .runs
-            .range(..=end)
-            .rev()
-            .take_while(|&(_, &e)| e >= start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in touching {
-            self.runs.remove(&s);
-            new_start = new_start.min(s);
-            new_end = new_end.max(e);
+        // Runs that overlap or touch [start, end) are merged into it: those from the first
+        // that ends at or after `start` to the last that starts at or before `end`.
+        let i = self.runs.partition_point(|&(_, e)| e < start);
+        let j = i + self.runs[i..].partition_point(|&(s, _)| s <= end);
+        if i == j {
+            self.runs.insert(i, (start, end));
+            self.len += end - start;
+            return;
         }
-        self.runs.insert(new_start, new_end);
+        let merged = (start.min(self.runs[i].0), end.max(self.runs[j - 1].1));
+        let gone: u64 = self.runs[i..j].iter().map(|&(s, e)| e - s).sum();
+        self.len = self.len - gone + (merged.1 - merged.0);
+        self.runs[i] = merged;
+        self.runs.drain(i + 1..j);
     }
 
     /// Removes `[start, end)`.
@@ -124,45 +126,39 @@ impl RangeSet {
         if start >= end {
             return;
         }
-        let overlapping: Vec<(u64, u64)> = self
-            .runs
-            .range(..end)
-            .rev()
-            .take_while(|&(_, &e)| e > start)
-            .map(|(&s, &e)| (s, e))
-            .collect();
-        for (s, e) in overlapping {
-            self.runs.remove(&s);
-            if s < start {
-                self.runs.insert(s, start);
-            }
-            if e > end {
-                self.runs.insert(end, e);
-            }
+        // The runs that overlap [start, end).
+        let i = self.runs.partition_point(|&(_, e)| e <= start);
+        let j = i + self.runs[i..].partition_point(|&(s, _)| s < end);
+        if i == j {
+            return;
         }
+        let (first, last) = (self.runs[i].0, self.runs[j - 1].1);
+        let gone: u64 = self.runs[i..j].iter().map(|&(s, e)| e - s).sum();
+        let left = (first < start).then_some((first, start));
+        let right = (last > end).then_some((end, last));
+        let kept: u64 = [left, right].iter().flatten().map(|&(s, e)| e - s).sum();
+        self.len = self.len - gone + kept;
+        self.runs.splice(i..j, left.into_iter().chain(right));
     }
 
     /// True when `value` is in the set.
     pub fn contains(&self, value: u64) -> bool {
-        self.runs
-            .range(..=value)
-            .next_back()
-            .is_some_and(|(_, &e)| e > value)
+        let i = self.runs.partition_point(|&(s, _)| s <= value);
+        i > 0 && self.runs[i - 1].1 > value
     }
 
     /// True when every value of `[start, end)` is in the set.
     pub fn contains_range(&self, start: u64, end: u64) -> bool {
-        start >= end
-            || self
-                .runs
-                .range(..=start)
-                .next_back()
-                .is_some_and(|(_, &e)| e >= end)
+        if start >= end {
+            return true;
+        }
+        let i = self.runs.partition_point(|&(s, _)| s <= start);
+        i > 0 && self.runs[i - 1].1 >= end
     }
 
     /// Number of values in the set.
     pub fn count(&self) -> u64 {
-        self.runs.iter().map(|(s, e)| e - s).sum()
+        self.len
     }
 
     /// True when the set is empty.
@@ -172,12 +168,12 @@ impl RangeSet {
 
     /// The runs, in increasing order.
     pub fn runs(&self) -> impl DoubleEndedIterator<Item = Range<u64>> + '_ {
-        self.runs.iter().map(|(&s, &e)| s..e)
+        self.runs.iter().map(|&(s, e)| s..e)
     }
 
     /// The smallest value, if any.
     pub fn first(&self) -> Option<u64> {
-        self.runs.keys().next().copied()
+        self.runs.first().map(|&(s, _)| s)
     }
 
     /// The part of the set inside `[start, end)` (costs the runs it keeps, not the whole set).
@@ -185,26 +181,17 @@ impl RangeSet {
         if start >= end {
             return Self::new();
         }
-        let before = self
-            .runs
-            .range(..=start)
-            .next_back()
-            .filter(|&(_, &e)| e > start)
-            .map(|(_, &e)| (start, e.min(end)));
-        let inside = self
-            .runs
-            .range((
-                std::ops::Bound::Excluded(start),
-                std::ops::Bound::Excluded(end),
-            ))
-            .map(|(&s, &e)| (s, e.min(end)));
-        Self {
-            runs: before.into_iter().chain(inside).collect(),
-        }
+        let i = self.runs.partition_point(|&(_, e)| e <= start);
+        Self::from_sorted(
+            self.runs[i..]
+                .iter()
+                .take_while(|&&(s, _)| s < end)
+                .map(|&(s, e)| (s.max(start), e.min(end))),
+        )
     }
 
     /// The values of this set that are not in `other`: one merge of both runs, linear in
-    /// their number (removing `other`'s runs one by one costs a tree search each).
+    /// their number.
     pub fn difference(&self, other: &Self) -> Self {
         let mut out: Vec<(u64, u64)> = Vec::new();
         let mut theirs = other.runs().peekable();
@@ -232,15 +219,19 @@ impl RangeSet {
                 }
             }
         }
-        // Sorted, disjoint and never adjacent: the runs can be taken as they are.
-        Self {
-            runs: out.into_iter().collect(),
-        }
+        Self::from_sorted(out)
     }
 
     /// Every value in the set, in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.runs().flatten()
+    }
+
+    /// A set of runs that are already sorted, disjoint, non-empty and never adjacent.
+    fn from_sorted(runs: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let runs: Vec<(u64, u64)> = runs.into_iter().collect();
+        let len = runs.iter().map(|&(s, e)| e - s).sum();
+        Self { runs, len }
     }
 }
 
