@@ -193,7 +193,7 @@ impl RangeSet {
     /// The values of this set that are not in `other`: one merge of both runs, linear in
     /// their number.
     pub fn difference(&self, other: &Self) -> Self {
-        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.runs.len() + 1);
         let mut theirs = other.runs().peekable();
         for r in self.runs() {
             while theirs.next_if(|q| q.end <= r.start).is_some() {}

@@ -8,7 +8,7 @@ use std::{
 
 use do_content::{BlockIndex, ByteRange, ContentId, RangeSet, block_count, block_range};
 
-use crate::{CommandError, FileInfo, PeerId, RequestId, Spec, State, Status};
+use crate::{CommandError, FileInfo, PeerId, RequestId, Spec, State, Status, bits::BlockBits};
 
 /// A request in flight to a peer.
 pub(crate) struct PeerRequest {
@@ -55,7 +55,7 @@ pub(crate) struct Download {
     pub(crate) peer_requests: BTreeMap<RequestId, PeerRequest>,
     /// What each usable peer holds of this file (change it through `set_have`/`remove_have`,
     /// which keep `availability` in step).
-    pub(crate) haves: BTreeMap<PeerId, RangeSet>,
+    pub(crate) haves: BTreeMap<PeerId, BlockBits>,
     /// How many of `haves` hold each block.
     availability: Vec<u32>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
@@ -245,30 +245,18 @@ impl Download {
     }
 
     /// Records what `peer` holds now (replacing what it said before).
-    pub(crate) fn set_have(&mut self, peer: PeerId, blocks: RangeSet) {
-        match self.haves.remove(&peer) {
-            Some(old) => {
-                for run in old.difference(&blocks).runs() {
-                    self.count(run, false);
-                }
-                for run in blocks.difference(&old).runs() {
-                    self.count(run, true);
-                }
-            }
-            None => {
-                for run in blocks.runs() {
-                    self.count(run, true);
-                }
-            }
-        }
-        self.haves.insert(peer, blocks);
+    pub(crate) fn set_have(&mut self, peer: PeerId, blocks: &RangeSet) {
+        let new = BlockBits::from_set(blocks);
+        let old = self.haves.remove(&peer).unwrap_or_default();
+        old.changes_to(&new, |block, gained| self.count(block, gained));
+        self.haves.insert(peer, new);
     }
 
     /// Forgets what `peer` holds.
     pub(crate) fn remove_have(&mut self, peer: PeerId) {
         if let Some(old) = self.haves.remove(&peer) {
-            for run in old.runs() {
-                self.count(run, false);
+            for block in old.iter() {
+                self.count(block, false);
             }
         }
     }
@@ -305,18 +293,17 @@ impl Download {
             .unwrap_or(0)
     }
 
-    fn count(&mut self, run: Range<u64>, up: bool) {
-        let end = usize::try_from(run.end).expect("block indices fit in memory");
-        if self.availability.len() < end {
-            self.availability.resize(end, 0);
+    fn count(&mut self, block: u64, up: bool) {
+        let b = usize::try_from(block).expect("block indices fit in memory");
+        if self.availability.len() <= b {
+            self.availability.resize(b + 1, 0);
         }
-        for slot in &mut self.availability[run.start as usize..end] {
-            *slot = if up {
-                *slot + 1
-            } else {
-                slot.saturating_sub(1)
-            };
-        }
+        let slot = &mut self.availability[b];
+        *slot = if up {
+            *slot + 1
+        } else {
+            slot.saturating_sub(1)
+        };
     }
 
     pub(crate) fn end_fetch(&mut self, request: RequestId) {

@@ -26,6 +26,7 @@
 //! policy (that is `do-store`).
 #![warn(missing_docs)]
 
+mod bits;
 mod download;
 pub mod hresult;
 mod peers;

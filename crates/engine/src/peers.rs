@@ -9,6 +9,7 @@ use tracing::{debug, info};
 
 use crate::{
     Action, DownloadId, Engine, Event, Input, PeerClass, PeerId, RequestId, State,
+    bits::BlockBits,
     download::{CoFetcher, Download, PeerRequest},
 };
 
@@ -77,7 +78,7 @@ impl Engine {
                     // With a stalled co-fetcher, whether it keeps its part depends on what the
                     // others hold.
                     d.shares_moved |= d.co_fetchers.values().any(|co| co.stalled);
-                    d.set_have(peer, blocks);
+                    d.set_have(peer, &blocks);
                 }
             }
             Input::PeerFetching { id, peer, key } => {
@@ -85,7 +86,7 @@ impl Engine {
                 if let (true, Some(d)) = (usable, self.downloads.get_mut(&id))
                     && !d.dropped.contains(&peer)
                 {
-                    let held = d.haves.get(&peer).map_or(0, RangeSet::count);
+                    let held = d.haves.get(&peer).map_or(0, BlockBits::count);
                     d.co_fetchers.entry(peer).or_insert(CoFetcher {
                         key,
                         held,
@@ -472,7 +473,11 @@ fn pick(
     // The wanted runs (held by the peer, missing here) with the rank of their first block.
     let mut runs: Vec<(u64, std::ops::Range<u64>)> = Vec::new();
     let mut count = 0;
-    for run in intersect(have, missing) {
+    let mut wanted = Vec::new();
+    for run in missing.runs() {
+        have.runs_within(run.start, run.end, &mut wanted);
+    }
+    for run in wanted {
         let len = run.end - run.start;
         runs.push((count, run));
         count += len;
@@ -507,22 +512,4 @@ fn pick(
     }
     let (_, run, first) = best?;
     Some(first..runs[run].1.end.min(first + max))
-}
-
-/// The runs of blocks in both sets, in order (a merge of their sorted runs).
-fn intersect(a: &RangeSet, b: &RangeSet) -> Vec<std::ops::Range<u64>> {
-    let mut out = Vec::new();
-    let (mut x, mut y) = (a.runs().peekable(), b.runs().peekable());
-    while let (Some(p), Some(q)) = (x.peek(), y.peek()) {
-        let (start, end) = (p.start.max(q.start), p.end.min(q.end));
-        if start < end {
-            out.push(start..end);
-        }
-        if p.end <= q.end {
-            x.next();
-        } else {
-            y.next();
-        }
-    }
-    out
 }
