@@ -198,6 +198,9 @@ pub struct Outcome {
     pub completions: Vec<(u32, usize, f64, f64)>,
     /// Bytes the origin sent (every byte that left it, cancelled flows included).
     pub origin_bytes: u64,
+    /// Of those, the bytes sent to misbehaving nodes (corrupt or stalling: once banned,
+    /// they have only the origin left).
+    pub origin_bytes_to_faulty: u64,
     /// Verified bytes received from peers, by class (LAN, Group, Internet).
     pub peer_bytes: [u64; 3],
     /// Bytes into each site over its WAN link.
@@ -1122,7 +1125,12 @@ impl Sim {
     fn count_wire(&mut self, info: &FlowInfo, bytes: u64) {
         let receiver_site = self.nodes[info.node as usize].site;
         match info.server {
-            None => self.out.origin_bytes += bytes,
+            None => {
+                self.out.origin_bytes += bytes;
+                if self.nodes[info.node as usize].behaviour != Behaviour::Honest {
+                    self.out.origin_bytes_to_faulty += bytes;
+                }
+            }
             Some(s) if info.wan => {
                 let server_site = self.nodes[s as usize].site;
                 self.out.wan_egress[server_site] += bytes;
