@@ -45,6 +45,29 @@ impl BlockBits {
         }
     }
 
+    /// Removes `run` from the set.
+    pub(crate) fn clear(&mut self, run: Range<u64>) {
+        for b in run {
+            let w = (b / 64) as usize;
+            if let Some(word) = self.words.get_mut(w) {
+                let bit = 1u64 << (b % 64);
+                if *word & bit != 0 {
+                    *word &= !bit;
+                    self.count -= 1;
+                }
+            }
+        }
+    }
+
+    /// The words of the blocks in both sets.
+    pub(crate) fn and(&self, other: &Self) -> Vec<u64> {
+        self.words
+            .iter()
+            .zip(&other.words)
+            .map(|(a, b)| a & b)
+            .collect()
+    }
+
     /// Number of blocks in the set.
     pub(crate) fn count(&self) -> u64 {
         self.count
@@ -78,41 +101,6 @@ impl BlockBits {
             })
         })
     }
-
-    /// Appends to `out` the runs of the set inside `[start, end)`, in order.
-    pub(crate) fn runs_within(&self, start: u64, end: u64, out: &mut Vec<Range<u64>>) {
-        let end = end.min(self.words.len() as u64 * 64);
-        let mut b = start;
-        while b < end {
-            let Some(first) = self.next(b, end, false) else {
-                return;
-            };
-            let last = self.next(first, end, true).unwrap_or(end);
-            out.push(first..last);
-            b = last;
-        }
-    }
-
-    /// The first block at or after `from` and before `end` that is in the set (or, with
-    /// `absent`, that is not).
-    fn next(&self, from: u64, end: u64, absent: bool) -> Option<u64> {
-        let mut w = (from / 64) as usize;
-        let mut mask = !0u64 << (from % 64);
-        while (w as u64) * 64 < end {
-            let x = if absent {
-                !self.words[w]
-            } else {
-                self.words[w]
-            } & mask;
-            if x != 0 {
-                let at = w as u64 * 64 + u64::from(x.trailing_zeros());
-                return (at < end).then_some(at);
-            }
-            w += 1;
-            mask = !0;
-        }
-        None
-    }
 }
 
 fn word(words: &[u64], w: usize) -> u64 {
@@ -144,9 +132,19 @@ mod tests {
             x.changes_to(&y, |block, up| if up { gained.push(block) } else { lost.push(block) });
             prop_assert_eq!(gained, new.difference(&old).iter().collect::<Vec<_>>());
             prop_assert_eq!(lost, old.difference(&new).iter().collect::<Vec<_>>());
-            let mut runs = Vec::new();
-            x.runs_within(s, s + l, &mut runs);
-            prop_assert_eq!(runs, old.clipped(s, s + l).runs().collect::<Vec<_>>());
+            let both: Vec<u64> = x
+                .and(&y)
+                .iter()
+                .enumerate()
+                .flat_map(|(w, &word)| (0..64).filter(move |b| word >> b & 1 == 1).map(move |b| w as u64 * 64 + b))
+                .collect();
+            prop_assert_eq!(both, old.iter().filter(|&b| new.contains(b)).collect::<Vec<_>>());
+            let mut cut = x.clone();
+            cut.clear(s..s + l);
+            let mut expected = old.clone();
+            expected.remove(s, s + l);
+            prop_assert_eq!(cut.count(), expected.count());
+            prop_assert_eq!(cut.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
         }
     }
 }

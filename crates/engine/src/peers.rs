@@ -276,6 +276,8 @@ impl Engine {
             .collect();
         order.sort();
         let limit = self.config.download_peer_requests;
+        // `missing`, as bits, kept in step with it below.
+        let mut wanted = BlockBits::from_set(missing);
         let mut budget = limit.saturating_sub(self.downloads[&id].peer_requests.len());
         // Nearest class first. Within a class, requests are spread over the peers (a round
         // gives each peer at most one more), from a random peer onward, so that a crowd does
@@ -301,11 +303,12 @@ impl Engine {
                     let d = &self.downloads[&id];
                     let offset = self.rng.next_u64();
                     let Some(blocks) =
-                        pick(d, missing, peer, offset, self.config.peer_request_blocks)
+                        pick(d, &wanted, peer, offset, self.config.peer_request_blocks)
                     else {
                         continue;
                     };
                     missing.remove(blocks.start, blocks.end);
+                    wanted.clear(blocks.clone());
                     budget -= 1;
                     let request = self.new_request(id);
                     let d = self.downloads.get_mut(&id).expect("live");
@@ -508,33 +511,30 @@ fn share_of(blocks: u64, i: u64, n: u64) -> std::ops::Range<u64> {
 
 /// Picks the rarest of the `missing` blocks (held by nobody here, brought by no request) that
 /// `peer` holds, scanning from `offset`, and extends it into a run of at most `max` such blocks.
+/// `missing` is given as bits: a pick costs one pass over the words, however scattered the
+/// blocks are.
 fn pick(
     d: &Download,
-    missing: &RangeSet,
+    missing: &BlockBits,
     peer: PeerId,
     offset: u64,
     max: u64,
 ) -> Option<std::ops::Range<u64>> {
     let have = d.haves.get(&peer)?;
-    // The wanted runs (held by the peer, missing here) with the rank of their first block.
-    let mut runs: Vec<(u64, std::ops::Range<u64>)> = Vec::new();
+    // The wanted blocks (held by the peer, missing here), and how many come before each word.
+    let wanted = have.and(missing);
+    let mut before = Vec::with_capacity(wanted.len());
     let mut count = 0;
-    let mut wanted = Vec::new();
-    for run in missing.runs() {
-        have.runs_within(run.start, run.end, &mut wanted);
-    }
-    for run in wanted {
-        let len = run.end - run.start;
-        runs.push((count, run));
-        count += len;
+    for w in &wanted {
+        before.push(count);
+        count += u64::from(w.count_ones());
     }
     if count == 0 {
         return None;
     }
-    let availability = |b: u64| d.availability(b);
     let at_rank = |rank: u64| {
-        let i = runs.partition_point(|(first_rank, _)| *first_rank <= rank) - 1;
-        (i, runs[i].1.start + (rank - runs[i].0))
+        let w = before.partition_point(|&b| b <= rank) - 1;
+        w as u64 * 64 + u64::from(nth_bit(wanted[w], (rank - before[w]) as u32))
     };
     // Scan from a random point; keep the first block of least availability. Beyond
     // `PICK_SAMPLE` candidates, only that many, evenly spaced from the random point, are looked
@@ -545,17 +545,34 @@ fn pick(
     } else {
         (PICK_SAMPLE, count / PICK_SAMPLE)
     };
-    let mut best: Option<(u32, usize, u64)> = None;
+    let mut best: Option<(u32, u64)> = None;
     for k in 0..probes {
-        let (run, b) = at_rank((start + k * step) % count);
-        let a = availability(b);
-        if best.is_none_or(|(ba, _, _)| a < ba) {
-            best = Some((a, run, b));
+        let b = at_rank((start + k * step) % count);
+        let a = d.availability(b);
+        if best.is_none_or(|(ba, _)| a < ba) {
+            best = Some((a, b));
             if a == 1 {
                 break;
             }
         }
     }
-    let (_, run, first) = best?;
-    Some(first..runs[run].1.end.min(first + max))
+    let (_, first) = best?;
+    // The run of wanted blocks from `first`, at most `max` long.
+    let mut end = first + 1;
+    while end < first + max
+        && wanted
+            .get((end / 64) as usize)
+            .is_some_and(|w| w >> (end % 64) & 1 == 1)
+    {
+        end += 1;
+    }
+    Some(first..end)
+}
+
+/// The place of the `n`-th set bit of `word` (counting from 0, from the low end).
+fn nth_bit(mut word: u64, n: u32) -> u32 {
+    for _ in 0..n {
+        word &= word - 1;
+    }
+    word.trailing_zeros()
 }
