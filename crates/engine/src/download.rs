@@ -60,10 +60,6 @@ pub(crate) struct Download {
     availability: Vec<u32>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
-    /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`).
-    reported: BTreeMap<PeerId, Vec<u64>>,
-    /// All of `reported`, sorted, once each, without this node's key.
-    pub(crate) reported_keys: Vec<u64>,
     /// This node's share of the origin's work may have moved since the last look (a
     /// co-fetcher came, went or stalled, or a stalled one's part may now be held elsewhere):
     /// origin fetches outside it are looked for at the next scheduling pass.
@@ -117,8 +113,6 @@ impl Download {
             haves: BTreeMap::new(),
             availability: Vec::new(),
             co_fetchers: BTreeMap::new(),
-            reported: BTreeMap::new(),
-            reported_keys: Vec::new(),
             shares_moved: false,
             dropped: BTreeSet::new(),
             manifest_trusted: false,
@@ -258,37 +252,12 @@ impl Download {
         self.haves.insert(peer, new);
     }
 
-    /// Forgets what `peer` holds, and the co-fetchers it reported.
+    /// Forgets what `peer` holds.
     pub(crate) fn remove_have(&mut self, peer: PeerId) {
         if let Some(old) = self.haves.remove(&peer) {
             for block in old.iter() {
                 self.count(block, false);
             }
-        }
-        if self.reported.remove(&peer).is_some() {
-            self.rebuild_reported();
-        }
-    }
-
-    /// Records the co-fetchers' keys `peer` reports (not `own`, this node's key).
-    pub(crate) fn set_reported(&mut self, peer: PeerId, mut keys: Vec<u64>, own: u64) {
-        keys.retain(|&k| k != own);
-        keys.sort_unstable();
-        keys.dedup();
-        if self.reported.get(&peer) != Some(&keys) {
-            self.reported.insert(peer, keys);
-            self.rebuild_reported();
-        }
-    }
-
-    /// Rebuilds `reported_keys`; the share may have moved if they changed.
-    fn rebuild_reported(&mut self) {
-        let mut all: Vec<u64> = self.reported.values().flatten().copied().collect();
-        all.sort_unstable();
-        all.dedup();
-        if all != self.reported_keys {
-            self.reported_keys = all;
-            self.shares_moved = true;
         }
     }
 
@@ -444,8 +413,6 @@ impl Download {
         self.haves.clear();
         self.availability.clear();
         self.co_fetchers.clear();
-        self.reported.clear();
-        self.reported_keys.clear();
         self.unchecked.clear();
         self.unchecked_all = RangeSet::new();
         self.published = None;

@@ -42,7 +42,6 @@ impl Engine {
         let affected = match &input {
             Input::PeerHas { id, .. }
             | Input::PeerFetching { id, .. }
-            | Input::PeerCoFetchers { id, .. }
             | Input::ManifestTrusted { id, .. } => Some(*id),
             _ => None,
         };
@@ -95,14 +94,6 @@ impl Engine {
                         stalled: false,
                     });
                     d.shares_moved = true;
-                }
-            }
-            Input::PeerCoFetchers { id, peer, keys } => {
-                let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
-                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id))
-                    && !d.dropped.contains(&peer)
-                {
-                    d.set_reported(peer, keys, self.config.node_key);
                 }
             }
             Input::ManifestTrusted { id, refuted, lost } => {
@@ -404,69 +395,44 @@ impl Engine {
     }
 
     /// This node's share of the origin's work on a whole-file download that other nodes
-    /// fetch at the same time (see [`Engine::split`]). `None`: nobody to share with.
+    /// fetch at the same time: the nodes, ordered by key, take equal contiguous parts of the
+    /// file. A co-fetcher that stopped growing while its part still has blocks nobody holds
+    /// drops out, and the parts are cut again among the rest. `None`: nobody to share with.
     fn origin_share(&self, d: &Download) -> Option<std::ops::Range<u64>> {
-        let split = self.split(d)?;
-        (split.n > 1).then(|| share_of(split.blocks, split.me, split.n))
-    }
-
-    /// How the origin's work on a whole-file download is cut: the nodes fetching it, ordered
-    /// by key, take equal contiguous parts of the file. The nodes are this one, its
-    /// co-fetchers, and the co-fetchers its peers report (so that nodes that each see part of
-    /// the swarm still cut the file alike). A co-fetcher of this node that stopped growing
-    /// while its part still has blocks nobody holds drops out, and the parts are cut again
-    /// among the rest; a reported one drops out when its reporters drop it.
-    pub(crate) fn split(&self, d: &Download) -> Option<Split> {
-        if d.ranges.is_some() {
+        if d.ranges.is_some() || d.co_fetchers.is_empty() {
             return None;
         }
         let blocks = d.info.as_ref().map(|i| do_content::block_count(i.len))?;
-        let own = self.config.node_key;
-        let reported = &d.reported_keys;
-        let mut direct: Vec<(u64, bool)> = d
+        let mut nodes: Vec<(u64, Option<PeerId>)> = d
             .co_fetchers
             .iter()
-            .filter(|(p, co)| co.key != own && self.peers.get(p).is_some_and(|i| !i.banned))
-            .map(|(_, co)| (co.key, co.stalled))
+            .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
+            .map(|(&p, co)| (co.key, Some(p)))
+            .chain(std::iter::once((self.config.node_key, None)))
             .collect();
-        direct.sort_unstable();
-        direct.dedup_by_key(|m| m.0);
-        if direct.is_empty() && reported.is_empty() {
-            return None;
-        }
-        let in_reported = |k: u64| reported.binary_search(&k).is_ok();
+        nodes.sort_unstable();
         // Needed blocks that neither this node nor any usable peer holds or is bringing (the
         // origin fetches of this node do not count: they may be taking over a stalled
         // co-fetcher's part): computed only if some co-fetcher stalled.
         let mut unheld: Option<RangeSet> = None;
         loop {
-            let both = direct.iter().filter(|m| in_reported(m.0)).count();
-            let n = (direct.len() + reported.len() - both + 1) as u64;
-            // A member's place among all of them.
-            let rank = |k: u64| {
-                let before = direct.partition_point(|m| m.0 < k);
-                let twice = direct[..before].iter().filter(|m| in_reported(m.0)).count();
-                (before + reported.partition_point(|&r| r < k) - twice) as u64 + u64::from(own < k)
-            };
-            let dropout = direct.iter().position(|&(k, stalled)| {
-                if !stalled || in_reported(k) {
+            let n = nodes.len() as u64;
+            let dropout = nodes.iter().enumerate().position(|(i, &(_, peer))| {
+                let Some(peer) = peer else { return false };
+                if !d.co_fetchers[&peer].stalled {
                     return false;
                 }
                 let unheld = unheld.get_or_insert_with(|| d.held_by_no_peer(&d.not_from_peers()));
-                let part = share_of(blocks, rank(k), n);
+                let part = share_of(blocks, i as u64, n);
                 !unheld.clipped(part.start, part.end).is_empty()
             });
             match dropout {
                 Some(i) => {
-                    direct.remove(i);
+                    nodes.remove(i);
                 }
                 None => {
-                    return Some(Split {
-                        blocks,
-                        n,
-                        me: rank(own),
-                        kept: direct.iter().map(|m| m.0).collect(),
-                    });
+                    let me = nodes.iter().position(|(_, p)| p.is_none())?;
+                    return (n > 1).then(|| share_of(blocks, me as u64, n));
                 }
             }
         }
@@ -486,18 +452,6 @@ impl Engine {
             .map(|d| d.peer_requests.values().filter(|p| p.peer == peer).count())
             .sum()
     }
-}
-
-/// How the origin's work on one file is cut (see [`Engine::split`]).
-pub(crate) struct Split {
-    /// Blocks in the file.
-    pub(crate) blocks: u64,
-    /// Nodes that share it.
-    pub(crate) n: u64,
-    /// This node's place among them.
-    pub(crate) me: u64,
-    /// This node's own co-fetchers among them (their keys).
-    pub(crate) kept: Vec<u64>,
 }
 
 /// Most candidate blocks one rarest-first pick looks at.

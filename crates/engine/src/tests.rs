@@ -1031,50 +1031,6 @@ fn nodes_fetching_a_file_together_split_the_origin_work() {
 }
 
 #[test]
-fn co_fetchers_that_peers_report_join_the_split() {
-    let config = Config {
-        node_key: 5,
-        origin_fallback_delay: Duration::from_secs(1),
-        ..Config::default()
-    };
-    let mut h = Harness::new(config);
-    h.start_whole(Some(root()));
-    h.input(Input::PeerAdded {
-        peer: PeerId(1),
-        class: PeerClass::Lan,
-    });
-    h.input(Input::PeerFetching {
-        id: ID,
-        peer: PeerId(1),
-        key: 1,
-    });
-    // Peer 1 splits the file with nodes 3 and 7 too (this node's own key, 5, and its own,
-    // 1, are in the report as well, and count once).
-    h.input(Input::PeerCoFetchers {
-        id: ID,
-        peer: PeerId(1),
-        keys: vec![7, 3, 5, 1],
-    });
-    h.answer_stat(Ok(info(80 * BLOCK_SIZE)));
-    assert_eq!(
-        h.engine.co_fetcher_keys(ID),
-        vec![1],
-        "its own co-fetcher only"
-    );
-    h.advance(Duration::from_secs(1));
-    // Keys 1, 3, 5, 7: this node is third of four.
-    assert_eq!(serve_origin(&mut h), (40..60).collect::<Vec<_>>());
-    // Peer 1 drops node 7: the parts are cut among three, and this node, now last, takes
-    // 53..80, of which it lacks 60..80.
-    h.input(Input::PeerCoFetchers {
-        id: ID,
-        peer: PeerId(1),
-        keys: vec![1, 3],
-    });
-    assert_eq!(serve_origin(&mut h), (60..80).collect::<Vec<_>>());
-}
-
-#[test]
 fn blocks_refuted_by_the_manifest_ban_their_sender_and_are_fetched_again() {
     let mut h = co_fetching();
     serve_origin(&mut h);
