@@ -113,6 +113,48 @@ struct Node {
     to_peers: u64,
 }
 
+/// Which blocks of a file some set of nodes holds, one bit each.
+struct Coverage {
+    words: Vec<u64>,
+    blocks: u64,
+}
+
+impl Coverage {
+    fn new(blocks: u64) -> Self {
+        Self {
+            words: vec![0; blocks.div_ceil(64) as usize],
+            blocks,
+        }
+    }
+
+    /// Adds the blocks of `set` (none past the file's end).
+    fn add(&mut self, set: &RangeSet) {
+        for run in set.runs() {
+            let (mut b, end) = (run.start, run.end.min(self.blocks));
+            while b < end {
+                let bit = b % 64;
+                let n = (64 - bit).min(end - b);
+                let mask = if n == 64 {
+                    !0
+                } else {
+                    ((1u64 << n) - 1) << bit
+                };
+                self.words[(b / 64) as usize] |= mask;
+                b += n;
+            }
+        }
+    }
+
+    /// Every block is held.
+    fn is_full(&self) -> bool {
+        self.words
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum::<u64>()
+            == self.blocks
+    }
+}
+
 /// A request a node has open: an origin fetch or a peer request, waiting for its first byte
 /// (or queued or stalled at its server), or flowing.
 #[derive(Debug, Clone, Copy)]
@@ -717,7 +759,13 @@ impl Sim {
             let id = DownloadId(f as u64 + 1);
             let blocks = block_count(self.file_len[f]);
             // What the node could learn hashes of, while it does not trust a manifest yet.
-            let mut union = (!self.nodes[i].trusted[f]).then(|| self.nodes[i].held[f].clone());
+            // (As bits: the neighbors' holdings are fragmented, and merging thousands of
+            // runs one by one costs more than the rest of the poll.)
+            let mut union = (!self.nodes[i].trusted[f]).then(|| {
+                let mut bits = Coverage::new(blocks);
+                bits.add(&self.nodes[i].held[f]);
+                bits
+            });
             let neighbors = self.nodes[i].neighbors.clone();
             for j in neighbors {
                 let (ju, iu) = (j as usize, i);
@@ -746,13 +794,11 @@ impl Sim {
                 // Every peer answers for the hashes of what it verified (a stalling
                 // peer stalls on blocks only; a corrupt cache has the right hashes).
                 if let Some(union) = &mut union {
-                    for run in self.nodes[ju].held[f].runs() {
-                        union.insert(run.start, run.end);
-                    }
+                    union.add(&self.nodes[ju].held[f]);
                 }
             }
             let proofs = self.sc.engine.verify == Verify::Proofs;
-            if union.is_some_and(|u| proofs || u.count() == blocks) {
+            if union.is_some_and(|u| proofs || u.is_full()) {
                 // The driver checks what arrived unchecked: a corrupt peer's blocks fail.
                 let node = &mut self.nodes[i];
                 node.trusted[f] = true;
