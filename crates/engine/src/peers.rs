@@ -283,8 +283,12 @@ impl Engine {
         for mut peers in classes {
             let turn = (self.rng.next_u64() % peers.len() as u64) as usize;
             peers.rotate_left(turn);
+            // Peers found to hold nothing that is missing: `missing` only shrinks here, so they
+            // are not looked at again in later rounds (their draw is still made, so that the
+            // decisions stay those of a full scan).
+            let mut dry = vec![false; peers.len()];
             for round in 0..self.config.peer_slots {
-                for &peer in &peers {
+                for (k, &peer) in peers.iter().enumerate() {
                     if budget == 0 || missing.is_empty() {
                         return;
                     }
@@ -293,9 +297,13 @@ impl Engine {
                     }
                     let d = &self.downloads[&id];
                     let offset = self.rng.next_u64();
+                    if dry[k] {
+                        continue;
+                    }
                     let Some(blocks) =
                         pick(d, &wanted, peer, offset, self.config.peer_request_blocks)
                     else {
+                        dry[k] = true;
                         continue;
                     };
                     missing.remove(blocks.start, blocks.end);
