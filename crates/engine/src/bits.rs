@@ -59,6 +59,11 @@ impl BlockBits {
         }
     }
 
+    /// Some block is in both sets.
+    pub(crate) fn meets(&self, other: &Self) -> bool {
+        self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
+    }
+
     /// The words of the blocks in both sets.
     pub(crate) fn and(&self, other: &Self) -> Vec<u64> {
         self.words
@@ -138,6 +143,7 @@ mod tests {
                 .enumerate()
                 .flat_map(|(w, &word)| (0..64).filter(move |b| word >> b & 1 == 1).map(move |b| w as u64 * 64 + b))
                 .collect();
+            prop_assert_eq!(x.meets(&y), !both.is_empty());
             prop_assert_eq!(both, old.iter().filter(|&b| new.contains(b)).collect::<Vec<_>>());
             let mut cut = x.clone();
             cut.clear(s..s + l);

@@ -483,6 +483,11 @@ fn pick(
     max: u64,
 ) -> Option<std::ops::Range<u64>> {
     let have = d.haves.get(&peer)?;
+    // Most peers hold nothing missing: a count of the common blocks, without building them,
+    // says so.
+    if !have.meets(missing) {
+        return None;
+    }
     // The wanted blocks (held by the peer, missing here), and how many come before each word.
     let wanted = have.and(missing);
     let mut before = Vec::with_capacity(wanted.len());
