@@ -483,8 +483,8 @@ fn pick(
     max: u64,
 ) -> Option<std::ops::Range<u64>> {
     let have = d.haves.get(&peer)?;
-    // Most peers hold nothing missing: a count of the common blocks, without building them,
-    // says so.
+    // Most peers hold nothing missing: a look for one common block, without building them,
+    // says so (and past it, `count` below is at least 1).
     if !have.meets(missing) {
         return None;
     }
@@ -495,9 +495,6 @@ fn pick(
     for w in &wanted {
         before.push(count);
         count += u64::from(w.count_ones());
-    }
-    if count == 0 {
-        return None;
     }
     let at_rank = |rank: u64| {
         let w = before.partition_point(|&b| b <= rank) - 1;
