@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use do_content::{BLOCK_SIZE, BlockIndex, ContentId, RangeSet, block_count};
+use do_content::{BLOCK_SIZE, BlockBits, BlockIndex, ContentId, RangeSet, block_count};
 use do_engine::{
     Action, Command, Config, DownloadId, Engine, Event, Failure, FileInfo, Input, PeerClass,
     PeerId, RequestId, Spec, State,
@@ -111,48 +111,6 @@ struct Node {
     from_origin: u64,
     from_peers: [u64; 3],
     to_peers: u64,
-}
-
-/// Which blocks of a file some set of nodes holds, one bit each.
-struct Coverage {
-    words: Vec<u64>,
-    blocks: u64,
-}
-
-impl Coverage {
-    fn new(blocks: u64) -> Self {
-        Self {
-            words: vec![0; blocks.div_ceil(64) as usize],
-            blocks,
-        }
-    }
-
-    /// Adds the blocks of `set` (none past the file's end).
-    fn add(&mut self, set: &RangeSet) {
-        for run in set.runs() {
-            let (mut b, end) = (run.start, run.end.min(self.blocks));
-            while b < end {
-                let bit = b % 64;
-                let n = (64 - bit).min(end - b);
-                let mask = if n == 64 {
-                    !0
-                } else {
-                    ((1u64 << n) - 1) << bit
-                };
-                self.words[(b / 64) as usize] |= mask;
-                b += n;
-            }
-        }
-    }
-
-    /// Every block is held.
-    fn is_full(&self) -> bool {
-        self.words
-            .iter()
-            .map(|w| u64::from(w.count_ones()))
-            .sum::<u64>()
-            == self.blocks
-    }
 }
 
 /// A request a node has open: an origin fetch or a peer request, waiting for its first byte
@@ -761,11 +719,8 @@ impl Sim {
             // What the node could learn hashes of, while it does not trust a manifest yet.
             // (As bits: the neighbors' holdings are fragmented, and merging thousands of
             // runs one by one costs more than the rest of the poll.)
-            let mut union = (!self.nodes[i].trusted[f]).then(|| {
-                let mut bits = Coverage::new(blocks);
-                bits.add(&self.nodes[i].held[f]);
-                bits
-            });
+            let mut union =
+                (!self.nodes[i].trusted[f]).then(|| BlockBits::from_set(&self.nodes[i].held[f]));
             let neighbors = self.nodes[i].neighbors.clone();
             for j in neighbors {
                 let (ju, iu) = (j as usize, i);
@@ -798,7 +753,7 @@ impl Sim {
                 }
             }
             let proofs = self.sc.engine.verify == Verify::Proofs;
-            if union.is_some_and(|u| proofs || u.is_full()) {
+            if union.is_some_and(|u| proofs || u.count() == blocks) {
                 // The driver checks what arrived unchecked: a corrupt peer's blocks fail.
                 let node = &mut self.nodes[i];
                 node.trusted[f] = true;

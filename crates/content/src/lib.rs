@@ -20,9 +20,11 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bits;
 mod manifest;
 mod range;
 
+pub use bits::BlockBits;
 pub use manifest::{BlockHash, BlockHasher, Manifest, ManifestError, hash_block};
 pub use range::{BlockIndex, ByteRange, RangeSet};
 

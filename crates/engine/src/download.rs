@@ -6,9 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use do_content::{BlockIndex, ByteRange, ContentId, RangeSet, block_count, block_range};
+use do_content::{BlockBits, BlockIndex, ByteRange, ContentId, RangeSet, block_count, block_range};
 
-use crate::{CommandError, FileInfo, PeerId, RequestId, Spec, State, Status, bits::BlockBits};
+use crate::{CommandError, FileInfo, PeerId, RequestId, Spec, State, Status};
 
 /// A request in flight to a peer.
 pub(crate) struct PeerRequest {

@@ -26,7 +26,6 @@
 //! policy (that is `do-store`).
 #![warn(missing_docs)]
 
-mod bits;
 mod download;
 pub mod hresult;
 mod peers;

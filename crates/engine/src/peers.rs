@@ -4,12 +4,11 @@
 
 use std::time::Instant;
 
-use do_content::{BlockIndex, RangeSet};
+use do_content::{BlockBits, BlockIndex, RangeSet};
 use tracing::{debug, info};
 
 use crate::{
     Action, DownloadId, Engine, Event, Input, PeerClass, PeerId, RequestId, State,
-    bits::BlockBits,
     download::{CoFetcher, Download, PeerRequest},
 };
 

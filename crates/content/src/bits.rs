@@ -1,4 +1,4 @@
-//! A bitmap of block indices: what one peer holds of one file.
+//! A bitmap of block indices: what one peer holds of one file, say.
 //!
 //! Peers' holdings are fragmented (rarest-first from random points leaves thousands of runs),
 //! and a download keeps one per peer and replaces it at every report. As runs they cost
@@ -7,27 +7,34 @@
 
 use std::ops::Range;
 
-use do_content::RangeSet;
+use crate::RangeSet;
 
 /// A set of block indices, one bit each, with its size kept beside the words.
 #[derive(Clone, Default, Debug, PartialEq, Eq)]
-pub(crate) struct BlockBits {
+pub struct BlockBits {
     words: Vec<u64>,
     count: u64,
 }
 
 impl BlockBits {
     /// The blocks of `set`.
-    pub(crate) fn from_set(set: &RangeSet) -> Self {
+    pub fn from_set(set: &RangeSet) -> Self {
         let mut bits = Self::default();
+        bits.add(set);
+        bits
+    }
+
+    /// Adds the blocks of `set`.
+    pub fn add(&mut self, set: &RangeSet) {
         if let Some(last) = set.runs().next_back() {
-            bits.words = vec![0; last.end.div_ceil(64) as usize];
+            let words = last.end.div_ceil(64) as usize;
+            if self.words.len() < words {
+                self.words.resize(words, 0);
+            }
         }
         for run in set.runs() {
-            bits.fill(run);
+            self.fill(run);
         }
-        bits.count = set.count();
-        bits
     }
 
     fn fill(&mut self, run: Range<u64>) {
@@ -40,13 +47,14 @@ impl BlockBits {
             } else {
                 ((1u64 << n) - 1) << bit
             };
+            self.count += u64::from((mask & !self.words[w]).count_ones());
             self.words[w] |= mask;
             b += n;
         }
     }
 
     /// Removes `run` from the set.
-    pub(crate) fn clear(&mut self, run: Range<u64>) {
+    pub fn clear(&mut self, run: Range<u64>) {
         for b in run {
             let w = (b / 64) as usize;
             if let Some(word) = self.words.get_mut(w) {
@@ -60,12 +68,12 @@ impl BlockBits {
     }
 
     /// Some block is in both sets.
-    pub(crate) fn meets(&self, other: &Self) -> bool {
+    pub fn meets(&self, other: &Self) -> bool {
         self.words.iter().zip(&other.words).any(|(a, b)| a & b != 0)
     }
 
     /// The words of the blocks in both sets.
-    pub(crate) fn and(&self, other: &Self) -> Vec<u64> {
+    pub fn and(&self, other: &Self) -> Vec<u64> {
         self.words
             .iter()
             .zip(&other.words)
@@ -74,13 +82,13 @@ impl BlockBits {
     }
 
     /// Number of blocks in the set.
-    pub(crate) fn count(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.count
     }
 
     /// Calls `f` with each block in exactly one of `self` and `new`, and whether it is in
     /// `new` (gained) or not (lost).
-    pub(crate) fn changes_to(&self, new: &Self, mut f: impl FnMut(u64, bool)) {
+    pub fn changes_to(&self, new: &Self, mut f: impl FnMut(u64, bool)) {
         let words = self.words.len().max(new.words.len());
         for w in 0..words {
             let (a, b) = (word(&self.words, w), word(&new.words, w));
@@ -94,7 +102,7 @@ impl BlockBits {
     }
 
     /// Every block in the set, in increasing order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.words.iter().enumerate().flat_map(|(w, &word)| {
             let mut x = word;
             std::iter::from_fn(move || {
@@ -132,6 +140,14 @@ mod tests {
             let (old, new) = (set(&a), set(&b));
             let (x, y) = (BlockBits::from_set(&old), BlockBits::from_set(&new));
             prop_assert_eq!(x.count(), old.count());
+            let mut union = x.clone();
+            union.add(&new);
+            let mut expected = old.clone();
+            for run in new.runs() {
+                expected.insert(run.start, run.end);
+            }
+            prop_assert_eq!(union.count(), expected.count());
+            prop_assert_eq!(union.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
             prop_assert_eq!(x.iter().collect::<Vec<_>>(), old.iter().collect::<Vec<_>>());
             let (mut gained, mut lost) = (Vec::new(), Vec::new());
             x.changes_to(&y, |block, up| if up { gained.push(block) } else { lost.push(block) });
