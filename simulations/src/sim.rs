@@ -91,8 +91,21 @@ struct Node {
     unchecked: Vec<RangeSet>,
     /// Per file: the unchecked blocks a corrupt peer sent (they fail that check).
     refuted: Vec<RangeSet>,
+    /// Per file: the blocks whose hashes this node can tell (`Hashes`): its own verified
+    /// ones and those it collected from its peers, all of them once it trusts a manifest.
+    /// Hashes travel so: a node learns, one poll after another, what its peers' peers
+    /// verified, and trusts the set only once it merges to the content id.
+    known: Vec<BlockBits>,
+    /// Per file: what `known` becomes at the end of the poll under way (every node answers
+    /// a poll with what it knew before it).
+    known_next: Vec<BlockBits>,
     /// Per file: neighbors already told that this node is fetching it.
     told_fetching: Vec<BTreeSet<u32>>,
+    /// Per file: the keys of this node's co-fetchers (its engine's `co_fetcher_keys`), with
+    /// a version that grows when they change.
+    fetchers: Vec<(u64, Vec<u64>)>,
+    /// Per file: the version of each neighbor's co-fetcher keys this node was last told.
+    told_fetchers: Vec<BTreeMap<u32, u64>>,
     /// The next poll reports every neighbor's holdings, changed or not (a download started,
     /// or the node reconnected).
     refresh_all: bool,
@@ -356,7 +369,11 @@ impl Sim {
                     trusted: vec![false; files],
                     unchecked: vec![RangeSet::new(); files],
                     refuted: vec![RangeSet::new(); files],
+                    known: vec![BlockBits::default(); files],
+                    known_next: vec![BlockBits::default(); files],
                     told_fetching: vec![BTreeSet::new(); files],
+                    fetchers: vec![(0, Vec::new()); files],
+                    told_fetchers: vec![BTreeMap::new(); files],
                     refresh_all: false,
                     refresh: BTreeSet::new(),
                     timer: None,
@@ -688,9 +705,25 @@ impl Sim {
                 std::mem::replace(&mut node.changed, none)
             })
             .collect();
+        // What each node would tell of its co-fetchers now.
+        for node in &mut self.nodes {
+            for f in 0..node.jobs.len() {
+                if node.online && matches!(node.jobs[f], Job::Active(_)) {
+                    let keys = node.engine.co_fetcher_keys(DownloadId(f as u64 + 1));
+                    if keys != node.fetchers[f].1 {
+                        node.fetchers[f] = (node.fetchers[f].0 + 1, keys);
+                    }
+                }
+            }
+        }
         let mut any_active = false;
         for i in 0..self.nodes.len() {
             any_active |= self.poll_node(i, Some(&changed));
+        }
+        for node in &mut self.nodes {
+            for (known, next) in node.known.iter_mut().zip(&node.known_next) {
+                known.clone_from(next);
+            }
         }
         if any_active {
             self.ensure_poll();
@@ -719,8 +752,11 @@ impl Sim {
             // What the node could learn hashes of, while it does not trust a manifest yet.
             // (As bits: the neighbors' holdings are fragmented, and merging thousands of
             // runs one by one costs more than the rest of the poll.)
-            let mut union =
-                (!self.nodes[i].trusted[f]).then(|| BlockBits::from_set(&self.nodes[i].held[f]));
+            let mut union = (!self.nodes[i].trusted[f]).then(|| {
+                let mut bits = BlockBits::from_set(&self.nodes[i].held[f]);
+                bits.union_with(&self.nodes[i].known[f]);
+                bits
+            });
             let neighbors = self.nodes[i].neighbors.clone();
             for j in neighbors {
                 let (ju, iu) = (j as usize, i);
@@ -728,9 +764,8 @@ impl Sim {
                     continue;
                 }
                 let peer = PeerId(u64::from(j));
-                let report = changed.map_or(self.nodes[ju].changed[f], |c| c[ju][f])
-                    || self.nodes[iu].refresh_all
-                    || self.nodes[iu].refresh.contains(&j);
+                let refresh = self.nodes[iu].refresh_all || self.nodes[iu].refresh.contains(&j);
+                let report = changed.map_or(self.nodes[ju].changed[f], |c| c[ju][f]) || refresh;
                 if report && !self.nodes[ju].held[f].is_empty() {
                     let held = self.nodes[ju].held[f].clone();
                     batch.push(Input::PeerHas {
@@ -746,17 +781,31 @@ impl Sim {
                     let key = self.nodes[ju].key;
                     batch.push(Input::PeerFetching { id, peer, key });
                 }
-                // Every peer answers for the hashes of what it verified (a stalling
-                // peer stalls on blocks only; a corrupt cache has the right hashes).
+                // And whom it splits the origin's work with (again after a refresh: the
+                // engine forgets it with the peer's holdings).
+                let (version, keys) = &self.nodes[ju].fetchers[f];
+                let told = self.nodes[iu].told_fetchers[f].get(&j).copied();
+                if *version > 0 && (refresh || told != Some(*version)) {
+                    let (version, keys) = (*version, keys.clone());
+                    self.nodes[iu].told_fetchers[f].insert(j, version);
+                    batch.push(Input::PeerCoFetchers { id, peer, keys });
+                }
+                // Every peer answers with the hashes of what it verified and of what it
+                // collected (a stalling peer stalls on blocks only; a corrupt cache has the
+                // right hashes).
                 if let Some(union) = &mut union {
                     union.add(&self.nodes[ju].held[f]);
+                    union.union_with(&self.nodes[ju].known[f]);
                 }
             }
             let proofs = self.sc.engine.verify == Verify::Proofs;
-            if union.is_some_and(|u| proofs || u.count() == blocks) {
+            let Some(union) = union else { continue };
+            if proofs || union.count() == blocks {
                 // The driver checks what arrived unchecked: a corrupt peer's blocks fail.
                 let node = &mut self.nodes[i];
                 node.trusted[f] = true;
+                // A node that trusts a manifest tells every hash.
+                node.known_next[f] = BlockBits::from_set(&std::iter::once(0..blocks).collect());
                 let refuted = std::mem::take(&mut node.refuted[f]);
                 let good = std::mem::take(&mut node.unchecked[f]).difference(&refuted);
                 for run in good.runs() {
@@ -768,6 +817,8 @@ impl Sim {
                     refuted,
                     lost: RangeSet::new(),
                 });
+            } else {
+                self.nodes[i].known_next[f] = union;
             }
         }
         self.nodes[i].refresh_all = false;
@@ -1338,6 +1389,12 @@ impl Sim {
                     .for_each(|t| {
                         t.remove(&i);
                     });
+                self.nodes[j as usize]
+                    .told_fetchers
+                    .iter_mut()
+                    .for_each(|t| {
+                        t.remove(&i);
+                    });
                 self.nodes[j as usize].engine.handle_input(
                     now,
                     Input::PeerRemoved {
@@ -1364,7 +1421,11 @@ impl Sim {
         node.trusted = vec![false; files];
         node.unchecked = vec![RangeSet::new(); files];
         node.refuted = vec![RangeSet::new(); files];
+        node.known = vec![BlockBits::default(); files];
+        node.known_next = vec![BlockBits::default(); files];
         node.told_fetching = vec![BTreeSet::new(); files];
+        node.fetchers = vec![(0, Vec::new()); files];
+        node.told_fetchers = vec![BTreeMap::new(); files];
         for f in 0..files {
             if matches!(node.jobs[f], Job::Active(_)) {
                 node.jobs[f] = Job::Waiting;

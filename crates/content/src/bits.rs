@@ -53,6 +53,17 @@ impl BlockBits {
         }
     }
 
+    /// Adds the blocks of `other` (one pass over its words).
+    pub fn union_with(&mut self, other: &Self) {
+        if self.words.len() < other.words.len() {
+            self.words.resize(other.words.len(), 0);
+        }
+        for (a, &b) in self.words.iter_mut().zip(&other.words) {
+            self.count += u64::from((b & !*a).count_ones());
+            *a |= b;
+        }
+    }
+
     /// Removes `run` from the set.
     pub fn clear(&mut self, run: Range<u64>) {
         for b in run {
@@ -149,6 +160,9 @@ mod tests {
             prop_assert_eq!(union.count(), expected.count());
             prop_assert_eq!(union.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
             prop_assert_eq!(x.iter().collect::<Vec<_>>(), old.iter().collect::<Vec<_>>());
+            let mut merged = x.clone();
+            merged.union_with(&y);
+            prop_assert_eq!(&merged, &union);
             let (mut gained, mut lost) = (Vec::new(), Vec::new());
             x.changes_to(&y, |block, up| if up { gained.push(block) } else { lost.push(block) });
             prop_assert_eq!(gained, new.difference(&old).iter().collect::<Vec<_>>());

@@ -662,6 +662,15 @@ impl P2p {
                     },
                 ..
             } => {
+                // What a download in progress collected is in memory: answered here, at once.
+                if let Some(response) = self.answer_swarming(&request) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .blocks
+                        .send_response(channel, response);
+                    return None;
+                }
                 if self.queue.len() >= UPLOAD_QUEUE {
                     let _ = self
                         .swarm
@@ -700,6 +709,41 @@ impl P2p {
             _ => {}
         }
         None
+    }
+
+    /// Answers a `Hashes` or `Manifest` request for a file this node is downloading: the
+    /// hashes it verified and the ones it collected from peers (every one, once it trusts a
+    /// manifest), or its trusted manifest. Hashes so travel beyond one hop: in a crowd where
+    /// each node sees part of the swarm, a node learns what its peers' peers verified, and,
+    /// as always, trusts the set only once it merges to the content id. `None`: not such a
+    /// request, or no such download (the cache answers).
+    fn answer_swarming(&self, request: &Request) -> Option<Response> {
+        let (Request::Hashes { content, .. } | Request::Manifest { content }) = request else {
+            return None;
+        };
+        let content = ContentId::from_bytes(*content);
+        let s = self.swarms.values().find(|s| s.content == content)?;
+        Some(match (request, &s.manifest) {
+            (Request::Manifest { .. }, Some(m)) => Response::Manifest(m.encode()),
+            (Request::Manifest { .. }, None) => Response::NotHere,
+            (Request::Hashes { first, .. }, Some(m)) => Response::Hashes {
+                len: s.len,
+                blocks: (*first..)
+                    .zip(m.blocks().iter().skip(*first as usize))
+                    .take(MAX_HASHES)
+                    .map(|(b, h)| (b, h.0))
+                    .collect(),
+            },
+            (Request::Hashes { first, .. }, None) => Response::Hashes {
+                len: s.len,
+                blocks: (*first..)
+                    .zip(s.hashes.iter().skip(*first as usize))
+                    .filter_map(|(b, h)| h.map(|h| (b, h.0)))
+                    .take(MAX_HASHES)
+                    .collect(),
+            },
+            _ => unreachable!("matched above"),
+        })
     }
 
     /// Dials the peers found on the LAN whose turn it is (see [`Dialer`]).
@@ -780,12 +824,13 @@ impl P2p {
                     return None;
                 };
                 let blocks = runs_to_set(&have, block_count(s.len));
-                let lacking =
-                    s.manifest.is_none() && blocks.iter().any(|b| s.hashes[b as usize].is_none());
-                let first_lacking = blocks
-                    .iter()
-                    .find(|&b| s.hashes[b as usize].is_none())
-                    .unwrap_or(0);
+                // Until the manifest is trusted, every peer is asked for the hashes it can
+                // tell: of what it verified, and of what it collected from its own peers.
+                let first_lacking = s
+                    .manifest
+                    .is_none()
+                    .then(|| s.hashes.iter().position(Option::is_none))
+                    .flatten();
                 let new_co = fetching && s.co_fetchers.insert(from);
                 let content = s.content;
                 if new_co {
@@ -807,8 +852,10 @@ impl P2p {
                         blocks,
                     },
                 );
-                if lacking && !self.swarms[&download].hashing.contains(&from) {
-                    self.ask_hashes(download, from, content, first_lacking);
+                if let Some(first) = first_lacking
+                    && !self.swarms[&download].hashing.contains(&from)
+                {
+                    self.ask_hashes(download, from, content, first as u64);
                 }
             }
             Pending::Hashes { download } => {

@@ -8,7 +8,9 @@ use std::{
 
 use do_content::{BlockBits, BlockIndex, ByteRange, ContentId, RangeSet, block_count, block_range};
 
-use crate::{CommandError, FileInfo, PeerId, RequestId, Spec, State, Status};
+use crate::{
+    CommandError, FileInfo, PeerId, RequestId, Spec, State, Status, peers::Split,
+};
 
 /// A request in flight to a peer.
 pub(crate) struct PeerRequest {
@@ -60,10 +62,17 @@ pub(crate) struct Download {
     availability: Vec<u32>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
+    /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`).
+    reported: BTreeMap<PeerId, Vec<u64>>,
+    /// All of `reported`, sorted, once each, without this node's key.
+    pub(crate) reported_keys: Vec<u64>,
     /// This node's share of the origin's work may have moved since the last look (a
     /// co-fetcher came, went or stalled, or a stalled one's part may now be held elsewhere):
     /// origin fetches outside it are looked for at the next scheduling pass.
-    pub(crate) shares_moved: bool,
+    shares_moved: bool,
+    /// How the origin's work is split, as last computed (see `Engine::split`); `None` when
+    /// the shares may have moved since.
+    pub(crate) split: Option<Option<Split>>,
     /// Peers whose requests for this file stalled: what they say they hold is ignored until
     /// they reconnect, so their blocks come from elsewhere (the origin if need be).
     pub(crate) dropped: BTreeSet<PeerId>,
@@ -113,7 +122,10 @@ impl Download {
             haves: BTreeMap::new(),
             availability: Vec::new(),
             co_fetchers: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            reported_keys: Vec::new(),
             shares_moved: false,
+            split: None,
             dropped: BTreeSet::new(),
             manifest_trusted: false,
             unchecked: BTreeMap::new(),
@@ -162,6 +174,7 @@ impl Download {
         // A new look at the file: what was waiting for a check is fetched again if need be.
         self.unchecked.clear();
         self.unchecked_all = RangeSet::new();
+        self.move_shares();
         self.info = Some(Known {
             len: info.len,
             accepts_ranges: info.accepts_ranges,
@@ -252,12 +265,50 @@ impl Download {
         self.haves.insert(peer, new);
     }
 
-    /// Forgets what `peer` holds.
+    /// Forgets what `peer` holds, and the co-fetchers it reported.
     pub(crate) fn remove_have(&mut self, peer: PeerId) {
         if let Some(old) = self.haves.remove(&peer) {
             for block in old.iter() {
                 self.count(block, false);
             }
+        }
+        if self.reported.remove(&peer).is_some() {
+            self.rebuild_reported();
+        }
+    }
+
+    /// The shares of the origin's work may have moved: they are computed again when next
+    /// needed, and origin fetches outside this node's share are looked for.
+    pub(crate) fn move_shares(&mut self) {
+        self.shares_moved = true;
+        self.split = None;
+    }
+
+    /// Whether the shares may have moved since the last look for stray origin fetches;
+    /// clears it.
+    pub(crate) fn take_shares_moved(&mut self) -> bool {
+        std::mem::take(&mut self.shares_moved)
+    }
+
+    /// Records the co-fetchers' keys `peer` reports (not `own`, this node's key).
+    pub(crate) fn set_reported(&mut self, peer: PeerId, mut keys: Vec<u64>, own: u64) {
+        keys.retain(|&k| k != own);
+        keys.sort_unstable();
+        keys.dedup();
+        if self.reported.get(&peer) != Some(&keys) {
+            self.reported.insert(peer, keys);
+            self.rebuild_reported();
+        }
+    }
+
+    /// Rebuilds `reported_keys`; the share may have moved if they changed.
+    fn rebuild_reported(&mut self) {
+        let mut all: Vec<u64> = self.reported.values().flatten().copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        if all != self.reported_keys {
+            self.reported_keys = all;
+            self.move_shares();
         }
     }
 
@@ -413,6 +464,9 @@ impl Download {
         self.haves.clear();
         self.availability.clear();
         self.co_fetchers.clear();
+        self.reported.clear();
+        self.reported_keys.clear();
+        self.move_shares();
         self.unchecked.clear();
         self.unchecked_all = RangeSet::new();
         self.published = None;

@@ -314,6 +314,19 @@ pub enum Input {
         /// Its rank key (its [`Config::node_key`]).
         key: u64,
     },
+    /// The rank keys of the nodes a peer splits this file's origin work with (its
+    /// [`Engine::co_fetcher_keys`]), replacing what it said before. They join this node's
+    /// split too, so that nodes that see only part of the swarm still cut the file alike:
+    /// with 64 peers each out of 1,000 nodes, the peers' peers are nearly all of them.
+    /// Their parts reach this node through the peers that serve them.
+    PeerCoFetchers {
+        /// The download.
+        id: DownloadId,
+        /// The peer that reports them.
+        peer: PeerId,
+        /// Their rank keys.
+        keys: Vec<u64>,
+    },
     /// The driver holds a manifest whose root is a content id the download trusts: from now
     /// on blocks from peers are verified as they arrive, and the blocks that arrived before
     /// ([`Input::BlockUnchecked`]) were checked against it.
@@ -386,6 +399,7 @@ impl Input {
                 | Self::PeerRemoved { .. }
                 | Self::PeerHas { .. }
                 | Self::PeerFetching { .. }
+                | Self::PeerCoFetchers { .. }
                 | Self::ManifestTrusted { .. }
         )
     }
@@ -691,6 +705,17 @@ impl Engine {
             .and_then(|d| d.content_id.or(d.trusted_id()))
     }
 
+    /// The rank keys of the nodes this node splits a download's origin work with, itself and
+    /// the ones only reported left out: what its peers are told ([`Input::PeerCoFetchers`]).
+    pub fn co_fetcher_keys(&mut self, id: DownloadId) -> Vec<u64> {
+        self.refresh_split(id);
+        self.downloads
+            .get(&id)
+            .and_then(|d| d.split.as_ref()?.as_ref())
+            .map(|split| split.kept.clone())
+            .unwrap_or_default()
+    }
+
     /// Forgets a download in a final state (Finalized or Aborted); returns true if it did.
     pub fn remove(&mut self, id: DownloadId) -> bool {
         let removable = self
@@ -940,6 +965,7 @@ impl Engine {
         };
         let (len, accepts_ranges) = (info.len, info.accepts_ranges);
         let mut missing = d.missing();
+        self.refresh_split(id);
         self.cancel_stray_origin_fetches(id, &mut missing);
         let d = self.downloads.get_mut(&id).expect("live");
         if missing.is_empty() {

@@ -41,6 +41,7 @@ impl Engine {
         let affected = match &input {
             Input::PeerHas { id, .. }
             | Input::PeerFetching { id, .. }
+            | Input::PeerCoFetchers { id, .. }
             | Input::ManifestTrusted { id, .. } => Some(*id),
             _ => None,
         };
@@ -76,7 +77,9 @@ impl Engine {
                     }
                     // With a stalled co-fetcher, whether it keeps its part depends on what the
                     // others hold.
-                    d.shares_moved |= d.co_fetchers.values().any(|co| co.stalled);
+                    if d.co_fetchers.values().any(|co| co.stalled) {
+                        d.move_shares();
+                    }
                     d.set_have(peer, &blocks);
                 }
             }
@@ -92,7 +95,15 @@ impl Engine {
                         last_grew: now,
                         stalled: false,
                     });
-                    d.shares_moved = true;
+                    d.move_shares();
+                }
+            }
+            Input::PeerCoFetchers { id, peer, keys } => {
+                let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
+                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id))
+                    && !d.dropped.contains(&peer)
+                {
+                    d.set_reported(peer, keys, self.config.node_key);
                 }
             }
             Input::ManifestTrusted { id, refuted, lost } => {
@@ -156,7 +167,9 @@ impl Engine {
         let mut cancelled = Vec::new();
         for d in self.downloads.values_mut() {
             d.remove_have(peer);
-            d.shares_moved |= d.co_fetchers.remove(&peer).is_some();
+            if d.co_fetchers.remove(&peer).is_some() {
+                d.move_shares();
+            }
             let mine: Vec<RequestId> = d
                 .peer_requests
                 .iter()
@@ -184,6 +197,7 @@ impl Engine {
             // none is judged stalled (else every part is cut again when the origin returns,
             // and the whole crowd asks it for everything at once).
             let origin_failing = d.failures > 0;
+            let mut moved = false;
             for (peer, co) in &mut d.co_fetchers {
                 if !origin_failing && !co.stalled && now >= co.last_grew + timeout {
                     debug!(
@@ -192,8 +206,11 @@ impl Engine {
                         "co-fetching peer stopped growing"
                     );
                     co.stalled = true;
-                    d.shares_moved = true;
+                    moved = true;
                 }
+            }
+            if moved {
+                d.move_shares();
             }
             let late: Vec<(RequestId, PeerId)> = d
                 .peer_requests
@@ -209,7 +226,9 @@ impl Engine {
                 );
                 d.end_fetch(request);
                 d.remove_have(peer);
-                d.shares_moved |= d.co_fetchers.remove(&peer).is_some();
+                if d.co_fetchers.remove(&peer).is_some() {
+                    d.move_shares();
+                }
                 d.dropped.insert(peer);
                 stalled.push(request);
             }
@@ -342,10 +361,9 @@ impl Engine {
         if self.peering(d) && now < d.started_at + self.config.origin_fallback_delay {
             return None;
         }
-        let share = self.origin_share(d);
         let mut missing = missing.clone();
-        if let Some(share) = &share {
-            missing = missing.clipped(share.start, share.end);
+        if let Some(share) = self.origin_share(d) {
+            missing = missing.difference(&missing.difference(share));
         }
         // Blocks a peer holds come from it, checked at once with a trusted manifest, or
         // checked when it is trusted (peers are asked only with a content id to trust).
@@ -363,7 +381,7 @@ impl Engine {
     pub(crate) fn cancel_stray_origin_fetches(&mut self, id: DownloadId, missing: &mut RangeSet) {
         let d = self.downloads.get_mut(&id).expect("live");
         // Only when the share may have moved: computing it can sweep every peer's holdings.
-        if !std::mem::take(&mut d.shares_moved) {
+        if !d.take_shares_moved() {
             return;
         }
         let d = &self.downloads[&id];
@@ -377,10 +395,7 @@ impl Engine {
             .fetches
             .iter()
             .filter(|(r, _)| !d.peer_requests.contains_key(r))
-            .filter(|(_, owed)| {
-                owed.runs()
-                    .any(|run| run.start < share.start || run.end > share.end)
-            })
+            .filter(|(_, owed)| !owed.difference(share).is_empty())
             .map(|(&r, _)| r)
             .collect();
         for request in stray {
@@ -402,44 +417,93 @@ impl Engine {
     }
 
     /// This node's share of the origin's work on a whole-file download that other nodes
-    /// fetch at the same time: the nodes, ordered by key, take equal contiguous parts of the
-    /// file. A co-fetcher that stopped growing while its part still has blocks nobody holds
-    /// drops out, and the parts are cut again among the rest. `None`: nobody to share with.
-    fn origin_share(&self, d: &Download) -> Option<std::ops::Range<u64>> {
-        if d.ranges.is_some() || d.co_fetchers.is_empty() {
+    /// fetch at the same time (see [`Engine::split`]), as computed by [`Engine::refresh_split`].
+    /// `None`: nobody to share with.
+    fn origin_share<'a>(&self, d: &'a Download) -> Option<&'a RangeSet> {
+        d.split.as_ref()?.as_ref().map(|split| &split.mine)
+    }
+
+    /// Computes a download's split again if the shares may have moved since.
+    pub(crate) fn refresh_split(&mut self, id: DownloadId) {
+        let Some(d) = self.downloads.get(&id) else {
+            return;
+        };
+        if d.split.is_none() {
+            let split = self.split(d);
+            self.downloads.get_mut(&id).expect("live").split = Some(split);
+        }
+    }
+
+    /// How the origin's work on a whole-file download is split among the nodes fetching it:
+    /// this one, its co-fetchers, and the co-fetchers its peers report. The file's blocks
+    /// form a ring; each node's key hashes to [`SPLIT_POINTS`] points on it, and a node
+    /// fetches the arcs from each of its points up to the next point of any node (consistent
+    /// hashing). Nodes that see different parts of the swarm then still never leave a block
+    /// to nobody: a node that sees fewer others has longer arcs, so its arcs hold the ones it
+    /// would have in the view of the whole swarm; and a node that joins or leaves moves only
+    /// the arcs beside its points. A co-fetcher of this node that stopped growing while its
+    /// arcs still have blocks nobody holds drops out, and they go to the points before them;
+    /// a reported one drops out when its reporters drop it. `None`: nobody to share with.
+    pub(crate) fn split(&self, d: &Download) -> Option<Split> {
+        if d.ranges.is_some() {
             return None;
         }
         let blocks = d.info.as_ref().map(|i| do_content::block_count(i.len))?;
-        let mut nodes: Vec<(u64, Option<PeerId>)> = d
+        let own = self.config.node_key;
+        let mut direct: Vec<(u64, bool)> = d
             .co_fetchers
             .iter()
-            .filter(|(p, _)| self.peers.get(p).is_some_and(|info| !info.banned))
-            .map(|(&p, co)| (co.key, Some(p)))
-            .chain(std::iter::once((self.config.node_key, None)))
+            .filter(|(p, co)| co.key != own && self.peers.get(p).is_some_and(|i| !i.banned))
+            .map(|(_, co)| (co.key, co.stalled))
             .collect();
-        nodes.sort_unstable();
+        direct.sort_unstable();
+        direct.dedup_by_key(|m| m.0);
+        if direct.is_empty() && d.reported_keys.is_empty() {
+            return None;
+        }
         // Needed blocks that neither this node nor any usable peer holds or is bringing (the
         // origin fetches of this node do not count: they may be taking over a stalled
         // co-fetcher's part): computed only if some co-fetcher stalled.
         let mut unheld: Option<RangeSet> = None;
+        let mut out: Vec<u64> = Vec::new();
         loop {
-            let n = nodes.len() as u64;
-            let dropout = nodes.iter().enumerate().position(|(i, &(_, peer))| {
-                let Some(peer) = peer else { return false };
-                if !d.co_fetchers[&peer].stalled {
+            let mut members: Vec<u64> = direct.iter().map(|m| m.0).collect();
+            members.extend(d.reported_keys.iter().filter(|k| !out.contains(k)));
+            members.push(own);
+            let ring = ring(&members, blocks);
+            let part = |k: u64| -> RangeSet {
+                let mut set = RangeSet::new();
+                for (i, &(start, key)) in ring.iter().enumerate() {
+                    if key != k {
+                        continue;
+                    }
+                    match ring.get(i + 1) {
+                        Some(&(end, _)) => set.insert(start, end),
+                        None => {
+                            set.insert(start, blocks);
+                            set.insert(0, ring[0].0);
+                        }
+                    }
+                }
+                set
+            };
+            let dropout = direct.iter().position(|&(k, stalled)| {
+                if !stalled {
                     return false;
                 }
                 let unheld = unheld.get_or_insert_with(|| d.held_by_no_peer(&d.not_from_peers()));
-                let part = share_of(blocks, i as u64, n);
-                !unheld.clipped(part.start, part.end).is_empty()
+                let part = part(k);
+                unheld.difference(&unheld.difference(&part)).count() > 0
             });
             match dropout {
                 Some(i) => {
-                    nodes.remove(i);
+                    out.push(direct.remove(i).0);
                 }
                 None => {
-                    let me = nodes.iter().position(|(_, p)| p.is_none())?;
-                    return (n > 1).then(|| share_of(blocks, me as u64, n));
+                    return Some(Split {
+                        mine: part(own),
+                        kept: direct.iter().map(|m| m.0).collect(),
+                    });
                 }
             }
         }
@@ -461,14 +525,45 @@ impl Engine {
     }
 }
 
+/// How the origin's work on one file is cut (see [`Engine::split`]).
+pub(crate) struct Split {
+    /// The blocks this node fetches from the origin.
+    pub(crate) mine: RangeSet,
+    /// This node's own co-fetchers among those it splits with (their keys).
+    pub(crate) kept: Vec<u64>,
+}
+
+/// Points each node has on the ring of a split (see [`Engine::split`]): with more, the
+/// arcs' lengths vary less (one point each: the longest of 1,000 arcs is about 7 times the
+/// mean; four: about 3 times), and each node fetches that many runs.
+pub(crate) const SPLIT_POINTS: u64 = 4;
+
+/// Where point `point` of `key` falls on the ring of a file of `blocks` blocks.
+pub(crate) fn ring_point(key: u64, point: u64, blocks: u64) -> u64 {
+    ((u128::from(mix(key, point)) * u128::from(blocks)) >> 64) as u64
+}
+
+/// Every point of `members` on the ring of a file of `blocks` blocks, in order, with its key.
+fn ring(members: &[u64], blocks: u64) -> Vec<(u64, u64)> {
+    let mut ring: Vec<(u64, u64)> = members
+        .iter()
+        .flat_map(|&k| (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, blocks), k)))
+        .collect();
+    ring.sort_unstable();
+    ring.dedup();
+    ring
+}
+
+/// A well-mixed hash of `key` and `n`.
+fn mix(key: u64, n: u64) -> u64 {
+    let mut x = key ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 /// Most candidate blocks one rarest-first pick looks at.
 const PICK_SAMPLE: u64 = 64;
-
-/// Part `i` of `n` equal contiguous parts of `blocks` blocks.
-fn share_of(blocks: u64, i: u64, n: u64) -> std::ops::Range<u64> {
-    let cut = |k: u64| (u128::from(blocks) * u128::from(k) / u128::from(n)) as u64;
-    cut(i)..cut(i + 1)
-}
 
 /// Picks the rarest of the `missing` blocks (held by nobody here, brought by no request) that
 /// `peer` holds, scanning from `offset`, and extends it into a run of at most `max` such blocks.

@@ -965,9 +965,55 @@ fn serve_origin(h: &mut Harness) -> Vec<u64> {
     got
 }
 
-/// A download of 90 blocks started together with peers 1 (key 1) and 2 (key 9); this node's
-/// key is 5, so it ranks in the middle.
+/// Serves origin fetches until none is left; returns the blocks served, in order.
+fn serve_origin_all(h: &mut Harness) -> Vec<u64> {
+    let mut all = Vec::new();
+    loop {
+        let got = serve_origin(h);
+        if got.is_empty() {
+            all.sort_unstable();
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+/// Blocks in the co-fetching tests' file (128 MiB).
+const SPLIT_BLOCKS: u64 = 2048;
+
+/// Each member's part of a file of `blocks` blocks split among `members` (by key), as the
+/// engine splits it: each block goes to the member with the nearest ring point at or before
+/// it (wrapping around).
+fn parts(members: &[u64], blocks: u64) -> BTreeMap<u64, RangeSet> {
+    let points: Vec<(u64, u64)> = members
+        .iter()
+        .flat_map(|&k| {
+            (0..crate::peers::SPLIT_POINTS).map(move |v| (crate::peers::ring_point(k, v, blocks), k))
+        })
+        .collect();
+    let mut out: BTreeMap<u64, RangeSet> = members.iter().map(|&k| (k, RangeSet::new())).collect();
+    for b in 0..blocks {
+        let owner = points
+            .iter()
+            .filter(|&&(p, _)| p <= b)
+            .max()
+            .or_else(|| points.iter().max())
+            .expect("members")
+            .1;
+        out.get_mut(&owner).expect("a member").insert(b, b + 1);
+    }
+    out
+}
+
+fn blocks_of(set: &RangeSet) -> Vec<u64> {
+    set.iter().collect()
+}
+
+/// A download of [`SPLIT_BLOCKS`] blocks started together with peers 1 (key 1) and 2 (key 9);
+/// this node's key is 5. Each of the three has pieces of its own.
 fn co_fetching() -> Harness {
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+    assert!(p.values().all(|part| !part.is_empty()), "{p:?}");
     let config = Config {
         node_key: 5,
         origin_fallback_delay: Duration::from_secs(1),
@@ -986,7 +1032,7 @@ fn co_fetching() -> Harness {
             key,
         });
     }
-    h.answer_stat(Ok(info(90 * BLOCK_SIZE)));
+    h.answer_stat(Ok(info(SPLIT_BLOCKS * BLOCK_SIZE)));
     h.advance(Duration::from_secs(1));
     h
 }
@@ -994,26 +1040,30 @@ fn co_fetching() -> Harness {
 #[test]
 fn nodes_fetching_a_file_together_split_the_origin_work() {
     let mut h = co_fetching();
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
     assert_eq!(
-        serve_origin(&mut h),
-        (30..60).collect::<Vec<_>>(),
-        "the middle third"
+        serve_origin_all(&mut h),
+        blocks_of(&p[&5]),
+        "its own pieces"
     );
     assert!(h.take().is_empty(), "the others' parts are left to them");
     // The others bring theirs; once the manifest is trusted, the rest comes from them.
     h.input(Input::PeerHas {
         id: ID,
         peer: PeerId(1),
-        blocks: std::iter::once(0..30).collect(),
+        blocks: p[&1].clone(),
     });
     h.input(Input::PeerHas {
         id: ID,
         peer: PeerId(2),
-        blocks: std::iter::once(60..90).collect(),
+        blocks: p[&9].clone(),
     });
     // Their parts move before the manifest is trusted, unchecked: not held until it is.
     let got = serve_unchecked(&mut h);
-    assert_eq!(got[&Some(1)].len() + got[&Some(2)].len(), 60);
+    assert_eq!(
+        (got[&Some(1)].len() + got[&Some(2)].len()) as u64,
+        p[&1].count() + p[&9].count()
+    );
     assert!(!got.contains_key(&None), "nothing more from the origin");
     assert!(
         h.take().is_empty(),
@@ -1031,23 +1081,78 @@ fn nodes_fetching_a_file_together_split_the_origin_work() {
 }
 
 #[test]
+fn co_fetchers_that_peers_report_join_the_split() {
+    let config = Config {
+        node_key: 5,
+        origin_fallback_delay: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let mut h = Harness::new(config);
+    h.start_whole(Some(root()));
+    h.input(Input::PeerAdded {
+        peer: PeerId(1),
+        class: PeerClass::Lan,
+    });
+    h.input(Input::PeerFetching {
+        id: ID,
+        peer: PeerId(1),
+        key: 1,
+    });
+    // Peer 1 splits the file with nodes 3 and 7 too (this node's own key, 5, and its own,
+    // 1, are in the report as well, and count once).
+    h.input(Input::PeerCoFetchers {
+        id: ID,
+        peer: PeerId(1),
+        keys: vec![7, 3, 5, 1],
+    });
+    h.answer_stat(Ok(info(SPLIT_BLOCKS * BLOCK_SIZE)));
+    assert_eq!(
+        h.engine.co_fetcher_keys(ID),
+        vec![1],
+        "its own co-fetcher only"
+    );
+    h.advance(Duration::from_secs(1));
+    // The file is split among keys 1, 3, 5 and 7.
+    let four = parts(&[1, 3, 5, 7], SPLIT_BLOCKS);
+    assert_eq!(serve_origin_all(&mut h), blocks_of(&four[&5]));
+    // Peer 1 drops node 3: its arcs go to the points before them, and this node fetches
+    // those that are now its own.
+    h.input(Input::PeerCoFetchers {
+        id: ID,
+        peer: PeerId(1),
+        keys: vec![1, 7],
+    });
+    let three = parts(&[1, 5, 7], SPLIT_BLOCKS);
+    let gained = three[&5].difference(&four[&5]);
+    assert!(!gained.is_empty(), "some of node 3's blocks come to this node");
+    assert_eq!(serve_origin_all(&mut h), blocks_of(&gained));
+}
+
+#[test]
 fn blocks_refuted_by_the_manifest_ban_their_sender_and_are_fetched_again() {
     let mut h = co_fetching();
-    serve_origin(&mut h);
-    for (peer, part) in [(1, 0..30), (2, 60..90)] {
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+    serve_origin_all(&mut h);
+    for (peer, key) in [(1, 1), (2, 9)] {
         h.input(Input::PeerHas {
             id: ID,
             peer: PeerId(peer),
-            blocks: std::iter::once(part).collect(),
+            blocks: p[&key].clone(),
         });
     }
     let got = serve_unchecked(&mut h);
-    assert_eq!(got[&Some(2)].len(), 30);
-    // Peer 2's blocks 70..72 do not match the manifest.
+    assert_eq!(got[&Some(2)].len() as u64, p[&9].count());
+    // Two of peer 2's blocks do not match the manifest: blocks of a piece that is this
+    // node's once peer 2 is out.
+    let two = parts(&[1, 5], SPLIT_BLOCKS);
+    let bad = p[&9]
+        .difference(&p[&9].difference(&two[&5]))
+        .first()
+        .expect("a piece of peer 2 that comes to this node");
     h.collect();
     h.input(Input::ManifestTrusted {
         id: ID,
-        refuted: std::iter::once(70..72).collect(),
+        refuted: std::iter::once(bad..bad + 2).collect(),
         lost: RangeSet::new(),
     });
     h.collect();
@@ -1060,7 +1165,7 @@ fn blocks_refuted_by_the_manifest_ban_their_sender_and_are_fetched_again() {
     let got = serve_sources(&mut h, &[]);
     let mut again: Vec<u64> = got.values().flatten().copied().collect();
     again.sort_unstable();
-    assert_eq!(again, vec![70, 71], "only the refuted blocks, again");
+    assert_eq!(again, vec![bad, bad + 1], "only the refuted blocks, again");
     assert!(!got.contains_key(&Some(2)), "never from the banned peer");
     assert_eq!(h.status().state, State::Transferred);
 }
@@ -1088,29 +1193,44 @@ fn unchecked_blocks_are_not_held() {
 #[test]
 fn a_co_fetcher_that_stops_growing_loses_its_part() {
     let mut h = co_fetching();
-    serve_origin(&mut h);
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+    let two = parts(&[1, 5], SPLIT_BLOCKS);
+    serve_origin_all(&mut h);
     // Peer 1 brings its part; peer 2 never brings anything.
     h.input(Input::PeerHas {
         id: ID,
         peer: PeerId(1),
-        blocks: std::iter::once(0..30).collect(),
+        blocks: p[&1].clone(),
     });
     assert_eq!(
-        serve_unchecked(&mut h)[&Some(1)].len(),
-        30,
+        serve_unchecked(&mut h)[&Some(1)].len() as u64,
+        p[&1].count(),
         "peer 1's part moves"
     );
     h.advance(Duration::from_secs(5));
+    // Peer 1 grows (it holds, say, what is its own once peer 2 is out).
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: two[&1].clone(),
+    });
+    serve_unchecked(&mut h);
     assert!(h.take().is_empty(), "peer 2 still has time");
     h.advance(Duration::from_secs(6));
-    // Peer 2 dropped out: cut in two, this node's part is 45..90, of which 60..90 is missing.
-    assert_eq!(serve_origin(&mut h), (60..90).collect::<Vec<_>>());
+    // Peer 2 dropped out: its pieces go to the two others, and this node fetches those that
+    // are now its own.
+    let gained = two[&5].difference(&p[&5]);
+    assert!(
+        !gained.is_empty(),
+        "some of peer 2's pieces come to this node"
+    );
+    assert_eq!(serve_origin_all(&mut h), blocks_of(&gained));
     // A co-fetcher that holds its part and stops growing keeps it: peer 1 is not dropped.
     h.advance(Duration::from_secs(20));
     let late = h.take();
     assert!(
         late.is_empty(),
-        "peer 1 holds 0..30; nothing to take over: {late:?}"
+        "peer 1 holds its part; nothing to take over: {late:?}"
     );
 }
 
@@ -1120,6 +1240,9 @@ fn while_the_origin_fails_co_fetchers_are_not_cut_out() {
     // part (else the whole crowd would ask the origin for everything when it returns), and
     // their stall deadlines are no timers meanwhile.
     let mut h = co_fetching();
+    let mine = parts(&[1, 5, 9], SPLIT_BLOCKS)
+        .remove(&5)
+        .expect("a member");
     let actions = h.take();
     let fetches: Vec<RequestId> = actions
         .iter()
@@ -1141,9 +1264,10 @@ fn while_the_origin_fails_co_fetchers_are_not_cut_out() {
         h.advance(Duration::from_secs(5));
         for a in h.take() {
             if let Action::Fetch { request, range, .. } = a {
+                let blocks = range.blocks();
                 assert!(
-                    range.end <= 60 * BLOCK_SIZE && range.start >= 30 * BLOCK_SIZE,
-                    "outside this node's part 30..60: {range}"
+                    mine.contains_range(blocks.start, blocks.end),
+                    "outside this node's part {mine:?}: {range}"
                 );
                 h.input(Input::FetchEnded {
                     request,
@@ -1335,8 +1459,7 @@ fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
         .collect();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].1.blocks(), 0..90, "alone: the whole file");
-    // Ten blocks arrive, then a peer with a higher key starts the file: this node's part is
-    // the first half, 0..45.
+    // Ten blocks arrive, then a peer starts the file: this node keeps only its pieces.
     for b in 0..10 {
         h.input(Input::Block {
             request: first[0].0,
@@ -1366,5 +1489,12 @@ fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
             _ => None,
         })
         .collect();
-    assert_eq!(again, vec![10..45], "the rest of this node's half only");
+    let mut rest = parts(&[5, 9], 90).remove(&5).expect("a member");
+    rest.remove(0, 10);
+    assert!(!rest.is_empty());
+    assert_eq!(
+        again,
+        rest.runs().collect::<Vec<_>>(),
+        "the rest of this node's part only"
+    );
 }
