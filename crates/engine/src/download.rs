@@ -64,8 +64,8 @@ pub(crate) struct Download {
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
     /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`).
     reported: BTreeMap<PeerId, Vec<u64>>,
-    /// All of `reported`, sorted, once each, without this node's key.
-    pub(crate) reported_keys: Vec<u64>,
+    /// Every key in `reported`, with the number of peers that report it.
+    pub(crate) reported_keys: BTreeMap<u64, u32>,
     /// This node's share of the origin's work may have moved since the last look (a
     /// co-fetcher came, went or stalled, or a stalled one's part may now be held elsewhere):
     /// origin fetches outside it are looked for at the next scheduling pass.
@@ -123,7 +123,7 @@ impl Download {
             availability: Vec::new(),
             co_fetchers: BTreeMap::new(),
             reported: BTreeMap::new(),
-            reported_keys: Vec::new(),
+            reported_keys: BTreeMap::new(),
             shares_moved: false,
             split: None,
             dropped: BTreeSet::new(),
@@ -272,8 +272,8 @@ impl Download {
                 self.count(block, false);
             }
         }
-        if self.reported.remove(&peer).is_some() {
-            self.rebuild_reported();
+        if let Some(old) = self.reported.remove(&peer) {
+            self.count_reported(&old, &[]);
         }
     }
 
@@ -295,19 +295,33 @@ impl Download {
         keys.retain(|&k| k != own);
         keys.sort_unstable();
         keys.dedup();
-        if self.reported.get(&peer) != Some(&keys) {
-            self.reported.insert(peer, keys);
-            self.rebuild_reported();
+        let old = self.reported.insert(peer, keys);
+        let new = &self.reported[&peer];
+        if old.as_ref() != Some(new) {
+            let new = new.clone();
+            self.count_reported(old.as_deref().unwrap_or_default(), &new);
         }
     }
 
-    /// Rebuilds `reported_keys`; the share may have moved if they changed.
-    fn rebuild_reported(&mut self) {
-        let mut all: Vec<u64> = self.reported.values().flatten().copied().collect();
-        all.sort_unstable();
-        all.dedup();
-        if all != self.reported_keys {
-            self.reported_keys = all;
+    /// Counts a peer's report moving from `old` to `new` (both sorted, once each); the
+    /// shares may have moved if a key came or went.
+    fn count_reported(&mut self, old: &[u64], new: &[u64]) {
+        let mut moved = false;
+        for &k in old.iter().filter(|k| new.binary_search(k).is_err()) {
+            if let Some(n) = self.reported_keys.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.reported_keys.remove(&k);
+                    moved = true;
+                }
+            }
+        }
+        for &k in new.iter().filter(|k| old.binary_search(k).is_err()) {
+            let n = self.reported_keys.entry(k).or_insert(0);
+            moved |= *n == 0;
+            *n += 1;
+        }
+        if moved {
             self.move_shares();
         }
     }

@@ -468,7 +468,7 @@ impl Engine {
         let mut out: Vec<u64> = Vec::new();
         loop {
             let mut members: Vec<u64> = direct.iter().map(|m| m.0).collect();
-            members.extend(d.reported_keys.iter().filter(|k| !out.contains(k)));
+            members.extend(d.reported_keys.keys().filter(|k| !out.contains(k)));
             members.push(own);
             let ring = ring(&members, blocks);
             let part = |k: u64| -> RangeSet {
