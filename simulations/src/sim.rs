@@ -101,11 +101,9 @@ struct Node {
     known_next: Vec<BlockBits>,
     /// Per file: neighbors already told that this node is fetching it.
     told_fetching: Vec<BTreeSet<u32>>,
-    /// Per file: the keys of this node's co-fetchers (its engine's `co_fetcher_keys`), with
-    /// a version that grows when they change.
-    fetchers: Vec<(u64, Vec<u64>)>,
-    /// Per file: the version of each neighbor's co-fetcher keys this node was last told.
-    told_fetchers: Vec<BTreeMap<u32, u64>>,
+    /// Per file: what each neighbor last told this node of whom it splits the origin's work
+    /// with (its engine's `co_fetchers_for` this node).
+    told_fetchers: Vec<BTreeMap<u32, Vec<u64>>>,
     /// The next poll reports every neighbor's holdings, changed or not (a download started,
     /// or the node reconnected).
     refresh_all: bool,
@@ -372,7 +370,6 @@ impl Sim {
                     known: vec![BlockBits::default(); files],
                     known_next: vec![BlockBits::default(); files],
                     told_fetching: vec![BTreeSet::new(); files],
-                    fetchers: vec![(0, Vec::new()); files],
                     told_fetchers: vec![BTreeMap::new(); files],
                     refresh_all: false,
                     refresh: BTreeSet::new(),
@@ -705,17 +702,6 @@ impl Sim {
                 std::mem::replace(&mut node.changed, none)
             })
             .collect();
-        // What each node would tell of its co-fetchers now.
-        for node in &mut self.nodes {
-            for f in 0..node.jobs.len() {
-                if node.online && matches!(node.jobs[f], Job::Active(_)) {
-                    let keys = node.engine.co_fetcher_keys(DownloadId(f as u64 + 1));
-                    if keys != node.fetchers[f].1 {
-                        node.fetchers[f] = (node.fetchers[f].0 + 1, keys);
-                    }
-                }
-            }
-        }
         let mut any_active = false;
         for i in 0..self.nodes.len() {
             any_active |= self.poll_node(i, Some(&changed));
@@ -783,12 +769,14 @@ impl Sim {
                 }
                 // And whom it splits the origin's work with (again after a refresh: the
                 // engine forgets it with the peer's holdings).
-                let (version, keys) = &self.nodes[ju].fetchers[f];
-                let told = self.nodes[iu].told_fetchers[f].get(&j).copied();
-                if *version > 0 && (refresh || told != Some(*version)) {
-                    let (version, keys) = (*version, keys.clone());
-                    self.nodes[iu].told_fetchers[f].insert(j, version);
-                    batch.push(Input::PeerCoFetchers { id, peer, keys });
+                if matches!(self.nodes[ju].jobs[f], Job::Active(_)) {
+                    let asker = self.nodes[iu].key;
+                    let keys = self.nodes[ju].engine.co_fetchers_for(id, asker);
+                    let told = self.nodes[iu].told_fetchers[f].get(&j);
+                    if refresh || told != Some(&keys) {
+                        self.nodes[iu].told_fetchers[f].insert(j, keys.clone());
+                        batch.push(Input::PeerCoFetchers { id, peer, keys });
+                    }
                 }
                 // Every peer answers with the hashes of what it verified and of what it
                 // collected (a stalling peer stalls on blocks only; a corrupt cache has the
@@ -990,7 +978,13 @@ impl Sim {
                 if status.state == State::Transferred
                     && let Job::Active(started) = self.nodes[i as usize].jobs[f]
                 {
-                    self.nodes[i as usize].jobs[f] = Job::Done(started, self.now);
+                    let node = &mut self.nodes[i as usize];
+                    node.jobs[f] = Job::Done(started, self.now);
+                    // What it collected to get there is of no more use (its holdings tell
+                    // every hash now).
+                    node.told_fetchers[f] = BTreeMap::new();
+                    node.known[f] = BlockBits::default();
+                    node.known_next[f] = BlockBits::default();
                     self.out
                         .completions
                         .push((i, f, secs(started), secs(self.now)));
@@ -1424,7 +1418,6 @@ impl Sim {
         node.known = vec![BlockBits::default(); files];
         node.known_next = vec![BlockBits::default(); files];
         node.told_fetching = vec![BTreeSet::new(); files];
-        node.fetchers = vec![(0, Vec::new()); files];
         node.told_fetchers = vec![BTreeMap::new(); files];
         for f in 0..files {
             if matches!(node.jobs[f], Job::Active(_)) {

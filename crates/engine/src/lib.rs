@@ -705,15 +705,22 @@ impl Engine {
             .and_then(|d| d.content_id.or(d.trusted_id()))
     }
 
-    /// The rank keys of the nodes this node splits a download's origin work with, itself and
-    /// the ones only reported left out: what its peers are told ([`Input::PeerCoFetchers`]).
-    pub fn co_fetcher_keys(&mut self, id: DownloadId) -> Vec<u64> {
+    /// What this node tells the peer whose rank key is `asker` of the nodes it splits a
+    /// download's origin work with ([`Input::PeerCoFetchers`]): for each of the asker's
+    /// points on the split's ring, the key of the first point after it among this node and
+    /// its own co-fetchers (none it was only told of, so that a node that left is not kept
+    /// alive by reports going round). Those points end the asker's arcs in the view of this
+    /// node, so a few keys per peer give the asker the arcs of a much wider view. Empty if
+    /// this node does not split the download.
+    pub fn co_fetchers_for(&mut self, id: DownloadId, asker: u64) -> Vec<u64> {
         self.refresh_split(id);
-        self.downloads
-            .get(&id)
-            .and_then(|d| d.split.as_ref()?.as_ref())
-            .map(|split| split.kept.clone())
-            .unwrap_or_default()
+        let Some(d) = self.downloads.get(&id) else {
+            return Vec::new();
+        };
+        let (Some(Some(split)), Some(info)) = (&d.split, &d.info) else {
+            return Vec::new();
+        };
+        peers::successors(&split.direct_ring, asker, do_content::block_count(info.len))
     }
 
     /// Forgets a download in a final state (Finalized or Aborted); returns true if it did.

@@ -470,18 +470,18 @@ impl Engine {
             let mut members: Vec<u64> = direct.iter().map(|m| m.0).collect();
             members.extend(d.reported_keys.keys().filter(|k| !out.contains(k)));
             members.push(own);
-            let ring = ring(&members, blocks);
+            let points = ring(&members, blocks);
             let part = |k: u64| -> RangeSet {
                 let mut set = RangeSet::new();
-                for (i, &(start, key)) in ring.iter().enumerate() {
+                for (i, &(start, key)) in points.iter().enumerate() {
                     if key != k {
                         continue;
                     }
-                    match ring.get(i + 1) {
+                    match points.get(i + 1) {
                         Some(&(end, _)) => set.insert(start, end),
                         None => {
                             set.insert(start, blocks);
-                            set.insert(0, ring[0].0);
+                            set.insert(0, points[0].0);
                         }
                     }
                 }
@@ -500,9 +500,11 @@ impl Engine {
                     out.push(direct.remove(i).0);
                 }
                 None => {
+                    let mut direct: Vec<u64> = direct.iter().map(|m| m.0).collect();
+                    direct.push(own);
                     return Some(Split {
                         mine: part(own),
-                        kept: direct.iter().map(|m| m.0).collect(),
+                        direct_ring: ring(&direct, blocks),
                     });
                 }
             }
@@ -529,8 +531,9 @@ impl Engine {
 pub(crate) struct Split {
     /// The blocks this node fetches from the origin.
     pub(crate) mine: RangeSet,
-    /// This node's own co-fetchers among those it splits with (their keys).
-    pub(crate) kept: Vec<u64>,
+    /// The ring of this node and its own co-fetchers among those it splits with (the
+    /// reported ones left out): what [`Engine::co_fetchers_for`] answers from.
+    pub(crate) direct_ring: Vec<(u64, u64)>,
 }
 
 /// Points each node has on the ring of a split (see [`Engine::split`]): with more, the
@@ -541,6 +544,28 @@ pub(crate) const SPLIT_POINTS: u64 = 4;
 /// Where point `point` of `key` falls on the ring of a file of `blocks` blocks.
 pub(crate) fn ring_point(key: u64, point: u64, blocks: u64) -> u64 {
     ((u128::from(mix(key, point)) * u128::from(blocks)) >> 64) as u64
+}
+
+/// For each point of `asker` on the ring of a file of `blocks` blocks, the key of the first
+/// point of `ring` (as [`ring`] builds it) after it, not `asker`'s own; each key once.
+pub(crate) fn successors(ring: &[(u64, u64)], asker: u64, blocks: u64) -> Vec<u64> {
+    // (The asker has at most `SPLIT_POINTS` points: past that, some other key is there.)
+    if ring.len() <= SPLIT_POINTS as usize && ring.iter().all(|&(_, k)| k == asker) {
+        return Vec::new();
+    }
+    let mut keys: Vec<u64> = (0..SPLIT_POINTS)
+        .map(|v| {
+            let at = (ring_point(asker, v, blocks), asker);
+            let from = ring.partition_point(|&p| p <= at);
+            (from..)
+                .map(|i| ring[i % ring.len()].1)
+                .find(|&k| k != asker)
+                .expect("another key is on the ring")
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 /// Every point of `members` on the ring of a file of `blocks` blocks, in order, with its key.

@@ -6,6 +6,7 @@ use do_content::BLOCK_SIZE;
 use proptest::prelude::*;
 
 use super::*;
+use crate::peers::{SPLIT_POINTS, ring_point};
 
 const ID: DownloadId = DownloadId(1);
 
@@ -988,7 +989,7 @@ fn parts(members: &[u64], blocks: u64) -> BTreeMap<u64, RangeSet> {
     let points: Vec<(u64, u64)> = members
         .iter()
         .flat_map(|&k| {
-            (0..crate::peers::SPLIT_POINTS).map(move |v| (crate::peers::ring_point(k, v, blocks), k))
+            (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, blocks), k))
         })
         .collect();
     let mut out: BTreeMap<u64, RangeSet> = members.iter().map(|&k| (k, RangeSet::new())).collect();
@@ -1106,11 +1107,27 @@ fn co_fetchers_that_peers_report_join_the_split() {
         keys: vec![7, 3, 5, 1],
     });
     h.answer_stat(Ok(info(SPLIT_BLOCKS * BLOCK_SIZE)));
-    assert_eq!(
-        h.engine.co_fetcher_keys(ID),
-        vec![1],
-        "its own co-fetcher only"
-    );
+    // Asked by node 9, it tells, of itself and its own co-fetcher (key 1; the reported
+    // ones are not its to tell), whose point comes first after each of node 9's.
+    let own_ring: Vec<(u64, u64)> = [1u64, 5]
+        .iter()
+        .flat_map(|&k| (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, SPLIT_BLOCKS), k)))
+        .collect();
+    let mut expected: Vec<u64> = (0..SPLIT_POINTS)
+        .map(|v| {
+            let at = (ring_point(9, v, SPLIT_BLOCKS), 9);
+            own_ring
+                .iter()
+                .filter(|&&p| p > at)
+                .min()
+                .or_else(|| own_ring.iter().min())
+                .expect("points")
+                .1
+        })
+        .collect();
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(h.engine.co_fetchers_for(ID, 9), expected);
     h.advance(Duration::from_secs(1));
     // The file is split among keys 1, 3, 5 and 7.
     let four = parts(&[1, 3, 5, 7], SPLIT_BLOCKS);

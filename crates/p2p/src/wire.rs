@@ -70,6 +70,13 @@ pub enum Request {
         /// The origin's `Last-Modified` for this version.
         last_modified: Option<String>,
     },
+    /// The rank keys of the nodes the peer splits the file's origin work with (its own
+    /// co-fetchers), so that a node that sees only part of a crowd splits the work as if it
+    /// saw more of it. A peer that does not know this request fails it: "none".
+    CoFetchers {
+        /// The content id.
+        content: [u8; 32],
+    },
 }
 
 /// Most block hashes one [`Response::Hashes`] carries.
@@ -114,7 +121,12 @@ pub enum Response {
         /// The content id.
         content: [u8; 32],
     },
+    /// Answer to [`Request::CoFetchers`]: rank keys (at most [`MAX_CO_FETCHERS`]).
+    CoFetchers(Vec<u64>),
 }
+
+/// Most rank keys one [`Response::CoFetchers`] carries.
+pub const MAX_CO_FETCHERS: usize = 65_536;
 
 /// The request-response codec for [`Request`] and [`Response`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -276,6 +288,7 @@ mod tests {
                 }
             }),
             any::<[u8; 32]>().prop_map(|content| Request::Status { content }),
+            any::<[u8; 32]>().prop_map(|content| Request::CoFetchers { content }),
             (any::<[u8; 32]>(), any::<u64>())
                 .prop_map(|(content, first)| Request::Hashes { content, first }),
             (
@@ -312,6 +325,7 @@ mod tests {
             )
                 .prop_map(|(len, blocks)| Response::Hashes { len, blocks }),
             any::<[u8; 32]>().prop_map(|content| Response::Claimed { content }),
+            proptest::collection::vec(any::<u64>(), 0..40).prop_map(Response::CoFetchers),
         ]
     }
 
