@@ -94,6 +94,8 @@ struct Swarming {
     hashing: HashSet<libp2p::PeerId>,
     /// Peers already reported to the engine as fetching this file too.
     co_fetchers: HashSet<libp2p::PeerId>,
+    /// Co-fetchers asked whom they split the origin's work with, not yet answered.
+    asking_co: HashSet<libp2p::PeerId>,
 }
 
 /// A connected peer.
@@ -157,6 +159,9 @@ enum Pending {
         download: DownloadId,
     },
     Hashes {
+        download: DownloadId,
+    },
+    CoFetchers {
         download: DownloadId,
     },
     Blocks {
@@ -445,6 +450,7 @@ impl P2p {
                 polling: HashSet::new(),
                 hashing: HashSet::new(),
                 co_fetchers: HashSet::new(),
+                asking_co: HashSet::new(),
             },
         );
         if manifest.is_some() {
@@ -634,6 +640,7 @@ impl P2p {
                     for s in self.swarms.values_mut() {
                         s.polling.remove(&peer_id);
                         s.hashing.remove(&peer_id);
+                        s.asking_co.remove(&peer_id);
                         s.co_fetchers.remove(&peer_id);
                     }
                     ctx.engine
@@ -663,7 +670,7 @@ impl P2p {
                 ..
             } => {
                 // What a download in progress collected is in memory: answered here, at once.
-                if let Some(response) = self.answer_swarming(&request) {
+                if let Some(response) = self.answer_swarming(ctx.engine, &peer, &request) {
                     let _ = self
                         .swarm
                         .behaviour_mut()
@@ -716,13 +723,30 @@ impl P2p {
     /// manifest), or its trusted manifest. Hashes so travel beyond one hop: in a crowd where
     /// each node sees part of the swarm, a node learns what its peers' peers verified, and,
     /// as always, trusts the set only once it merges to the content id. `None`: not such a
-    /// request, or no such download (the cache answers).
-    fn answer_swarming(&self, request: &Request) -> Option<Response> {
-        let (Request::Hashes { content, .. } | Request::Manifest { content }) = request else {
+    /// request, or no such download (the cache answers). A `CoFetchers` request is answered
+    /// here too, from the engine ([`Engine::co_fetchers_for`] the asker): "none" when this
+    /// node does not download the file.
+    fn answer_swarming(
+        &self,
+        engine: &mut Engine,
+        peer: &libp2p::PeerId,
+        request: &Request,
+    ) -> Option<Response> {
+        let (Request::Hashes { content, .. }
+        | Request::Manifest { content }
+        | Request::CoFetchers { content }) = request
+        else {
             return None;
         };
         let content = ContentId::from_bytes(*content);
-        let s = self.swarms.values().find(|s| s.content == content)?;
+        let found = self.swarms.iter().find(|(_, s)| s.content == content);
+        if let Request::CoFetchers { .. } = request {
+            let keys = found.map_or_else(Vec::new, |(&id, _)| {
+                engine.co_fetchers_for(id, do_p2p::rank_key(peer))
+            });
+            return Some(Response::CoFetchers(keys));
+        }
+        let s = found?.1;
         Some(match (request, &s.manifest) {
             (Request::Manifest { .. }, Some(m)) => Response::Manifest(m.encode()),
             (Request::Manifest { .. }, None) => Response::NotHere,
@@ -857,6 +881,22 @@ impl P2p {
                 {
                     self.ask_hashes(download, from, content, first as u64);
                 }
+                // A co-fetcher tells whom it splits the origin's work with (a node that sees
+                // part of a crowd so cuts the work as a wider view would).
+                let ask_co = fetching
+                    && self
+                        .swarms
+                        .get_mut(&download)
+                        .is_some_and(|s| s.asking_co.insert(from));
+                if ask_co {
+                    let sent = self.swarm.behaviour_mut().blocks.send_request(
+                        &from,
+                        Request::CoFetchers {
+                            content: *content.as_bytes(),
+                        },
+                    );
+                    self.pending.insert(sent, Pending::CoFetchers { download });
+                }
             }
             Pending::Hashes { download } => {
                 let s = self.swarms.get_mut(&download)?;
@@ -880,6 +920,18 @@ impl P2p {
                 self.check_manifest(ctx, download);
                 if let (true, Some(last), false) = (full, last, self.is_trusted(download)) {
                     self.ask_hashes(download, from, content, last + 1);
+                }
+            }
+            Pending::CoFetchers { download } => {
+                let s = self.swarms.get_mut(&download)?;
+                s.asking_co.remove(&from);
+                if let Response::CoFetchers(keys) = response {
+                    let co = Input::PeerCoFetchers {
+                        id: download,
+                        peer,
+                        keys,
+                    };
+                    ctx.engine.handle_input(ctx.now, co);
                 }
             }
             Pending::Blocks {
@@ -1377,6 +1429,8 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
         | Request::Blocks { content, .. }
         | Request::Status { content }
         | Request::Hashes { content, .. } => ContentId::from_bytes(*content),
+        // Answered by the actor for downloads in progress; nothing to tell otherwise.
+        Request::CoFetchers { .. } => return Response::CoFetchers(Vec::new()),
         Request::Claim { .. } if !claims => return Response::NotHere,
         Request::Claim {
             url,
@@ -1406,7 +1460,9 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
                 _ => Response::NotHere,
             }
         }),
-        Request::Manifest { .. } | Request::Claim { .. } => Ok(Response::NotHere),
+        Request::Manifest { .. } | Request::Claim { .. } | Request::CoFetchers { .. } => {
+            Ok(Response::NotHere)
+        }
         Request::Have { .. } => store.verified(id).map(|set| Response::Have(runs(set))),
         Request::Status { .. } => store.verified(id).map(|set| Response::Status {
             have: runs(set),

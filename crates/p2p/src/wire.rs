@@ -155,7 +155,13 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode(&read_frame(io, MAX_RESPONSE).await?)
+        let response: Response = decode(&read_frame(io, MAX_RESPONSE).await?)?;
+        if let Response::CoFetchers(keys) = &response
+            && keys.len() > MAX_CO_FETCHERS
+        {
+            return Err(invalid("too many rank keys"));
+        }
+        Ok(response)
     }
 
     async fn write_request<T>(
