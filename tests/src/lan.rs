@@ -94,6 +94,23 @@ impl Lan {
         c
     }
 
+    /// Isolates host `i`'s bridge port: isolated hosts reach the others but not each other
+    /// (multicast included, so mDNS never shows them to each other).
+    pub fn isolate(&self, i: usize) {
+        let port = format!("p{i}");
+        ip(&[
+            "-n",
+            &self.names[0],
+            "link",
+            "set",
+            &port,
+            "type",
+            "bridge_slave",
+            "isolated",
+            "on",
+        ]);
+    }
+
     /// Limits what host `i` sends into the LAN to `mbit` Mbit/s (a `tbf` qdisc on its link).
     pub fn limit_egress(&self, i: usize, mbit: u32) {
         let rate = format!("{mbit}mbit");

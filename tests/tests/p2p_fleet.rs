@@ -173,6 +173,50 @@ fn behind_a_slow_origin_a_flash_crowd_is_fed_by_its_peers() {
     );
 }
 
+#[test]
+fn nodes_that_see_part_of_a_crowd_split_the_origins_work_as_the_whole_crowd() {
+    // Hosts 2 and 4 are isolated from each other; host 3 sees both. Each of the ends sees one
+    // co-fetcher, learns the other end's points on the split's ring from host 3
+    // (`CoFetchers`), and its hashes through host 3 (`Hashes` tells collected ones too).
+    // Behind a 200 Mbit/s origin: the reports come within a poll or two of the start, while
+    // the origin's copy takes 2.7 s (an unlimited one sends all of a node's first guess at
+    // its part before any report can arrive).
+    let _alone = one_at_a_time();
+    let mut fleet = Fleet::without_daemons(FleetOptions {
+        origin_mbit: Some(200),
+        ..options(3, 0)
+    });
+    fleet.lan.isolate(2);
+    fleet.lan.isolate(4);
+    for host in 2..=4 {
+        fleet.start_daemon(host);
+    }
+    for (host, peers) in [(2, 1), (3, 2), (4, 1)] {
+        fleet.wait_for_peers(host, peers);
+    }
+    let took = flash_crowd(&fleet);
+    let origin = fleet.origin_bytes();
+    eprintln!(
+        "a crowd of 3 in a line: {:.2} s, origin sent {:.3} × the file",
+        took.as_secs_f64(),
+        ratio(origin)
+    );
+    for end in [2, 4] {
+        let stats = fleet.stats(end).unwrap();
+        assert_eq!(stats["NumPeers"].as_u64(), Some(1), "host {end}: {stats}");
+        assert!(
+            stats["BytesFromLanPeers"].as_u64().unwrap_or(0) > 0,
+            "host {end} took blocks from host 3: {stats}"
+        );
+    }
+    // Splitting in its own view alone, each end would fetch much of the other's part too.
+    assert!(
+        ratio(origin) <= 1.1,
+        "origin sent {origin} bytes\n{}",
+        fleet.log(2)
+    );
+}
+
 /// Flips a byte in every 64 KiB block of the cache's data files.
 fn corrupt_cache(cache: &Path) {
     use std::os::unix::fs::FileExt;
