@@ -314,10 +314,10 @@ pub enum Input {
         /// Its rank key (its [`Config::node_key`]).
         key: u64,
     },
-    /// The rank keys of the nodes a peer splits this file's origin work with (its
-    /// [`Engine::co_fetcher_keys`]), replacing what it said before. They join this node's
-    /// split too, so that nodes that see only part of the swarm still cut the file alike:
-    /// with 64 peers each out of 1,000 nodes, the peers' peers are nearly all of them.
+    /// Rank keys a peer splits this file's origin work with (its
+    /// [`Engine::co_fetchers_for`] this node), replacing what it said before. They join this
+    /// node's split too, so that nodes that see only part of the swarm still cut the file
+    /// alike: with 64 peers each out of 1,000 nodes, the peers' peers are nearly all of them.
     /// Their parts reach this node through the peers that serve them.
     PeerCoFetchers {
         /// The download.
