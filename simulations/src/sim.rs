@@ -103,7 +103,7 @@ struct Node {
     told_fetching: Vec<BTreeSet<u32>>,
     /// Per file: what each neighbor last told this node of whom it splits the origin's work
     /// with (its engine's `co_fetchers_for` this node).
-    told_fetchers: Vec<BTreeMap<u32, Vec<u64>>>,
+    told_fetchers: Vec<BTreeMap<u32, Vec<(u64, u8)>>>,
     /// The next poll reports every neighbor's holdings, changed or not (a download started,
     /// or the node reconnected).
     refresh_all: bool,

@@ -163,12 +163,13 @@ fn plots_are_written_as_svg_and_png() {
 
 #[test]
 fn a_crowd_whose_nodes_see_a_tenth_of_it_takes_the_file_about_once_from_the_origin() {
-    // Each node sees 12 of 120: it learns the rest of the split's ring from its co-fetchers,
-    // and the hashes it needs through them.
+    // Each node sees 12 of 120, all starting at once: it learns the rest of the split's ring
+    // from its co-fetchers, and the hashes it needs through them (1.15 copies; with each node
+    // splitting among the co-fetchers it sees, 27).
     let mut sc = small("flash-crowd-lan", 120, 32.0);
     sc.engine.peers_per_node = 12;
+    sc.arrivals.window_s = 0.0;
     let s = run(&sc, 2);
     check_healthy(&s);
     assert!(s.origin_copies < 1.3, "{s}");
-    assert!(s.saved_pct > 95.0, "{s}");
 }

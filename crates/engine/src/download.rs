@@ -63,7 +63,8 @@ pub(crate) struct Download {
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
     /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`).
-    reported: BTreeMap<PeerId, Vec<u64>>,
+    /// (Each key with its distance from the reporter: 0 for the reporter itself.)
+    pub(crate) reported: BTreeMap<PeerId, Vec<(u64, u8)>>,
     /// Every key in `reported`, with the number of peers that report it.
     pub(crate) reported_keys: BTreeMap<u64, u32>,
     /// This node's share of the origin's work may have moved since the last look (a
@@ -273,7 +274,7 @@ impl Download {
             }
         }
         if let Some(old) = self.reported.remove(&peer) {
-            self.count_reported(&old, &[]);
+            self.count_reported(&keys_of(&old), &[]);
         }
     }
 
@@ -291,15 +292,19 @@ impl Download {
     }
 
     /// Records the co-fetchers' keys `peer` reports (not `own`, this node's key).
-    pub(crate) fn set_reported(&mut self, peer: PeerId, mut keys: Vec<u64>, own: u64) {
-        keys.retain(|&k| k != own);
+    /// Records the co-fetchers' keys `peer` reports, each with its distance from `peer`
+    /// (not `own`, this node's key).
+    pub(crate) fn set_reported(&mut self, peer: PeerId, mut keys: Vec<(u64, u8)>, own: u64) {
+        keys.retain(|&(k, _)| k != own);
         keys.sort_unstable();
-        keys.dedup();
+        keys.dedup_by_key(|e| e.0);
         let old = self.reported.insert(peer, keys);
         let new = &self.reported[&peer];
         if old.as_ref() != Some(new) {
-            let new = new.clone();
-            self.count_reported(old.as_deref().unwrap_or_default(), &new);
+            let (old, new) = (keys_of(old.as_deref().unwrap_or_default()), keys_of(new));
+            self.count_reported(&old, &new);
+            // A distance may have changed: what this node tells others with it.
+            self.move_shares();
         }
     }
 
@@ -520,4 +525,9 @@ pub(crate) fn check_ranges(ranges: &[ByteRange], len: Option<u64>) -> Result<(),
 
 fn overlap(wanted: &RangeSet, block: ByteRange) -> u64 {
     wanted.clipped(block.start, block.end).count()
+}
+
+/// The keys of a report (sorted by key, once each).
+fn keys_of(report: &[(u64, u8)]) -> Vec<u64> {
+    report.iter().map(|&(k, _)| k).collect()
 }

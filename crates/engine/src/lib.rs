@@ -324,8 +324,9 @@ pub enum Input {
         id: DownloadId,
         /// The peer that reports them.
         peer: PeerId,
-        /// Their rank keys.
-        keys: Vec<u64>,
+        /// Their rank keys, each with its distance from the peer in hops between
+        /// co-fetchers (0: the peer itself).
+        keys: Vec<(u64, u8)>,
     },
     /// The driver holds a manifest whose root is a content id the download trusts: from now
     /// on blocks from peers are verified as they arrive, and the blocks that arrived before
@@ -707,12 +708,13 @@ impl Engine {
 
     /// What this node tells the peer whose rank key is `asker` of the nodes it splits a
     /// download's origin work with ([`Input::PeerCoFetchers`]): for each of the asker's
-    /// points on the split's ring, the key of the first point after it among this node and
-    /// its own co-fetchers (none it was only told of, so that a node that left is not kept
-    /// alive by reports going round). Those points end the asker's arcs in the view of this
-    /// node, so a few keys per peer give the asker the arcs of a much wider view. Empty if
-    /// this node does not split the download.
-    pub fn co_fetchers_for(&mut self, id: DownloadId, asker: u64) -> Vec<u64> {
+    /// points on the split's ring, the key of the first point after it among this node, its
+    /// own co-fetchers and the ones it was told of at most two hops away, with its distance
+    /// from this node (keys told of from farther are not passed on, so that a node that left
+    /// is not kept alive by reports going round). Those points end the asker's arcs in the
+    /// view of this node, so a few keys per peer give the asker the arcs of a much wider
+    /// view. Empty if this node does not split the download.
+    pub fn co_fetchers_for(&mut self, id: DownloadId, asker: u64) -> Vec<(u64, u8)> {
         self.refresh_split(id);
         let Some(d) = self.downloads.get(&id) else {
             return Vec::new();
@@ -720,7 +722,7 @@ impl Engine {
         let (Some(Some(split)), Some(info)) = (&d.split, &d.info) else {
             return Vec::new();
         };
-        peers::successors(&split.direct_ring, asker, do_content::block_count(info.len))
+        peers::successors(&split.told, asker, do_content::block_count(info.len))
     }
 
     /// Forgets a download in a final state (Finalized or Aborted); returns true if it did.

@@ -2,7 +2,7 @@
 //! banning a peer whose bytes fail verification, stalled requests, and the origin fallback
 //! delay. Pure scheduling: peers' bytes are verified by the driver before they get here.
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
 use do_content::{BlockBits, BlockIndex, RangeSet};
 use tracing::{debug, info};
@@ -500,11 +500,28 @@ impl Engine {
                     out.push(direct.remove(i).0);
                 }
                 None => {
-                    let mut direct: Vec<u64> = direct.iter().map(|m| m.0).collect();
-                    direct.push(own);
+                    // What this node tells: itself, its own co-fetchers, and the keys it was
+                    // told of whose distance from it is at most `TOLD_HOPS`.
+                    let mut near: BTreeMap<u64, u8> = BTreeMap::new();
+                    for report in d.reported.values() {
+                        for &(k, hops) in report {
+                            let e = near.entry(k).or_insert(u8::MAX);
+                            *e = (*e).min(hops.saturating_add(1));
+                        }
+                    }
+                    for &(k, _) in &direct {
+                        near.insert(k, 1);
+                    }
+                    near.insert(own, 0);
+                    near.retain(|_, hops| *hops <= TOLD_HOPS);
+                    let keys: Vec<u64> = near.keys().copied().collect();
+                    let told = ring(&keys, blocks)
+                        .into_iter()
+                        .map(|(point, k)| (point, k, near[&k]))
+                        .collect();
                     return Some(Split {
                         mine: part(own),
-                        direct_ring: ring(&direct, blocks),
+                        told,
                     });
                 }
             }
@@ -531,10 +548,16 @@ impl Engine {
 pub(crate) struct Split {
     /// The blocks this node fetches from the origin.
     pub(crate) mine: RangeSet,
-    /// The ring of this node and its own co-fetchers among those it splits with (the
-    /// reported ones left out): what [`Engine::co_fetchers_for`] answers from.
-    pub(crate) direct_ring: Vec<(u64, u64)>,
+    /// The ring of this node, its own co-fetchers among those it splits with, and the
+    /// reported ones at most [`TOLD_HOPS`] away, as `(point, key, distance)`: what
+    /// [`Engine::co_fetchers_for`] answers from.
+    pub(crate) told: Vec<(u64, u64, u8)>,
 }
+
+/// How far (in hops between co-fetchers) the keys a node tells of may be. Reports travel
+/// so far and no further: a key that left stops being told within as many polls, however
+/// the reports go round; and a node learns its peers' peers' peers, enough in a sparse mesh.
+pub(crate) const TOLD_HOPS: u8 = 2;
 
 /// Points each node has on the ring of a split (see [`Engine::split`]): with more, the
 /// arcs' lengths vary less (one point each: the longest of 1,000 arcs is about 7 times the
@@ -546,20 +569,22 @@ pub(crate) fn ring_point(key: u64, point: u64, blocks: u64) -> u64 {
     ((u128::from(mix(key, point)) * u128::from(blocks)) >> 64) as u64
 }
 
-/// For each point of `asker` on the ring of a file of `blocks` blocks, the key of the first
-/// point of `ring` (as [`ring`] builds it) after it, not `asker`'s own; each key once.
-pub(crate) fn successors(ring: &[(u64, u64)], asker: u64, blocks: u64) -> Vec<u64> {
+/// For each point of `asker` on the ring of a file of `blocks` blocks, the key (with its
+/// distance) of the first point of `told` (ordered as [`ring`] orders) after it, not
+/// `asker`'s own; each key once.
+pub(crate) fn successors(told: &[(u64, u64, u8)], asker: u64, blocks: u64) -> Vec<(u64, u8)> {
     // (The asker has at most `SPLIT_POINTS` points: past that, some other key is there.)
-    if ring.len() <= SPLIT_POINTS as usize && ring.iter().all(|&(_, k)| k == asker) {
+    if told.len() <= SPLIT_POINTS as usize && told.iter().all(|&(_, k, _)| k == asker) {
         return Vec::new();
     }
-    let mut keys: Vec<u64> = (0..SPLIT_POINTS)
+    let mut keys: Vec<(u64, u8)> = (0..SPLIT_POINTS)
         .map(|v| {
             let at = (ring_point(asker, v, blocks), asker);
-            let from = ring.partition_point(|&p| p <= at);
+            let from = told.partition_point(|&(p, k, _)| (p, k) <= at);
             (from..)
-                .map(|i| ring[i % ring.len()].1)
-                .find(|&k| k != asker)
+                .map(|i| told[i % told.len()])
+                .find(|&(_, k, _)| k != asker)
+                .map(|(_, k, hops)| (k, hops))
                 .expect("another key is on the ring")
         })
         .collect();

@@ -1099,21 +1099,22 @@ fn co_fetchers_that_peers_report_join_the_split() {
         peer: PeerId(1),
         key: 1,
     });
-    // Peer 1 splits the file with nodes 3 and 7 too (this node's own key, 5, and its own,
-    // 1, are in the report as well, and count once).
+    // Peer 1 splits the file with node 7 (its own co-fetcher: 1 hop from it) and node 3 (2
+    // hops); this node's own key, 5, and peer 1's are in the report as well, and count once.
     h.input(Input::PeerCoFetchers {
         id: ID,
         peer: PeerId(1),
-        keys: vec![7, 3, 5, 1],
+        keys: vec![(7, 1), (3, 2), (5, 1), (1, 0)],
     });
     h.answer_stat(Ok(info(SPLIT_BLOCKS * BLOCK_SIZE)));
-    // Asked by node 9, it tells, of itself and its own co-fetcher (key 1; the reported
-    // ones are not its to tell), whose point comes first after each of node 9's.
-    let own_ring: Vec<(u64, u64)> = [1u64, 5]
-        .iter()
+    // Asked by node 9, it tells, of itself (0 hops), its own co-fetcher (1) and node 7 (2;
+    // node 3 is 3 hops away: not passed on), whose point comes first after each of node 9's.
+    let distance = BTreeMap::from([(1u64, 1u8), (5, 0), (7, 2)]);
+    let own_ring: Vec<(u64, u64)> = distance
+        .keys()
         .flat_map(|&k| (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, SPLIT_BLOCKS), k)))
         .collect();
-    let mut expected: Vec<u64> = (0..SPLIT_POINTS)
+    let mut expected: Vec<(u64, u8)> = (0..SPLIT_POINTS)
         .map(|v| {
             let at = (ring_point(9, v, SPLIT_BLOCKS), 9);
             own_ring
@@ -1121,8 +1122,8 @@ fn co_fetchers_that_peers_report_join_the_split() {
                 .filter(|&&p| p > at)
                 .min()
                 .or_else(|| own_ring.iter().min())
+                .map(|&(_, k)| (k, distance[&k]))
                 .expect("points")
-                .1
         })
         .collect();
     expected.sort_unstable();
@@ -1137,7 +1138,7 @@ fn co_fetchers_that_peers_report_join_the_split() {
     h.input(Input::PeerCoFetchers {
         id: ID,
         peer: PeerId(1),
-        keys: vec![1, 7],
+        keys: vec![(1, 0), (7, 1)],
     });
     let three = parts(&[1, 5, 7], SPLIT_BLOCKS);
     let gained = three[&5].difference(&four[&5]);

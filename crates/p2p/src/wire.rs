@@ -121,8 +121,9 @@ pub enum Response {
         /// The content id.
         content: [u8; 32],
     },
-    /// Answer to [`Request::CoFetchers`]: rank keys (at most [`MAX_CO_FETCHERS`]).
-    CoFetchers(Vec<u64>),
+    /// Answer to [`Request::CoFetchers`]: rank keys (at most [`MAX_CO_FETCHERS`]), each with
+    /// its distance from the answering node in hops between co-fetchers (0: itself).
+    CoFetchers(Vec<(u64, u8)>),
 }
 
 /// Most rank keys one [`Response::CoFetchers`] carries.
@@ -331,7 +332,8 @@ mod tests {
             )
                 .prop_map(|(len, blocks)| Response::Hashes { len, blocks }),
             any::<[u8; 32]>().prop_map(|content| Response::Claimed { content }),
-            proptest::collection::vec(any::<u64>(), 0..40).prop_map(Response::CoFetchers),
+            proptest::collection::vec((any::<u64>(), any::<u8>()), 0..40)
+                .prop_map(Response::CoFetchers),
         ]
     }
 
