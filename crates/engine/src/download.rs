@@ -8,9 +8,7 @@ use std::{
 
 use do_content::{BlockBits, BlockIndex, ByteRange, ContentId, RangeSet, block_count, block_range};
 
-use crate::{
-    CommandError, FileInfo, PeerId, RequestId, Spec, State, Status, peers::Split,
-};
+use crate::{CommandError, FileInfo, PeerId, RequestId, Spec, State, Status, peers::Split};
 
 /// A request in flight to a peer.
 pub(crate) struct PeerRequest {

@@ -988,9 +988,7 @@ const SPLIT_BLOCKS: u64 = 2048;
 fn parts(members: &[u64], blocks: u64) -> BTreeMap<u64, RangeSet> {
     let points: Vec<(u64, u64)> = members
         .iter()
-        .flat_map(|&k| {
-            (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, blocks), k))
-        })
+        .flat_map(|&k| (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, blocks), k)))
         .collect();
     let mut out: BTreeMap<u64, RangeSet> = members.iter().map(|&k| (k, RangeSet::new())).collect();
     for b in 0..blocks {
@@ -1142,7 +1140,10 @@ fn co_fetchers_that_peers_report_join_the_split() {
     });
     let three = parts(&[1, 5, 7], SPLIT_BLOCKS);
     let gained = three[&5].difference(&four[&5]);
-    assert!(!gained.is_empty(), "some of node 3's blocks come to this node");
+    assert!(
+        !gained.is_empty(),
+        "some of node 3's blocks come to this node"
+    );
     assert_eq!(serve_origin_all(&mut h), blocks_of(&gained));
 }
 
