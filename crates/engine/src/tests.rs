@@ -1008,11 +1008,8 @@ fn blocks_of(set: &RangeSet) -> Vec<u64> {
     set.iter().collect()
 }
 
-/// A download of [`SPLIT_BLOCKS`] blocks started together with peers 1 (key 1) and 2 (key 9);
-/// this node's key is 5. Each of the three has pieces of its own.
-fn co_fetching() -> Harness {
-    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
-    assert!(p.values().all(|part| !part.is_empty()), "{p:?}");
+/// A node with key 5 and a 1 s fallback delay, its whole-file download started.
+fn node_five() -> Harness {
     let config = Config {
         node_key: 5,
         origin_fallback_delay: Duration::from_secs(1),
@@ -1020,6 +1017,15 @@ fn co_fetching() -> Harness {
     };
     let mut h = Harness::new(config);
     h.start_whole(Some(root()));
+    h
+}
+
+/// A download of [`SPLIT_BLOCKS`] blocks started together with peers 1 (key 1) and 2 (key 9);
+/// this node's key is 5. Each of the three has pieces of its own.
+fn co_fetching() -> Harness {
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+    assert!(p.values().all(|part| !part.is_empty()), "{p:?}");
+    let mut h = node_five();
     for (peer, key) in [(1, 1), (2, 9)] {
         h.input(Input::PeerAdded {
             peer: PeerId(peer),
@@ -1081,13 +1087,7 @@ fn nodes_fetching_a_file_together_split_the_origin_work() {
 
 #[test]
 fn co_fetchers_that_peers_report_join_the_split() {
-    let config = Config {
-        node_key: 5,
-        origin_fallback_delay: Duration::from_secs(1),
-        ..Config::default()
-    };
-    let mut h = Harness::new(config);
-    h.start_whole(Some(root()));
+    let mut h = node_five();
     h.input(Input::PeerAdded {
         peer: PeerId(1),
         class: PeerClass::Lan,
