@@ -471,6 +471,19 @@ impl Download {
         liars
     }
 
+    /// The file is complete: what peers hold and whom the origin's work was split with are of
+    /// no more use (a download started again for more ranges learns them again at the
+    /// driver's next poll). In a fleet, most downloads are finished ones: each kept a bitmap
+    /// per peer.
+    pub(crate) fn release_peers(&mut self) {
+        self.haves = BTreeMap::new();
+        self.availability = Vec::new();
+        self.co_fetchers = BTreeMap::new();
+        self.reported = BTreeMap::new();
+        self.reported_keys = BTreeMap::new();
+        self.move_shares();
+    }
+
     /// The origin's file changed: everything known about the old version goes.
     pub(crate) fn forget_file(&mut self) {
         self.info = None;

@@ -877,6 +877,7 @@ impl Engine {
             Ok(root) => {
                 info!(download = id.0, content_id = ?root, "transferred");
                 d.content_id = root;
+                d.release_peers();
                 self.set_state(id, State::Transferred);
             }
             Err(failure) => self.on_failure(now, id, failure),
