@@ -81,6 +81,8 @@ struct Node {
     banned: BTreeSet<u32>,
     /// Verified blocks held, per file.
     held: Vec<RangeSet>,
+    /// Per file: `held` as bits (what a poll merges into the hashes a node can learn).
+    held_bits: Vec<BlockBits>,
     /// Holdings changed since the last have poll, per file.
     changed: Vec<bool>,
     jobs: Vec<Job>,
@@ -362,6 +364,7 @@ impl Sim {
                     neighbors: Vec::new(),
                     banned: BTreeSet::new(),
                     held: vec![RangeSet::new(); files],
+                    held_bits: vec![BlockBits::default(); files],
                     changed: vec![false; files],
                     jobs: vec![Job::Waiting; files],
                     trusted: vec![false; files],
@@ -739,7 +742,7 @@ impl Sim {
             // (As bits: the neighbors' holdings are fragmented, and merging thousands of
             // runs one by one costs more than the rest of the poll.)
             let mut union = (!self.nodes[i].trusted[f]).then(|| {
-                let mut bits = BlockBits::from_set(&self.nodes[i].held[f]);
+                let mut bits = self.nodes[i].held_bits[f].clone();
                 bits.union_with(&self.nodes[i].known[f]);
                 bits
             });
@@ -782,7 +785,7 @@ impl Sim {
                 // collected (a stalling peer stalls on blocks only; a corrupt cache has the
                 // right hashes).
                 if let Some(union) = &mut union {
-                    union.add(&self.nodes[ju].held[f]);
+                    union.union_with(&self.nodes[ju].held_bits[f]);
                     union.union_with(&self.nodes[ju].known[f]);
                 }
             }
@@ -798,6 +801,7 @@ impl Sim {
                 let good = std::mem::take(&mut node.unchecked[f]).difference(&refuted);
                 for run in good.runs() {
                     node.held[f].insert(run.start, run.end);
+                    node.held_bits[f].insert(run);
                 }
                 node.changed[f] |= !good.is_empty();
                 batch.push(Input::ManifestTrusted {
@@ -1269,6 +1273,7 @@ impl Sim {
             }
         } else {
             node.held[file].insert(first, last);
+            node.held_bits[file].insert(first..last);
             node.changed[file] = true;
         }
         match info.server {

@@ -37,6 +37,15 @@ impl BlockBits {
         }
     }
 
+    /// Adds the blocks of `run`.
+    pub fn insert(&mut self, run: Range<u64>) {
+        let words = run.end.div_ceil(64) as usize;
+        if self.words.len() < words {
+            self.words.resize(words, 0);
+        }
+        self.fill(run);
+    }
+
     fn fill(&mut self, run: Range<u64>) {
         let (mut b, end) = (run.start, run.end);
         while b < end {
@@ -163,6 +172,11 @@ mod tests {
             let mut merged = x.clone();
             merged.union_with(&y);
             prop_assert_eq!(&merged, &union);
+            let mut one_by_one = x.clone();
+            for run in new.runs() {
+                one_by_one.insert(run);
+            }
+            prop_assert_eq!(&one_by_one, &union);
             let (mut gained, mut lost) = (Vec::new(), Vec::new());
             x.changes_to(&y, |block, up| if up { gained.push(block) } else { lost.push(block) });
             prop_assert_eq!(gained, new.difference(&old).iter().collect::<Vec<_>>());
