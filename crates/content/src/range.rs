@@ -222,6 +222,25 @@ impl RangeSet {
         Self::from_sorted(out)
     }
 
+    /// The values in both sets: one merge of both runs, linear in their number.
+    pub fn intersection(&self, other: &Self) -> Self {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let (mut a, mut b) = (self.runs.iter().peekable(), other.runs.iter().peekable());
+        while let (Some(&&(s1, e1)), Some(&&(s2, e2))) = (a.peek(), b.peek()) {
+            let (start, end) = (s1.max(s2), e1.min(e2));
+            if start < end {
+                out.push((start, end));
+            }
+            // The run that ends first can meet nothing further in the other set.
+            if e1 <= e2 {
+                a.next();
+            } else {
+                b.next();
+            }
+        }
+        Self::from_sorted(out)
+    }
+
     /// Every value in the set, in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.runs().flatten()
@@ -319,6 +338,15 @@ mod tests {
                 set.iter().filter(|v| !other.contains(*v)).collect::<Vec<_>>()
             );
             prop_assert_eq!(other.difference(&set).count(), other.iter().filter(|v| !set.contains(*v)).count() as u64);
+            let both = set.intersection(&other);
+            prop_assert_eq!(
+                both.iter().collect::<Vec<_>>(),
+                set.iter().filter(|v| other.contains(*v)).collect::<Vec<_>>()
+            );
+            prop_assert_eq!(&both, &other.intersection(&set));
+            for pair in both.runs().collect::<Vec<_>>().windows(2) {
+                prop_assert!(pair[0].end < pair[1].start);
+            }
             // Few runs against many (the lookup path).
             let mut comb = RangeSet::new();
             for k in 0..40 {

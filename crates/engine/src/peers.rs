@@ -363,7 +363,7 @@ impl Engine {
         }
         let mut missing = missing.clone();
         if let Some(share) = self.origin_share(d) {
-            missing = missing.difference(&missing.difference(share));
+            missing = missing.intersection(share);
         }
         // Blocks a peer holds come from it, checked at once with a trusted manifest, or
         // checked when it is trusted (peers are asked only with a content id to trust).
@@ -492,8 +492,7 @@ impl Engine {
                     return false;
                 }
                 let unheld = unheld.get_or_insert_with(|| d.held_by_no_peer(&d.not_from_peers()));
-                let part = part(k);
-                unheld.difference(&unheld.difference(&part)).count() > 0
+                !unheld.intersection(&part(k)).is_empty()
             });
             match dropout {
                 Some(i) => {

@@ -1165,7 +1165,7 @@ fn blocks_refuted_by_the_manifest_ban_their_sender_and_are_fetched_again() {
     // node's once peer 2 is out.
     let two = parts(&[1, 5], SPLIT_BLOCKS);
     let bad = p[&9]
-        .difference(&p[&9].difference(&two[&5]))
+        .intersection(&two[&5])
         .first()
         .expect("a piece of peer 2 that comes to this node");
     h.collect();
