@@ -60,11 +60,9 @@ pub(crate) struct Download {
     availability: Vec<u32>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
-    /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`).
-    /// (Each key with its distance from the reporter: 0 for the reporter itself.)
+    /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`), each with its
+    /// distance from the reporter (0: the reporter itself).
     pub(crate) reported: BTreeMap<PeerId, Vec<(u64, u8)>>,
-    /// Every key in `reported`, with the number of peers that report it.
-    pub(crate) reported_keys: BTreeMap<u64, u32>,
     /// This node's share of the origin's work may have moved since the last look (a
     /// co-fetcher came, went or stalled, or a stalled one's part may now be held elsewhere):
     /// origin fetches outside it are looked for at the next scheduling pass.
@@ -122,7 +120,6 @@ impl Download {
             availability: Vec::new(),
             co_fetchers: BTreeMap::new(),
             reported: BTreeMap::new(),
-            reported_keys: BTreeMap::new(),
             shares_moved: false,
             split: None,
             dropped: BTreeSet::new(),
@@ -271,8 +268,8 @@ impl Download {
                 self.count(block, false);
             }
         }
-        if let Some(old) = self.reported.remove(&peer) {
-            self.count_reported(&keys_of(&old), &[]);
+        if self.reported.remove(&peer).is_some() {
+            self.move_shares();
         }
     }
 
@@ -289,42 +286,15 @@ impl Download {
         std::mem::take(&mut self.shares_moved)
     }
 
-    /// Records the co-fetchers' keys `peer` reports (not `own`, this node's key).
     /// Records the co-fetchers' keys `peer` reports, each with its distance from `peer`
-    /// (not `own`, this node's key).
+    /// (not `own`, this node's key). A change moves the shares: a key came or went, or a
+    /// distance this node tells others changed.
     pub(crate) fn set_reported(&mut self, peer: PeerId, mut keys: Vec<(u64, u8)>, own: u64) {
         keys.retain(|&(k, _)| k != own);
         keys.sort_unstable();
         keys.dedup_by_key(|e| e.0);
-        let old = self.reported.insert(peer, keys);
-        let new = &self.reported[&peer];
-        if old.as_ref() != Some(new) {
-            let (old, new) = (keys_of(old.as_deref().unwrap_or_default()), keys_of(new));
-            self.count_reported(&old, &new);
-            // A distance may have changed: what this node tells others with it.
-            self.move_shares();
-        }
-    }
-
-    /// Counts a peer's report moving from `old` to `new` (both sorted, once each); the
-    /// shares may have moved if a key came or went.
-    fn count_reported(&mut self, old: &[u64], new: &[u64]) {
-        let mut moved = false;
-        for &k in old.iter().filter(|k| new.binary_search(k).is_err()) {
-            if let Some(n) = self.reported_keys.get_mut(&k) {
-                *n -= 1;
-                if *n == 0 {
-                    self.reported_keys.remove(&k);
-                    moved = true;
-                }
-            }
-        }
-        for &k in new.iter().filter(|k| old.binary_search(k).is_err()) {
-            let n = self.reported_keys.entry(k).or_insert(0);
-            moved |= *n == 0;
-            *n += 1;
-        }
-        if moved {
+        if self.reported.get(&peer) != Some(&keys) {
+            self.reported.insert(peer, keys);
             self.move_shares();
         }
     }
@@ -480,7 +450,6 @@ impl Download {
         self.availability = Vec::new();
         self.co_fetchers = BTreeMap::new();
         self.reported = BTreeMap::new();
-        self.reported_keys = BTreeMap::new();
         self.move_shares();
     }
 
@@ -491,12 +460,7 @@ impl Download {
         self.needed = RangeSet::new();
         self.fetches.clear();
         self.peer_requests.clear();
-        self.haves.clear();
-        self.availability.clear();
-        self.co_fetchers.clear();
-        self.reported.clear();
-        self.reported_keys.clear();
-        self.move_shares();
+        self.release_peers();
         self.unchecked.clear();
         self.unchecked_all = RangeSet::new();
         self.published = None;
@@ -536,9 +500,4 @@ pub(crate) fn check_ranges(ranges: &[ByteRange], len: Option<u64>) -> Result<(),
 
 fn overlap(wanted: &RangeSet, block: ByteRange) -> u64 {
     wanted.clipped(block.start, block.end).count()
-}
-
-/// The keys of a report (sorted by key, once each).
-fn keys_of(report: &[(u64, u8)]) -> Vec<u64> {
-    report.iter().map(|&(k, _)| k).collect()
 }

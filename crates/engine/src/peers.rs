@@ -458,7 +458,15 @@ impl Engine {
             .collect();
         direct.sort_unstable();
         direct.dedup_by_key(|m| m.0);
-        if direct.is_empty() && d.reported_keys.is_empty() {
+        // Every key reported, at its distance from this node (the nearest report's).
+        let mut near: BTreeMap<u64, u8> = BTreeMap::new();
+        for report in d.reported.values() {
+            for &(k, hops) in report {
+                let e = near.entry(k).or_insert(u8::MAX);
+                *e = (*e).min(hops.saturating_add(1));
+            }
+        }
+        if direct.is_empty() && near.is_empty() {
             return None;
         }
         // Needed blocks that neither this node nor any usable peer holds or is bringing (the
@@ -468,7 +476,7 @@ impl Engine {
         let mut out: Vec<u64> = Vec::new();
         loop {
             let mut members: Vec<u64> = direct.iter().map(|m| m.0).collect();
-            members.extend(d.reported_keys.keys().filter(|k| !out.contains(k)));
+            members.extend(near.keys().filter(|k| !out.contains(k)));
             members.push(own);
             let points = ring(&members, blocks);
             let part = |k: u64| -> RangeSet {
@@ -501,13 +509,6 @@ impl Engine {
                 None => {
                     // What this node tells: itself, its own co-fetchers, and the keys it was
                     // told of whose distance from it is at most `TOLD_HOPS`.
-                    let mut near: BTreeMap<u64, u8> = BTreeMap::new();
-                    for report in d.reported.values() {
-                        for &(k, hops) in report {
-                            let e = near.entry(k).or_insert(u8::MAX);
-                            *e = (*e).min(hops.saturating_add(1));
-                        }
-                    }
                     for &(k, _) in &direct {
                         near.insert(k, 1);
                     }
