@@ -1428,9 +1428,8 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
         | Request::Have { content }
         | Request::Blocks { content, .. }
         | Request::Status { content }
-        | Request::Hashes { content, .. } => ContentId::from_bytes(*content),
-        // Answered by the actor for downloads in progress; nothing to tell otherwise.
-        Request::CoFetchers { .. } => return Response::CoFetchers(Vec::new()),
+        | Request::Hashes { content, .. }
+        | Request::CoFetchers { content } => ContentId::from_bytes(*content),
         Request::Claim { .. } if !claims => return Response::NotHere,
         Request::Claim {
             url,
@@ -1460,6 +1459,7 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
                 _ => Response::NotHere,
             }
         }),
+        // (The actor answers `CoFetchers` for downloads in progress: none here.)
         Request::Manifest { .. } | Request::Claim { .. } | Request::CoFetchers { .. } => {
             Ok(Response::NotHere)
         }
