@@ -1382,18 +1382,14 @@ impl Sim {
         let now = self.instant();
         for j in self.nodes[i as usize].neighbors.clone() {
             if self.nodes[j as usize].online {
-                self.nodes[j as usize]
-                    .told_fetching
-                    .iter_mut()
-                    .for_each(|t| {
-                        t.remove(&i);
-                    });
-                self.nodes[j as usize]
-                    .told_fetchers
-                    .iter_mut()
-                    .for_each(|t| {
-                        t.remove(&i);
-                    });
+                // What it was told of `i` goes with the connection.
+                let peer = &mut self.nodes[j as usize];
+                for told in &mut peer.told_fetching {
+                    told.remove(&i);
+                }
+                for told in &mut peer.told_fetchers {
+                    told.remove(&i);
+                }
                 self.nodes[j as usize].engine.handle_input(
                     now,
                     Input::PeerRemoved {
