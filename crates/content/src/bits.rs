@@ -73,6 +73,14 @@ impl BlockBits {
         }
     }
 
+    /// Removes the blocks of `other` (one pass over the words both have).
+    pub fn subtract(&mut self, other: &Self) {
+        for (a, &b) in self.words.iter_mut().zip(&other.words) {
+            self.count -= u64::from((*a & b).count_ones());
+            *a &= !b;
+        }
+    }
+
     /// Removes `run` from the set.
     pub fn clear(&mut self, run: Range<u64>) {
         for b in run {
@@ -195,6 +203,11 @@ mod tests {
             expected.remove(s, s + l);
             prop_assert_eq!(cut.count(), expected.count());
             prop_assert_eq!(cut.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
+            let mut less = x.clone();
+            less.subtract(&y);
+            let expected = old.difference(&new);
+            prop_assert_eq!(less.count(), expected.count());
+            prop_assert_eq!(less.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
         }
     }
 }

@@ -261,7 +261,8 @@ impl Engine {
         [stall, fallback, co_stall].into_iter().flatten().min()
     }
 
-    /// Asks peers for missing blocks they hold: nearest class first, the rarest blocks first
+    /// Asks peers for missing blocks they hold: nearest class first (a block a nearer peer
+    /// holds waits for it rather than crossing a WAN link), the rarest blocks first
     /// (from a random point, so that downloads spread over the file), within each peer's slots.
     /// Before the manifest is trusted too: what peers send then waits, unchecked, for it (so
     /// that the parts of a crowd's co-fetchers move while the origin is still sending them).
@@ -343,6 +344,12 @@ impl Engine {
                         peer,
                         blocks,
                     });
+                }
+            }
+            // What this class holds is left to it: farther peers get only what it lacks.
+            for peer in &peers {
+                if let Some(have) = self.downloads[&id].haves.get(peer) {
+                    wanted.subtract(have);
                 }
             }
         }

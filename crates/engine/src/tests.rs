@@ -771,6 +771,29 @@ fn lan_peers_are_asked_before_internet_peers() {
 }
 
 #[test]
+fn a_block_a_lan_peer_holds_never_crosses_to_an_internet_peer() {
+    // One request slot at the LAN peer: the Internet peer, idle, gets only what the LAN
+    // peer lacks (blocks 48..64), even while the LAN peer works through the rest alone.
+    let config = Config {
+        peer_slots: 1,
+        ..Config::default()
+    };
+    let lan: RangeSet = std::iter::once(0..48).collect();
+    let mut h = with_peers(
+        config,
+        64,
+        &[(9, PeerClass::Internet, all(64)), (5, PeerClass::Lan, lan)],
+    );
+    let got = serve_sources(&mut h, &[]);
+    assert_eq!(got.get(&Some(5)).map(Vec::len), Some(48), "{got:?}");
+    let mut far = got.get(&Some(9)).cloned().unwrap_or_default();
+    far.sort();
+    assert_eq!(far, (48..64).collect::<Vec<_>>());
+    assert!(!got.contains_key(&None));
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
 fn the_rarest_blocks_are_asked_first() {
     let config = Config {
         peer_slots: 1,
