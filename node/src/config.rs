@@ -19,6 +19,9 @@ pub(crate) struct File {
     pub(crate) log: Option<String>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) p2p: Option<bool>,
+    pub(crate) download_mode: Option<DownloadMode>,
+    pub(crate) p2p_port: Option<u16>,
+    pub(crate) bootstrap: Option<Vec<String>>,
     pub(crate) transport: Option<Transport>,
     #[serde(default)]
     pub(crate) group: Group,
@@ -61,6 +64,20 @@ pub(crate) struct Download {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upload {
     pub(crate) max_rate: Option<u64>,
+}
+
+/// DO's download modes (`DODownloadMode`) that donode has.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum DownloadMode {
+    /// 0: the origin only.
+    HttpOnly,
+    /// 1: peers on the LAN (mDNS).
+    Lan,
+    /// 2: the members of a group (needs a group id and secret).
+    Group,
+    /// 3: LAN peers first, then peers found through the bootstrap peers and the DHT.
+    Internet,
 }
 
 /// The transport tried first when dialing a peer.
@@ -130,6 +147,19 @@ mod tests {
             file.run_dir.as_deref(),
             Some(Path::new(crate::DEFAULT_RUN_DIR))
         );
+        assert_eq!(file.bootstrap, Some(Vec::new()));
+        assert_eq!(file.p2p_port, Some(0));
+    }
+
+    #[test]
+    fn internet_mode_takes_its_bootstrap_peers() {
+        let file: File = toml::from_str(
+            "download_mode = \"internet\"\nbootstrap = [\"/ip4/10.0.0.1/tcp/4001/p2p/x\"]",
+        )
+        .unwrap();
+        assert_eq!(file.download_mode, Some(DownloadMode::Internet));
+        assert_eq!(file.bootstrap.unwrap().len(), 1);
+        assert!(toml::from_str::<File>("download_mode = \"simple\"").is_err());
     }
 
     #[test]

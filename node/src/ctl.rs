@@ -51,7 +51,8 @@ pub(crate) async fn stats(args: NodeArgs) -> anyhow::Result<ExitCode> {
         println!("{stats}");
         return Ok(ExitCode::SUCCESS);
     }
-    const FIELDS: [&str; 9] = [
+    const FIELDS: [&str; 10] = [
+        "DownloadMode",
         "NumPeers",
         "BytesFromHttp",
         "BytesFromLanPeers",
@@ -82,7 +83,7 @@ pub(crate) async fn peers(args: NodeArgs) -> anyhow::Result<ExitCode> {
     }
     for peer in stats["Peers"].as_array().into_iter().flatten() {
         let text = |k: &str| peer[k].as_str().unwrap_or("").to_owned();
-        println!("{}  {}", text("PeerId"), text("Address"));
+        println!("{}  {}  {}", text("PeerId"), text("Address"), text("Class"));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -97,6 +97,7 @@ fn report(args: &Args, s: &Status, content_id: Json, sources: Sources, elapsed: 
         http,
         lan_peers,
         group_peers,
+        internet_peers,
         cache,
     } = sources;
     if args.json {
@@ -108,6 +109,7 @@ fn report(args: &Args, s: &Status, content_id: Json, sources: Sources, elapsed: 
             "BytesFromHttp": http,
             "BytesFromLanPeers": lan_peers,
             "BytesFromGroupPeers": group_peers,
+            "BytesFromInternetPeers": internet_peers,
             "BytesFromCache": cache,
             "seconds": elapsed.as_secs_f64(),
             "daemon": true,
@@ -115,7 +117,7 @@ fn report(args: &Args, s: &Status, content_id: Json, sources: Sources, elapsed: 
         println!("{summary}");
     } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!(
-            "{}  {} bytes in {:.2} s through the daemon (from origin {http}, from LAN peers {lan_peers}, from group peers {group_peers}, from cache {cache})",
+            "{}  {} bytes in {:.2} s through the daemon (from origin {http}, from LAN peers {lan_peers}, from group peers {group_peers}, from Internet peers {internet_peers}, from cache {cache})",
             content_id.as_str().unwrap_or_default(),
             s.bytes_total,
             elapsed.as_secs_f64(),

@@ -61,6 +61,17 @@ pub(crate) struct Args {
     /// TCP only) [default: tcp].
     #[arg(long, value_enum)]
     transport: Option<config::Transport>,
+    /// The download mode (DO's `DODownloadMode`) [default: lan with --p2p, group with a group,
+    /// else http-only].
+    #[arg(long, value_enum)]
+    download_mode: Option<config::DownloadMode>,
+    /// A peer to join the DHT through, `/ip4/ADDRESS/tcp/PORT/p2p/PEER_ID` (Internet and Group
+    /// modes); repeatable, added to the config's `bootstrap`.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// The port peers connect to, TCP and UDP (QUIC); 0: any free port [default: 0].
+    #[arg(long, value_name = "PORT")]
+    p2p_port: Option<u16>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -117,9 +128,40 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
         args.group_secret_file.or(file.group.secret_file.clone()),
         file.group.secret.clone(),
     )?;
-    if args.p2p || file.p2p.unwrap_or(false) || group.is_some() {
+    let mode = match args.download_mode.or(file.download_mode) {
+        Some(mode) => mode,
+        None if group.is_some() => config::DownloadMode::Group,
+        None if args.p2p || file.p2p.unwrap_or(false) => config::DownloadMode::Lan,
+        None => config::DownloadMode::HttpOnly,
+    };
+    if mode == config::DownloadMode::Group && group.is_none() {
+        anyhow::bail!("download mode group: needs a group id and secret");
+    }
+    let mut bootstrap = file.bootstrap.clone().unwrap_or_default();
+    bootstrap.extend(args.bootstrap);
+    let bootstrap = bootstrap
+        .iter()
+        .map(|a| {
+            a.parse::<libp2p::Multiaddr>()
+                .with_context(|| format!("bootstrap peer {a:?}: not a multiaddr"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if mode != config::DownloadMode::HttpOnly {
         let mut p2p = do_driver::P2pConfig::default();
-        p2p.layer.group = group;
+        p2p.layer.group = group.filter(|_| mode == config::DownloadMode::Group);
+        p2p.internet = mode == config::DownloadMode::Internet;
+        if matches!(
+            mode,
+            config::DownloadMode::Internet | config::DownloadMode::Group
+        ) {
+            p2p.bootstrap = bootstrap;
+        } else if !bootstrap.is_empty() {
+            warn!("bootstrap peers are used in Internet and Group modes only: ignored");
+        }
+        if let Some(port) = args.p2p_port.or(file.p2p_port) {
+            p2p.listen = format!("/ip4/0.0.0.0/tcp/{port}").parse()?;
+            p2p.quic_listen = format!("/ip4/0.0.0.0/udp/{port}/quic-v1").parse()?;
+        }
         p2p.dial_first = match args.transport.or(file.transport).unwrap_or_default() {
             config::Transport::Tcp => do_driver::Transport::Tcp,
             config::Transport::Quic => do_driver::Transport::Quic,

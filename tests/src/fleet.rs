@@ -30,6 +30,9 @@ pub struct FleetOptions {
     pub file_bytes: u64,
     /// Limit what the origin sends into the LAN (Mbit/s), with `tc tbf`.
     pub origin_mbit: Option<u32>,
+    /// The last hosts (daemons or spare) on a second site, routed to the origin's (see
+    /// [`Lan::with_sites`]).
+    pub remote_hosts: usize,
 }
 
 /// An origin and `nodes` daemons (hosts 2 ..= nodes + 1).
@@ -68,8 +71,9 @@ impl Fleet {
             spare_hosts,
             file_bytes,
             origin_mbit,
+            remote_hosts,
         } = options;
-        let lan = Lan::new(nodes + 1 + spare_hosts);
+        let lan = Lan::with_sites(nodes + 1 + spare_hosts, remote_hosts);
         if let Some(mbit) = origin_mbit {
             lan.limit_egress(1, mbit);
         }

@@ -1,6 +1,9 @@
 //! A LAN of network namespaces: one bridge namespace and host namespaces joined to it by
 //! veth pairs, on 10.253.0.0/24 (host `i` is 10.253.0.`i`). mDNS multicast crosses the bridge.
-//! Everything is deleted on drop, processes started in it first.
+//! Optionally a second site: the last hosts on a second bridge, 10.253.1.0/24, which the bridge
+//! namespace routes to the first (so they reach each other by IP, but mDNS, link-local
+//! multicast, stays on each site). Everything is deleted on drop, processes started in it
+//! first.
 
 use std::{
     net::Ipv4Addr,
@@ -14,6 +17,8 @@ pub struct Lan {
     pub names: Vec<String>,
     /// Processes to kill before the namespaces go.
     pub children: Vec<Child>,
+    /// Host `i`'s address is `addrs[i]` (`addrs[0]` is unused).
+    addrs: Vec<Ipv4Addr>,
 }
 
 impl Drop for Lan {
@@ -36,6 +41,13 @@ fn ip(args: &[&str]) {
 impl Lan {
     /// A bridge and `hosts` hosts, named uniquely for this process and call.
     pub fn new(hosts: usize) -> Self {
+        Self::with_sites(hosts, 0)
+    }
+
+    /// `hosts` hosts of which the last `remote` are on a second site, routed to the first
+    /// through the bridge namespace (its addresses .254 on both).
+    pub fn with_sites(hosts: usize, remote: usize) -> Self {
+        assert!(remote <= hosts);
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}{}", std::process::id(), (b'a' + (n % 26) as u8) as char);
@@ -43,6 +55,7 @@ impl Lan {
         let mut lan = Self {
             names: vec![bridge.clone()],
             children: Vec::new(),
+            addrs: vec![Ipv4Addr::UNSPECIFIED],
         };
         ip(&["netns", "add", &bridge]);
         // Without snooping the bridge floods multicast to every port: mDNS always crosses.
@@ -58,7 +71,38 @@ impl Lan {
             "0",
         ]);
         ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        if remote > 0 {
+            ip(&[
+                "-n",
+                &bridge,
+                "link",
+                "add",
+                "br1",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ]);
+            ip(&["-n", &bridge, "link", "set", "br1", "up"]);
+            for (br, net) in [("br0", 0), ("br1", 1)] {
+                let gw = format!("10.253.{net}.254/24");
+                ip(&["-n", &bridge, "addr", "add", &gw, "dev", br]);
+            }
+            let status = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &bridge,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                ])
+                .status()
+                .expect("run sysctl");
+            assert!(status.success(), "ip_forward in {bridge}");
+        }
         for i in 1..=hosts {
+            let site = u8::from(i > hosts - remote);
             let host = format!("dn{tag}h{i}");
             ip(&["netns", "add", &host]);
             lan.names.push(host.clone());
@@ -67,14 +111,26 @@ impl Lan {
                 "-n", &host, "link", "add", "e0", "type", "veth", "peer", "name", &port, "netns",
                 &bridge,
             ]);
-            ip(&["-n", &bridge, "link", "set", &port, "master", "br0"]);
+            let br = if site == 0 { "br0" } else { "br1" };
+            ip(&["-n", &bridge, "link", "set", &port, "master", br]);
             ip(&["-n", &bridge, "link", "set", &port, "up"]);
-            let addr = format!("{}/24", Self::addr(i));
+            let host_addr = Ipv4Addr::new(10, 253, site, u8::try_from(i).expect("< 254 hosts"));
+            lan.addrs.push(host_addr);
+            let addr = format!("{host_addr}/24");
             ip(&["-n", &host, "addr", "add", &addr, "dev", "e0"]);
             ip(&["-n", &host, "link", "set", "e0", "up"]);
             ip(&["-n", &host, "link", "set", "lo", "up"]);
+            if remote > 0 {
+                let gw = format!("10.253.{site}.254");
+                ip(&["-n", &host, "route", "add", "default", "via", &gw]);
+            }
         }
         lan
+    }
+
+    /// Host `i`'s address (on its site's network).
+    pub fn host_addr(&self, i: usize) -> Ipv4Addr {
+        self.addrs[i]
     }
 
     /// Host `i`'s namespace.
@@ -82,7 +138,7 @@ impl Lan {
         &self.names[i]
     }
 
-    /// Host `i`'s address.
+    /// Host `i`'s address on a LAN of one site.
     pub fn addr(i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 253, 0, u8::try_from(i).expect("at most 254 hosts"))
     }

@@ -33,6 +33,7 @@ fn options(nodes: usize, spare: usize) -> FleetOptions {
         spare_hosts: spare,
         file_bytes: FILE,
         origin_mbit: None,
+        remote_hosts: 0,
     }
 }
 
@@ -155,6 +156,7 @@ fn behind_a_slow_origin_a_flash_crowd_is_fed_by_its_peers() {
         spare_hosts: 0,
         file_bytes: FILE,
         origin_mbit: Some(MBIT),
+        remote_hosts: 0,
     });
     let took = flash_crowd(&fleet).as_secs_f64();
     let origin = fleet.origin_bytes();
@@ -184,6 +186,7 @@ fn nodes_that_see_part_of_a_crowd_split_the_origins_work_as_the_whole_crowd() {
     let _alone = one_at_a_time();
     let mut fleet = Fleet::without_daemons(FleetOptions {
         origin_mbit: Some(200),
+        remote_hosts: 0,
         ..options(3, 0)
     });
     fleet.lan.isolate(2);
@@ -433,4 +436,86 @@ fn a_node_with_an_upload_cap_serves_no_faster_than_the_cap() {
         rate > CAP as f64 / 2.0,
         "{rate:.0} B/s: the cap, not something else, limits"
     );
+}
+
+/// `host`'s peer id, once its daemon answers.
+fn peer_id(fleet: &Fleet, host: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(id) = fleet
+            .stats(host)
+            .and_then(|s| s["PeerId"].as_str().map(str::to_owned))
+        {
+            return id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host {host}: {}",
+            fleet.log(host)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn internet_mode_finds_a_holder_beyond_the_lan_through_the_dht() {
+    let _alone = one_at_a_time();
+    // Host 2 is on the origin's site; hosts 3 and 4 on a second site, routed to the first
+    // (mDNS stays on each site). Host 3 joins the DHT through host 2 (its bootstrap peer);
+    // host 4 knows nobody but host 3, its LAN neighbour.
+    let mut fleet = Fleet::without_daemons(FleetOptions {
+        remote_hosts: 2,
+        ..options(3, 0)
+    });
+    fleet.start_daemon_with(2, &["--download-mode", "internet", "--p2p-port", "4001"]);
+    let first = peer_id(&fleet, 2);
+    let boot = format!("/ip4/{}/tcp/4001/p2p/{first}", fleet.lan.host_addr(2));
+    fleet.start_daemon_with(3, &["--download-mode", "internet", "--bootstrap", &boot]);
+    fleet.start_daemon_with(4, &["--download-mode", "internet"]);
+    fleet.wait_for_peers(2, 1);
+    fleet.wait_for_peers(4, 1);
+    let stats = fleet.stats(4).unwrap();
+    assert_eq!(stats["NumPeers"], 1, "host 4 sees its LAN only: {stats}");
+    assert_eq!(stats["DownloadMode"], "internet");
+
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    let summary = fleet.check(2, &out);
+    assert_eq!(summary["BytesFromHttp"].as_u64(), Some(FILE), "{summary}");
+
+    // Host 4's only peer has nothing; the DHT, asked through it, names host 2.
+    let out = fleet.spawn_get(4).wait_with_output().unwrap();
+    let summary = fleet.check(4, &out);
+    assert_eq!(
+        summary["BytesFromInternetPeers"].as_u64(),
+        Some(FILE),
+        "host 4 took the file from the holder the DHT named: {summary}\n{}",
+        fleet.log(4)
+    );
+    let out = fleet.cli(4, &["peers", "--json"]).output().unwrap();
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let class = peers["Peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["PeerId"] == first.as_str())
+        .map(|p| p["Class"].clone());
+    assert_eq!(class, Some("internet".into()), "{peers}");
+
+    // Host 3 is connected to both holders: the file comes from its LAN neighbour.
+    let out = fleet.spawn_get(3).wait_with_output().unwrap();
+    let summary = fleet.check(3, &out);
+    let (lan, far) = (
+        summary["BytesFromLanPeers"].as_u64().unwrap(),
+        summary["BytesFromInternetPeers"].as_u64().unwrap(),
+    );
+    println!(
+        "host 3: {lan} bytes from its LAN peer, {far} from the Internet peer; origin {:.3} copies",
+        ratio(fleet.origin_bytes())
+    );
+    assert!(
+        far <= FILE / 10,
+        "the WAN link carried {far} bytes: {summary}"
+    );
+    assert_eq!(lan + far, FILE, "{summary}");
+    assert_eq!(fleet.origin_bytes(), FILE);
 }

@@ -132,6 +132,9 @@ struct FileRecord {
     /// Verified bytes from the group's members.
     #[serde(default)]
     bytes_from_group_peers: u64,
+    /// Verified bytes from peers beyond the LAN.
+    #[serde(default)]
+    bytes_from_internet_peers: u64,
     transferred: bool,
     completed: bool,
     started_unix_ms: u64,
@@ -331,6 +334,7 @@ impl Jobs {
             bytes_from_http: 0,
             bytes_from_peers: 0,
             bytes_from_group_peers: 0,
+            bytes_from_internet_peers: 0,
             transferred: false,
             completed: false,
             started_unix_ms: 0,
@@ -788,6 +792,7 @@ fn observe(id: &str, job: &mut Job, calls: &mut Vec<NodeCall>) -> bool {
         f.record.bytes_from_http = p.bytes_from_http;
         f.record.bytes_from_peers = p.bytes_from_peers;
         f.record.bytes_from_group_peers = p.bytes_from_group_peers;
+        f.record.bytes_from_internet_peers = p.bytes_from_internet_peers;
         if p.status.bytes_total > 0 || p.status.state == DlState::Transferred {
             f.record.bytes_total = Some(p.status.bytes_total);
         }
@@ -931,8 +936,8 @@ fn file_json(index: usize, f: &File) -> Json {
     })
 }
 
-/// `DOSwarmStats`. Only LAN peers exist (Group and Internet modes are not built), and bytes
-/// served to peers are counted node-wide (`/v1/stats`), not per file.
+/// `DOSwarmStats`. Bytes served to peers are counted node-wide (`/v1/stats`), not per file.
+/// `DownloadMode` stays 0: the node's mode is shown node-wide (`/v1/stats`).
 fn stats_json(job: &JobRecord, f: &File) -> Json {
     let r = &f.record;
     let end = if r.finished_unix_ms > 0 {
@@ -951,7 +956,7 @@ fn stats_json(job: &JobRecord, f: &File) -> Json {
         "FileSize": r.bytes_total.unwrap_or(TO_EOF),
         "TotalBytesDownloaded": r.bytes_done,
         "BytesFromHttp": r.bytes_from_http,
-        "BytesFromLanPeers": r.bytes_from_peers, "BytesFromGroupPeers": r.bytes_from_group_peers, "BytesFromInternetPeers": 0,
+        "BytesFromLanPeers": r.bytes_from_peers, "BytesFromGroupPeers": r.bytes_from_group_peers, "BytesFromInternetPeers": r.bytes_from_internet_peers,
         "BytesToLanPeers": 0, "BytesToGroupPeers": 0, "BytesToInternetPeers": 0,
         "HttpConnectionCount": u32::from(r.started_unix_ms > 0),
         "LanConnectionCount": 0, "GroupConnectionCount": 0, "InternetConnectionCount": 0,

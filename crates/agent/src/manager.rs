@@ -192,18 +192,19 @@ impl Manager {
     }
 
     /// Bytes by source of a started download: (BytesFromHttp, BytesFromLanPeers,
-    /// BytesFromGroupPeers, BytesFromCache).
-    pub(crate) fn stats(&self, id: &str) -> Result<(u64, u64, u64, u64)> {
+    /// BytesFromGroupPeers, BytesFromInternetPeers, BytesFromCache).
+    pub(crate) fn stats(&self, id: &str) -> Result<[u64; 5]> {
         let records = self.lock();
         let r = records.get(id).ok_or(ApiError::NotFound)?;
-        Ok(r.download.as_ref().map_or((0, 0, 0, 0), |(_, rx)| {
+        Ok(r.download.as_ref().map_or([0; 5], |(_, rx)| {
             let p = rx.borrow();
-            (
+            [
                 p.bytes_from_http,
                 p.bytes_from_peers,
                 p.bytes_from_group_peers,
+                p.bytes_from_internet_peers,
                 p.bytes_from_cache,
-            )
+            ]
         }))
     }
 

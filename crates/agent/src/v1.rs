@@ -142,11 +142,12 @@ async fn route(
                     props.insert(p.name().into(), v);
                 }
             }
-            let (http, peers, group, cache) = manager.stats(id)?;
+            let [http, peers, group, internet, cache] = manager.stats(id)?;
             let stats = json!({
                 "BytesFromHttp": http,
                 "BytesFromLanPeers": peers,
                 "BytesFromGroupPeers": group,
+                "BytesFromInternetPeers": internet,
                 "BytesFromCache": cache,
             });
             ok(json!({ "Id": id, "Status": status, "Properties": props, "Stats": stats }))
@@ -156,20 +157,21 @@ async fn route(
             let peers: Vec<Json> = s
                 .peers
                 .iter()
-                .map(|(id, addr)| json!({ "PeerId": id, "Address": addr }))
+                .map(|(id, addr, class)| json!({ "PeerId": id, "Address": addr, "Class": class }))
                 .collect();
             ok(json!({
                 "PeerId": s.peer_id,
                 "GroupId": s.group,
+                "DownloadMode": s.mode,
                 "NumPeers": s.peers.len(),
                 "Peers": peers,
                 "BytesFromHttp": s.bytes_from_http,
                 "BytesFromLanPeers": s.bytes_from_lan_peers,
                 "BytesFromGroupPeers": s.bytes_from_group_peers,
-                "BytesFromInternetPeers": 0,
+                "BytesFromInternetPeers": s.bytes_from_internet_peers,
                 "BytesToLanPeers": s.bytes_to_lan_peers,
                 "BytesToGroupPeers": s.bytes_to_group_peers,
-                "BytesToInternetPeers": 0,
+                "BytesToInternetPeers": s.bytes_to_internet_peers,
                 "PeersBanned": s.peers_banned,
             }))
         }

@@ -66,6 +66,8 @@ pub struct Sources {
     pub lan_peers: u64,
     /// From the members of the node's group (`BytesFromGroupPeers`).
     pub group_peers: u64,
+    /// From peers beyond the LAN (`BytesFromInternetPeers`).
+    pub internet_peers: u64,
     /// Already verified in the daemon's cache (`BytesFromCache`).
     pub cache: u64,
 }
@@ -264,6 +266,7 @@ impl Download {
             http: n("BytesFromHttp"),
             lan_peers: n("BytesFromLanPeers"),
             group_peers: n("BytesFromGroupPeers"),
+            internet_peers: n("BytesFromInternetPeers"),
             cache: n("BytesFromCache"),
         })
     }

@@ -97,6 +97,7 @@ pub(crate) enum IoEvent {
         request: RequestId,
         block: BlockIndex,
         bytes: u64,
+        class: PeerClass,
     },
     /// A peer's answer, before the download's manifest was trusted: the bytes of consecutive
     /// blocks from byte `offset`, each block with its size and the hash of its bytes; not
@@ -107,6 +108,7 @@ pub(crate) enum IoEvent {
         offset: u64,
         data: Vec<u8>,
         blocks: Vec<(u64, u64, BlockHash)>,
+        class: PeerClass,
     },
     /// A block from a peer failed verification; its bytes were dropped.
     PeerCorrupt {
@@ -172,12 +174,20 @@ impl Actor {
         let origin = Client::new(config.origin.clone())?;
         let p2p = match &config.p2p {
             Some(p2p_config) => {
-                let p2p = P2p::start(p2p_config, &config.cache_dir)?;
+                let mut p2p = P2p::start(p2p_config, &config.cache_dir)?;
+                p2p.announce_cached(&store);
                 config.engine.node_key = p2p.key();
+                // Internet mode: long enough to ask the DHT and dial the holders it names.
+                let internet = if p2p_config.internet {
+                    crate::INTERNET_FALLBACK_DELAY
+                } else {
+                    std::time::Duration::ZERO
+                };
                 config.engine.origin_fallback_delay = config
                     .engine
                     .origin_fallback_delay
-                    .max(p2p_config.origin_fallback_delay);
+                    .max(p2p_config.origin_fallback_delay)
+                    .max(internet);
                 Some(p2p)
             }
             None => None,
@@ -333,6 +343,7 @@ impl Actor {
             bytes_from_http: 0,
             bytes_from_peers: 0,
             bytes_from_group_peers: 0,
+            bytes_from_internet_peers: 0,
             bytes_from_cache: 0,
             content_id: None,
             response_headers: None,
@@ -429,19 +440,10 @@ impl Actor {
                 request,
                 block,
                 bytes,
+                class,
             } => {
-                let group = self
-                    .p2p
-                    .as_ref()
-                    .is_some_and(|p2p| p2p.class() == PeerClass::Group);
                 if let Some(job) = self.requests.get(&request).and_then(|id| self.jobs.get(id)) {
-                    job.progress.send_modify(|p| {
-                        if group {
-                            p.bytes_from_group_peers += bytes;
-                        } else {
-                            p.bytes_from_peers += bytes;
-                        }
-                    });
+                    job.progress.send_modify(|p| p.add_peer_bytes(class, bytes));
                 }
                 Input::Block { request, block }
             }
@@ -451,6 +453,7 @@ impl Actor {
                 offset,
                 data,
                 blocks,
+                class,
             } => {
                 // Only for a live request: the engine then holds none of these blocks and
                 // fetches them from nowhere else, so the write cannot land on verified bytes.
@@ -460,8 +463,8 @@ impl Actor {
                 let (Some(p2p), Some(job)) = (&mut self.p2p, self.jobs.get(&download)) else {
                     return;
                 };
-                let write = p2p.write_unchecked(&self.store, download, offset, &data, &blocks);
-                let group = p2p.class() == PeerClass::Group;
+                let write =
+                    p2p.write_unchecked(&self.store, download, offset, &data, &blocks, class);
                 let unchecked = matches!(write, UncheckedWrite::Unchecked);
                 let (kept, corrupt): (Vec<(u64, u64)>, _) = match write {
                     // The write failed: the blocks stay owed and are fetched again when the
@@ -473,13 +476,7 @@ impl Actor {
                     UncheckedWrite::Checked { good, corrupt } => (good, corrupt),
                 };
                 let bytes: u64 = kept.iter().map(|&(_, n)| n).sum();
-                job.progress.send_modify(|p| {
-                    if group {
-                        p.bytes_from_group_peers += bytes;
-                    } else {
-                        p.bytes_from_peers += bytes;
-                    }
-                });
+                job.progress.send_modify(|p| p.add_peer_bytes(class, bytes));
                 for (block, _) in kept {
                     let block = BlockIndex(block);
                     let input = if unchecked {
@@ -659,6 +656,9 @@ impl Actor {
             stats.bytes_to_lan_peers = c.bytes_to_lan_peers.load(Ordering::Relaxed);
             stats.bytes_from_group_peers = c.bytes_from_group_peers.load(Ordering::Relaxed);
             stats.bytes_to_group_peers = c.bytes_to_group_peers.load(Ordering::Relaxed);
+            stats.bytes_from_internet_peers = c.bytes_from_internet_peers.load(Ordering::Relaxed);
+            stats.bytes_to_internet_peers = c.bytes_to_internet_peers.load(Ordering::Relaxed);
+            stats.mode = Some(p2p.mode());
             stats.peers_banned = c.peers_banned.load(Ordering::Relaxed);
         }
         stats

@@ -84,7 +84,21 @@ pub struct P2pConfig {
     /// asks every peer as soon as it knows its file, and peers on a LAN answer within
     /// milliseconds.
     pub origin_fallback_delay: Duration,
+    /// Internet mode: besides the LAN's peers, peers found through the bootstrap peers and the
+    /// DHT (Kademlia provider records keyed by content id), counted as Internet peers and
+    /// asked after the LAN's, for what the LAN's lack; the origin fallback delay is then at
+    /// least [`INTERNET_FALLBACK_DELAY`]. Default false (LAN mode, or Group mode with a
+    /// group).
+    pub internet: bool,
+    /// Peers to join the DHT through (`/ip4/…/tcp/…/p2p/<peer id>`), dialed at start; used
+    /// in Internet mode and in Group mode (where they must be members). Default none.
+    pub bootstrap: Vec<libp2p::Multiaddr>,
 }
+
+/// The least origin fallback delay in Internet mode: a download asks the DHT who holds its
+/// file, dials them (the node with the higher peer id waits 2 s for the other's dial) and asks
+/// what they hold before the origin sends what they could.
+pub const INTERNET_FALLBACK_DELAY: Duration = Duration::from_secs(5);
 
 /// A transport peers are reached over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,6 +136,8 @@ impl Default for P2pConfig {
             upload_slots: 4,
             upload_max_rate: None,
             origin_fallback_delay: Duration::from_secs(1),
+            internet: false,
+            bootstrap: Vec::new(),
         }
     }
 }
@@ -181,6 +197,9 @@ pub struct Progress {
     /// Verified bytes received from the members of the node's group (DO's
     /// `BytesFromGroupPeers`; Group mode only).
     pub bytes_from_group_peers: u64,
+    /// Verified bytes received from peers beyond the LAN (DO's `BytesFromInternetPeers`;
+    /// Internet mode only).
+    pub bytes_from_internet_peers: u64,
     /// Requested bytes that were already verified in the local cache.
     pub bytes_from_cache: u64,
     /// The file's content id, once known.
@@ -191,6 +210,16 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Counts `bytes` received from a peer of `class`.
+    fn add_peer_bytes(&mut self, class: do_engine::PeerClass, bytes: u64) {
+        let counter = match class {
+            do_engine::PeerClass::Lan => &mut self.bytes_from_peers,
+            do_engine::PeerClass::Group => &mut self.bytes_from_group_peers,
+            do_engine::PeerClass::Internet => &mut self.bytes_from_internet_peers,
+        };
+        *counter += bytes;
+    }
+
     /// True once the download can go no further without a command: transferred, finished,
     /// aborted, or paused by a fatal error.
     pub fn is_settled(&self) -> bool {
@@ -208,8 +237,10 @@ pub struct NodeStats {
     pub peer_id: Option<String>,
     /// The group id in Group mode.
     pub group: Option<String>,
-    /// Connected peers: peer id and address.
-    pub peers: Vec<(String, String)>,
+    /// The download mode when the p2p side is on: `lan`, `group` or `internet`.
+    pub mode: Option<&'static str>,
+    /// Connected peers: peer id, address, and class (`lan`, `group` or `internet`).
+    pub peers: Vec<(String, String, &'static str)>,
     /// Bytes received from HTTP origins (`BytesFromHttp`).
     pub bytes_from_http: u64,
     /// Verified bytes received from LAN peers (`BytesFromLanPeers`).
@@ -220,6 +251,10 @@ pub struct NodeStats {
     pub bytes_from_group_peers: u64,
     /// Bytes served to the group's members (`BytesToGroupPeers`).
     pub bytes_to_group_peers: u64,
+    /// Verified bytes received from peers beyond the LAN (`BytesFromInternetPeers`).
+    pub bytes_from_internet_peers: u64,
+    /// Bytes served to peers beyond the LAN (`BytesToInternetPeers`).
+    pub bytes_to_internet_peers: u64,
     /// Peers banned for sending bytes that failed verification.
     pub peers_banned: u64,
 }

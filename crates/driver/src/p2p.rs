@@ -1,7 +1,8 @@
-//! The node's p2p side: finding LAN peers, telling the engine who holds what, carrying the
-//! engine's block requests to peers (verifying every block before it is written), building a
-//! trusted manifest from peers' block hashes, and serving the cache (complete files and the
-//! verified blocks of downloads in progress) to others.
+//! The node's p2p side: finding peers (on the LAN over mDNS; beyond it, in Group and Internet
+//! modes, through bootstrap peers and Kademlia provider records), telling the engine who holds
+//! what, carrying the engine's block requests to peers (verifying every block before it is
+//! written), building a trusted manifest from peers' block hashes, and serving the cache
+//! (complete files and the verified blocks of downloads in progress) to others.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -25,9 +26,10 @@ use do_p2p::{
 use do_store::{EntryId, Store};
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, Swarm, mdns,
+    Multiaddr, Swarm, identify, kad, mdns,
+    multiaddr::Protocol,
     request_response::{self, OutboundRequestId, ResponseChannel},
-    swarm::{SwarmEvent, dial_opts::DialOpts},
+    swarm::{ConnectionId, NetworkBehaviour as _, SwarmEvent, dial_opts::DialOpts},
 };
 use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn};
@@ -44,9 +46,12 @@ const DO_E_PEER_REQUEST_FAILED: u32 = 0x80D0_6802;
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Requests waiting for an upload slot; beyond this, peers get `Busy`.
 const UPLOAD_QUEUE: usize = 256;
+/// How often (in polls) a download asks the DHT again who holds its file: co-fetchers beyond
+/// the LAN announce themselves as they start.
+const PROVIDER_QUERY_POLLS: u64 = 10;
 
-/// Answers computed off the actor, waiting to be sent.
-type Answer = (ResponseChannel<Response>, Response);
+/// Answers computed off the actor, waiting to be sent, with the class of the peer asking.
+type Answer = (ResponseChannel<Response>, Response, PeerClass);
 
 /// Byte and peer counters, node-wide (DO's `Get-DeliveryOptimizationPerfSnap` fields).
 #[derive(Debug, Default)]
@@ -55,21 +60,25 @@ pub(crate) struct Counters {
     pub(crate) bytes_to_lan_peers: AtomicU64,
     pub(crate) bytes_from_group_peers: AtomicU64,
     pub(crate) bytes_to_group_peers: AtomicU64,
+    pub(crate) bytes_from_internet_peers: AtomicU64,
+    pub(crate) bytes_to_internet_peers: AtomicU64,
     pub(crate) peers_banned: AtomicU64,
 }
 
 impl Counters {
     fn received_from(&self, class: PeerClass) -> &AtomicU64 {
         match class {
+            PeerClass::Lan => &self.bytes_from_lan_peers,
             PeerClass::Group => &self.bytes_from_group_peers,
-            PeerClass::Lan | PeerClass::Internet => &self.bytes_from_lan_peers,
+            PeerClass::Internet => &self.bytes_from_internet_peers,
         }
     }
 
     fn served_to(&self, class: PeerClass) -> &AtomicU64 {
         match class {
+            PeerClass::Lan => &self.bytes_to_lan_peers,
             PeerClass::Group => &self.bytes_to_group_peers,
-            PeerClass::Lan | PeerClass::Internet => &self.bytes_to_lan_peers,
+            PeerClass::Internet => &self.bytes_to_internet_peers,
         }
     }
 }
@@ -102,6 +111,9 @@ struct Swarming {
 struct Known {
     id: PeerId,
     addr: Multiaddr,
+    /// LAN (found by mDNS), Group (every peer in Group mode) or Internet (found beyond the LAN
+    /// in Internet mode).
+    class: PeerClass,
 }
 
 /// A download whose origin could not be reached, asking peers for the file's manifest.
@@ -205,6 +217,12 @@ pub(crate) struct P2p {
     /// Only the group's members can connect in Group mode.
     class: PeerClass,
     group: Option<String>,
+    /// Internet mode: peers mDNS does not see are Internet peers.
+    internet: bool,
+    /// Files announced in the DHT (when Kademlia runs).
+    providing: HashSet<ContentId>,
+    /// Polls since the start, for the DHT's provider queries.
+    polls: u64,
     answers_tx: mpsc::Sender<Answer>,
     answers_rx: mpsc::Receiver<Answer>,
     /// Answers being computed, and requests waiting for a slot (DO's upload slots).
@@ -237,7 +255,10 @@ impl P2p {
         identity_dir: &Path,
     ) -> Result<Self, do_p2p::Error> {
         let key = do_p2p::load_or_create_identity(identity_dir)?;
-        let mut swarm = do_p2p::swarm(key, &config.layer)?;
+        let mut layer = config.layer.clone();
+        // Beyond the LAN: Internet mode, and Group mode given bootstrap peers.
+        layer.kademlia = config.internet || (layer.group.is_some() && !config.bootstrap.is_empty());
+        let mut swarm = do_p2p::swarm(key, &layer)?;
         swarm
             .listen_on(config.listen.clone())
             .map_err(|e| do_p2p::Error::Transport(e.to_string()))?;
@@ -254,6 +275,25 @@ impl P2p {
             }
             None => info!(peer = %me, "p2p layer up"),
         }
+        let mut dialer = Dialer::new(me);
+        for addr in &config.bootstrap {
+            let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+                return Err(do_p2p::Error::Transport(format!(
+                    "bootstrap peer {addr}: the address must end with /p2p/<peer id>"
+                )));
+            };
+            if peer == me {
+                continue;
+            }
+            if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+                kad.add_address(&peer, addr.clone());
+            }
+            dialer.found(Instant::now(), peer, vec![addr.clone()], false);
+        }
+        if let Some(kad) = swarm.behaviour_mut().kad.as_mut() {
+            // Without bootstrap peers the DHT fills from the LAN's peers as they connect.
+            let _ = kad.bootstrap();
+        }
         let (answers_tx, answers_rx) = mpsc::channel(64);
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -266,6 +306,9 @@ impl P2p {
                 PeerClass::Lan
             },
             group: group.map(|g| g.id().to_owned()),
+            internet: config.internet && group.is_none(),
+            providing: HashSet::new(),
+            polls: 0,
             answers_tx,
             answers_rx,
             busy: 0,
@@ -275,7 +318,7 @@ impl P2p {
                 .map(|rate| Arc::new(Mutex::new(Shaper::new(rate)))),
             queue: VecDeque::new(),
             peers: HashMap::new(),
-            dialer: Dialer::new(me),
+            dialer,
             dial_first: config.dial_first,
             banned: HashSet::new(),
             by_engine: HashMap::new(),
@@ -295,9 +338,51 @@ impl P2p {
         self.key
     }
 
-    /// What every peer of this node is: a member of its group in Group mode, else a LAN peer.
-    pub(crate) fn class(&self) -> PeerClass {
-        self.class
+    /// The download mode's name (DO's `DownloadMode`): `lan`, `group` or `internet`.
+    pub(crate) fn mode(&self) -> &'static str {
+        match (self.class, self.internet) {
+            (PeerClass::Group, _) => "group",
+            (_, true) => "internet",
+            _ => "lan",
+        }
+    }
+
+    /// Announces in the DHT every complete file of the cache (at start: a restarted node is
+    /// found again by those who look beyond the LAN).
+    pub(crate) fn announce_cached(&mut self, store: &Store) {
+        if self.swarm.behaviour().kad.as_ref().is_none() {
+            return;
+        }
+        let Ok(entries) = store.entries() else {
+            return;
+        };
+        for (_, meta) in entries {
+            if let (true, Some(Ok(content))) = (
+                meta.complete,
+                meta.content_id.as_deref().map(str::parse::<ContentId>),
+            ) {
+                self.provide(content);
+            }
+        }
+    }
+
+    /// Announces `content` in the DHT, once (Kademlia republishes it).
+    fn provide(&mut self, content: ContentId) {
+        if !self.providing.insert(content) {
+            return;
+        }
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+            && let Err(e) = kad.start_providing(do_p2p::provider_key(content.as_bytes()))
+        {
+            warn!(%content, error = %e, "cannot announce the file in the DHT");
+        }
+    }
+
+    /// Asks the DHT who holds `content`; the holders found are dialed.
+    fn find_providers(&mut self, content: ContentId) {
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            kad.get_providers(do_p2p::provider_key(content.as_bytes()));
+        }
     }
 
     /// The group id in Group mode.
@@ -310,12 +395,19 @@ impl P2p {
         self.swarm.local_peer_id().to_string()
     }
 
-    /// The peers it is connected to, with the address of the connection.
-    pub(crate) fn peer_list(&self) -> Vec<(String, String)> {
-        let mut listed: Vec<(String, String)> = self
+    /// The peers it is connected to, with the address of the connection and their class.
+    pub(crate) fn peer_list(&self) -> Vec<(String, String, &'static str)> {
+        let mut listed: Vec<_> = self
             .peers
             .iter()
-            .map(|(p, known)| (p.to_string(), known.addr.to_string()))
+            .map(|(p, known)| {
+                let class = match known.class {
+                    PeerClass::Lan => "lan",
+                    PeerClass::Group => "group",
+                    PeerClass::Internet => "internet",
+                };
+                (p.to_string(), known.addr.to_string(), class)
+            })
             .collect();
         listed.sort();
         listed
@@ -465,6 +557,9 @@ impl P2p {
         } else {
             self.refresh_own_hashes(ctx, download);
         }
+        // Beyond the LAN: the node says it holds (or fetches) the file, and looks for others.
+        self.provide(content);
+        self.find_providers(content);
         self.poll_peers(download);
     }
 
@@ -526,20 +621,25 @@ impl P2p {
         match event {
             P2pEvent::Tick => {
                 self.dial_due(ctx.now);
+                self.polls += 1;
+                let ask_dht = self.polls.is_multiple_of(PROVIDER_QUERY_POLLS);
                 let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
                 for id in ids {
                     if self.swarms[&id].manifest.is_none() {
                         self.refresh_own_hashes(ctx, id);
                     }
+                    if ask_dht {
+                        self.find_providers(self.swarms[&id].content);
+                    }
                     self.poll_peers(id);
                 }
                 None
             }
-            P2pEvent::Answer((channel, response)) => {
+            P2pEvent::Answer((channel, response, class)) => {
                 self.busy -= 1;
                 if let Response::Blocks { data, .. } = &response {
                     self.counters
-                        .served_to(self.class)
+                        .served_to(class)
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 let _ = self
@@ -613,16 +713,22 @@ impl P2p {
                 let id = PeerId(self.next_peer);
                 self.next_peer += 1;
                 let addr = endpoint.get_remote_address().clone();
-                self.peers.insert(peer_id, Known { id, addr });
+                let on_lan = self
+                    .swarm
+                    .behaviour()
+                    .mdns
+                    .as_ref()
+                    .is_some_and(|m| m.discovered_nodes().any(|p| *p == peer_id));
+                let class = if self.internet && !on_lan {
+                    PeerClass::Internet
+                } else {
+                    self.class
+                };
+                self.peers.insert(peer_id, Known { id, addr, class });
                 self.by_engine.insert(id, peer_id);
-                info!(peer = %peer_id, "peer connected");
-                ctx.engine.handle_input(
-                    ctx.now,
-                    Input::PeerAdded {
-                        peer: id,
-                        class: self.class,
-                    },
-                );
+                info!(peer = %peer_id, ?class, "peer connected");
+                ctx.engine
+                    .handle_input(ctx.now, Input::PeerAdded { peer: id, class });
                 let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
                 for download in ids {
                     self.poll_peers(download);
@@ -650,9 +756,71 @@ impl P2p {
             SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
                 return self.on_blocks(event, ctx);
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => self.learn_addresses(peer_id, info.listen_addrs),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })),
+                ..
+            })) => {
+                for peer in providers {
+                    self.found_provider(ctx.now, peer);
+                }
+                self.dial_due(ctx.now);
+            }
             _ => {}
         }
         None
+    }
+
+    /// A peer told the addresses it listens on: the DHT can route to it (a peer that dialed
+    /// this node is otherwise known by its ephemeral port only). Loopback addresses are kept
+    /// only from a peer on this host.
+    fn learn_addresses(&mut self, peer: libp2p::PeerId, addrs: Vec<Multiaddr>) {
+        let local_peer = self.peers.get(&peer).is_some_and(|k| is_loopback(&k.addr));
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        for addr in addrs {
+            if local_peer || !is_loopback(&addr) {
+                kad.add_address(&peer, addr);
+            }
+        }
+    }
+
+    /// The DHT named `peer` as a holder of a file this node wants: it is dialed (by the
+    /// dialer's rules, at the addresses the DHT knows), unless connected already.
+    fn found_provider(&mut self, now: Instant, peer: libp2p::PeerId) {
+        if peer == *self.swarm.local_peer_id()
+            || self.banned.contains(&peer)
+            || self.swarm.is_connected(&peer)
+        {
+            return;
+        }
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        // The DHT's addresses of the peer: its routing table's and those its queries heard.
+        let addrs = kad
+            .handle_pending_outbound_connection(
+                ConnectionId::new_unchecked(0),
+                Some(peer),
+                &[],
+                libp2p::core::Endpoint::Dialer,
+            )
+            .unwrap_or_default();
+        if addrs.is_empty() {
+            debug!(%peer, "a holder without a known address");
+            return;
+        }
+        debug!(%peer, "found in the DHT");
+        self.dialer.found(now, peer, addrs, false);
     }
 
     fn on_blocks(
@@ -770,10 +938,10 @@ impl P2p {
         })
     }
 
-    /// Dials the peers found on the LAN whose turn it is (see [`Dialer`]).
+    /// Dials the peers found whose turn it is (see [`Dialer`]).
     fn dial_due(&mut self, now: Instant) {
         for (peer, mut addrs) in self.dialer.due(now) {
-            debug!(%peer, "found on the LAN; dialing");
+            debug!(%peer, "dialing");
             // The preferred transport first, one address at a time (the swarm would race them
             // all, and the first to connect would win whatever its transport).
             addrs.sort_by_key(|a| crate::Transport::of(a) != self.dial_first);
@@ -796,6 +964,7 @@ impl P2p {
             };
             debug!(%peer, ?request, "peer request");
             self.busy += 1;
+            let class = self.peers.get(&peer).map_or(self.class, |k| k.class);
             let (store, tx, active, shaper) = (
                 Arc::clone(ctx.store),
                 self.answers_tx.clone(),
@@ -816,7 +985,7 @@ impl P2p {
                         .delay(Instant::now(), data.len() as u64);
                     tokio::time::sleep(wait).await;
                 }
-                let _ = tx.send((channel, response)).await;
+                let _ = tx.send((channel, response, class)).await;
             });
         }
     }
@@ -833,7 +1002,7 @@ impl P2p {
             Pending::Claim { download } => return self.on_claim(download, response),
             _ => {}
         }
-        let Some(peer) = self.peers.get(&from).map(|k| k.id) else {
+        let Some((peer, class)) = self.peers.get(&from).map(|k| (k.id, k.class)) else {
             if let Pending::Blocks { request, .. } = pending {
                 fail_request(ctx, request);
             }
@@ -950,7 +1119,7 @@ impl P2p {
                 };
                 let (store, io_tx, entry, len) =
                     (Arc::clone(ctx.store), ctx.io_tx.clone(), s.entry, s.len);
-                let (counters, class) = (Arc::clone(&self.counters), self.class);
+                let counters = Arc::clone(&self.counters);
                 let manifest = s.manifest.clone();
                 ctx.tasks.spawn(async move {
                     let outcome = tokio::task::spawn_blocking(move || {
@@ -960,7 +1129,9 @@ impl P2p {
                                 write_peer_blocks(&store, entry, &manifest, blocks, got, &data)
                                     .into_events(request, &counters, class)
                             }
-                            None => hash_unchecked(request, download, len, blocks, got, data),
+                            None => {
+                                hash_unchecked(request, download, len, blocks, got, data, class)
+                            }
                         }
                     })
                     .await;
@@ -1048,11 +1219,12 @@ impl P2p {
         offset: u64,
         data: &[u8],
         blocks: &[(u64, u64, BlockHash)],
+        class: PeerClass,
     ) -> UncheckedWrite {
         let Some(s) = self.swarms.get_mut(&download) else {
             return UncheckedWrite::Failed;
         };
-        let received = self.counters.received_from(self.class);
+        let received = self.counters.received_from(class);
         let Some(manifest) = &s.manifest else {
             let written = store.writer(s.entry).and_then(|w| w.write_at(offset, data));
             if let Err(e) = written {
@@ -1242,6 +1414,15 @@ pub(crate) struct Join {
     pub(crate) manifest: Option<Arc<Manifest>>,
 }
 
+/// True for an address on the loopback interface.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 fn fail_request(ctx: &mut Ctx<'_>, request: RequestId) {
     let _ = ctx.io_tx.try_send(IoEvent::FetchEnded {
         request,
@@ -1302,6 +1483,7 @@ impl Written {
                     request,
                     block: BlockIndex(block),
                     bytes,
+                    class,
                 }
             })
             .collect();
@@ -1387,6 +1569,7 @@ fn hash_unchecked(
     blocks: std::ops::Range<u64>,
     first: u64,
     data: Vec<u8>,
+    class: PeerClass,
 ) -> Vec<IoEvent> {
     let span = |b: u64| block_range(len, BlockIndex(b));
     let inside: Vec<u64> = blocks.clone().filter(|&b| b < block_count(len)).collect();
@@ -1415,6 +1598,7 @@ fn hash_unchecked(
             offset,
             data,
             blocks: hashed,
+            class,
         },
         end,
     ]

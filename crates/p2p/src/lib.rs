@@ -1,12 +1,12 @@
-//! The libp2p layer of donode: a persisted node identity, LAN discovery over mDNS, and the
-//! block exchange protocol ([`wire`]) over TCP with noise and yamux, and over QUIC; in Group
-//! mode ([`Group`]), over TCP only, under libp2p's private-network layer keyed by the group's
-//! secret.
+//! The libp2p layer of donode: a persisted node identity, LAN discovery over mDNS, discovery
+//! beyond the LAN over Kademlia provider records keyed by content id, identify and ping, and
+//! the block exchange protocol ([`wire`]) over TCP with noise and yamux, and over QUIC; in
+//! Group mode ([`Group`]), over TCP only, under libp2p's private-network layer keyed by the
+//! group's secret.
 //!
 //! It carries bytes and makes no decision: which blocks to ask of whom is the engine's job,
 //! and every block a peer sends is verified against a trusted manifest by the caller before
-//! anything uses it. The driver (`do-driver`) uses it for downloads and serving. Not here yet:
-//! Kademlia provider records (see `docs/p2p-design.md`).
+//! anything uses it. The driver (`do-driver`) uses it for downloads and serving.
 #![warn(missing_docs)]
 
 mod memory;
@@ -19,8 +19,9 @@ use std::{fmt, path::Path, time::Duration};
 use libp2p::{
     Swarm, Transport as _,
     core::upgrade::Version,
+    identify,
     identity::Keypair,
-    mdns, noise,
+    kad, mdns, noise, ping,
     pnet::{PnetConfig, PreSharedKey},
     request_response, tcp, yamux,
 };
@@ -40,6 +41,25 @@ pub struct Config {
     /// Carry QUIC besides TCP (outside Group mode: the private-network layer is TCP only).
     /// Default true.
     pub quic: bool,
+    /// Run Kademlia (in server mode, over donode's own protocol name, so that donode nodes
+    /// form a DHT of their own) to find the holders of a file beyond the LAN. Default false.
+    pub kademlia: bool,
+}
+
+/// The Kademlia protocol name: donode's DHT, apart from any other libp2p DHT.
+pub const KAD_PROTOCOL: &str = "/donode/kad/1.0.0";
+/// How long a provider record lives where it is stored (libp2p's default is 48 h: a node that
+/// left would be named for two days).
+pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(60 * 60);
+/// How often a node announces again what it provides (libp2p's default is 12 h; three times
+/// per record lifetime keeps a live provider findable through the loss of a record holder).
+pub const PROVIDER_REPUBLISH: Duration = Duration::from_secs(20 * 60);
+/// The identify protocol version donode nodes send.
+pub const IDENTIFY_PROTOCOL: &str = "/donode/id/1.0.0";
+
+/// The Kademlia key of a file: its content id (32 bytes). One record per file, not per block.
+pub fn provider_key(content: &[u8; 32]) -> kad::RecordKey {
+    kad::RecordKey::new(content)
 }
 
 impl Default for Config {
@@ -50,6 +70,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             group: None,
             quic: true,
+            kademlia: false,
         }
     }
 }
@@ -106,7 +127,10 @@ pub use composed::{Behaviour, BehaviourEvent};
 // The derive also generates `BehaviourEvent`, whose variants it does not document.
 #[allow(missing_docs)]
 mod composed {
-    use libp2p::{mdns, request_response, swarm::NetworkBehaviour};
+    use libp2p::{
+        identify, kad, mdns, ping, request_response,
+        swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+    };
 
     use crate::wire;
 
@@ -116,7 +140,14 @@ mod composed {
         /// The block exchange protocol.
         pub blocks: request_response::Behaviour<wire::Codec>,
         /// LAN discovery (disabled when the config says so).
-        pub mdns: libp2p::swarm::behaviour::toggle::Toggle<mdns::tokio::Behaviour>,
+        pub mdns: Toggle<mdns::tokio::Behaviour>,
+        /// Discovery beyond the LAN (when the config says so).
+        pub kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
+        /// Tells each peer the addresses this node listens on (Kademlia learns peers'
+        /// addresses from it).
+        pub identify: identify::Behaviour,
+        /// Round-trip times, and a dead connection noticed.
+        pub ping: ping::Behaviour,
     }
 }
 
@@ -239,12 +270,31 @@ fn behaviour(
     } else {
         None
     };
+    let me = key.public().to_peer_id();
+    let kad = config.kademlia.then(|| {
+        let mut kad_config = kad::Config::new(libp2p::StreamProtocol::new(KAD_PROTOCOL));
+        kad_config
+            .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL))
+            .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
+            .set_query_timeout(Duration::from_secs(20));
+        let mut kad = kad::Behaviour::with_config(me, kad::store::MemoryStore::new(me), kad_config);
+        // A node serves the DHT whether or not it knows an external address (libp2p would
+        // keep a node without one a client, and a LAN or a lab has none).
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
     Ok(Behaviour {
         blocks: request_response::Behaviour::new(
             [(protocol, request_response::ProtocolSupport::Full)],
             rr_config,
         ),
         mdns: mdns.into(),
+        kad: kad.into(),
+        identify: identify::Behaviour::new(identify::Config::new(
+            IDENTIFY_PROTOCOL.to_owned(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::default(),
     })
 }
 

@@ -68,6 +68,7 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
                 spare_hosts: 0,
                 file_bytes: bytes,
                 origin_mbit: None,
+                remote_hosts: 0,
             });
             for host in 2..=3 {
                 fleet.start_daemon_with(host, &["--transport", transport]);
@@ -141,6 +142,7 @@ fn crowd(args: &Args, lan_bytes_per_s: f64) -> anyhow::Result<()> {
             spare_hosts: 0,
             file_bytes: bytes,
             origin_mbit: Some(args.origin_mbit),
+            remote_hosts: 0,
         });
         let started = Instant::now();
         let gets: Vec<_> = (2..=args.nodes + 1)
