@@ -318,7 +318,84 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+    use libp2p::{Multiaddr, swarm::SwarmEvent};
+
     use super::*;
+
+    /// A swarm on loopback with Kademlia and without mDNS, and the address it listens on.
+    async fn dht_node() -> (Swarm<Behaviour>, Multiaddr) {
+        let config = Config {
+            mdns: false,
+            quic: false,
+            kademlia: true,
+            ..Config::default()
+        };
+        let mut swarm = swarm(Keypair::generate_ed25519(), &config).unwrap();
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                return (swarm, address);
+            }
+        }
+    }
+
+    fn kad(swarm: &mut Swarm<Behaviour>) -> &mut kad::Behaviour<kad::store::MemoryStore> {
+        swarm.behaviour_mut().kad.as_mut().expect("Kademlia on")
+    }
+
+    #[tokio::test]
+    async fn a_provider_record_names_its_holder_to_a_node_two_hops_away() {
+        let (mut holder, holder_addr) = dht_node().await;
+        let (mut middle, middle_addr) = dht_node().await;
+        let (mut asker, _) = dht_node().await;
+        let (h, m) = (*holder.local_peer_id(), *middle.local_peer_id());
+        // The middle node knows the holder; the asker knows only the middle node.
+        kad(&mut middle).add_address(&h, holder_addr);
+        kad(&mut holder).add_address(&m, middle_addr.clone());
+        kad(&mut asker).add_address(&m, middle_addr);
+        let key = provider_key(&[7; 32]);
+        kad(&mut holder).start_providing(key.clone()).unwrap();
+        let mut asked = false;
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                tokio::select! {
+                    event = holder.select_next_some() => {
+                        if let SwarmEvent::Behaviour(BehaviourEvent::Kad(
+                            kad::Event::OutboundQueryProgressed {
+                                result: kad::QueryResult::StartProviding(done), ..
+                            },
+                        )) = event
+                        {
+                            assert!(done.is_ok(), "announced: {done:?}");
+                            kad(&mut asker).get_providers(key.clone());
+                            asked = true;
+                        }
+                    }
+                    _ = middle.select_next_some() => {}
+                    event = asker.select_next_some() => {
+                        if let SwarmEvent::Behaviour(BehaviourEvent::Kad(
+                            kad::Event::OutboundQueryProgressed {
+                                result: kad::QueryResult::GetProviders(Ok(
+                                    kad::GetProvidersOk::FoundProviders { providers, .. },
+                                )),
+                                ..
+                            },
+                        )) = event
+                        {
+                            return providers;
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("the asker found the holder");
+        assert!(asked);
+        assert!(found.contains(&h), "{found:?}");
+    }
 
     #[test]
     fn the_identity_is_stable_across_restarts() {
