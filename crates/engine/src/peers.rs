@@ -299,7 +299,8 @@ impl Engine {
                 _ => classes.push(vec![peer]),
             }
         }
-        for mut peers in classes {
+        let last = classes.len().saturating_sub(1);
+        for (c, mut peers) in classes.into_iter().enumerate() {
             let turn = (self.rng.next_u64() % peers.len() as u64) as usize;
             peers.rotate_left(turn);
             // Peers found to hold nothing that is missing: `missing` only shrinks here, so they
@@ -347,7 +348,7 @@ impl Engine {
                 }
             }
             // What this class holds is left to it: farther peers get only what it lacks.
-            for peer in &peers {
+            for peer in peers.iter().filter(|_| c < last) {
                 if let Some(have) = self.downloads[&id].haves.get(peer) {
                     wanted.subtract(have);
                 }
