@@ -81,6 +81,15 @@ impl BlockBits {
         }
     }
 
+    /// Keeps only the blocks `other` holds too.
+    pub fn intersect_with(&mut self, other: &Self) {
+        self.count = 0;
+        for (w, a) in self.words.iter_mut().enumerate() {
+            *a &= other.words.get(w).copied().unwrap_or(0);
+            self.count += u64::from(a.count_ones());
+        }
+    }
+
     /// Removes `run` from the set.
     pub fn clear(&mut self, run: Range<u64>) {
         for b in run {
@@ -203,6 +212,11 @@ mod tests {
             expected.remove(s, s + l);
             prop_assert_eq!(cut.count(), expected.count());
             prop_assert_eq!(cut.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
+            let mut both = x.clone();
+            both.intersect_with(&y);
+            let expected: Vec<u64> = old.iter().filter(|&b| new.contains(b)).collect();
+            prop_assert_eq!(both.count(), expected.len() as u64);
+            prop_assert_eq!(both.iter().collect::<Vec<_>>(), expected);
             let mut less = x.clone();
             less.subtract(&y);
             let expected = old.difference(&new);

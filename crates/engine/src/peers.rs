@@ -54,6 +54,12 @@ impl Engine {
                         banned: false,
                     })
                     .class = class;
+                // A peer beyond the LAN: the LAN's co-fetchers now split what crosses the WAN.
+                if class != PeerClass::Lan {
+                    for d in self.downloads.values_mut() {
+                        d.move_shares();
+                    }
+                }
             }
             Input::PeerRemoved { peer } => {
                 self.peers.remove(&peer);
@@ -300,7 +306,16 @@ impl Engine {
             }
         }
         let last = classes.len().saturating_sub(1);
+        let mut far_applied = false;
         for (c, mut peers) in classes.into_iter().enumerate() {
+            // Past the LAN, this node brings only its share of what the LAN lacks: the LAN's
+            // other co-fetchers bring the rest across the WAN, each block once per site.
+            if !far_applied && self.peers[&peers[0]].class != PeerClass::Lan {
+                far_applied = true;
+                if let Some(Some(Split { far: Some(far), .. })) = &self.downloads[&id].split {
+                    wanted.intersect_with(far);
+                }
+            }
             let turn = (self.rng.next_u64() % peers.len() as u64) as usize;
             peers.rotate_left(turn);
             // Peers found to hold nothing that is missing: `missing` only shrinks here, so they
@@ -320,9 +335,12 @@ impl Engine {
                     if dry[k] {
                         continue;
                     }
-                    let Some(blocks) =
-                        pick(d, &wanted, peer, offset, self.config.peer_request_blocks)
-                    else {
+                    let max = if self.peers[&peer].class == PeerClass::Lan {
+                        self.config.peer_request_blocks
+                    } else {
+                        self.config.far_request_blocks
+                    };
+                    let Some(blocks) = pick(d, &wanted, peer, offset, max) else {
                         dry[k] = true;
                         continue;
                     };
@@ -487,22 +505,7 @@ impl Engine {
             members.extend(near.keys().filter(|k| !out.contains(k)));
             members.push(own);
             let points = ring(&members, blocks);
-            let part = |k: u64| -> RangeSet {
-                let mut set = RangeSet::new();
-                for (i, &(start, key)) in points.iter().enumerate() {
-                    if key != k {
-                        continue;
-                    }
-                    match points.get(i + 1) {
-                        Some(&(end, _)) => set.insert(start, end),
-                        None => {
-                            set.insert(start, blocks);
-                            set.insert(0, points[0].0);
-                        }
-                    }
-                }
-                set
-            };
+            let part = |k: u64| arcs(&points, k, blocks);
             let dropout = direct.iter().position(|&(k, stalled)| {
                 if !stalled {
                     return false;
@@ -530,10 +533,41 @@ impl Engine {
                     return Some(Split {
                         mine: part(own),
                         told,
+                        far: self.far_share(d, blocks),
                     });
                 }
             }
         }
+    }
+
+    /// With peers beyond the LAN: the blocks this node brings across the WAN for its LAN, its
+    /// arcs on the ring of itself and its LAN co-fetchers that still grow (a stalled one's go
+    /// to the others). `None`: no peer beyond the LAN, or no LAN co-fetcher to share with.
+    fn far_share(&self, d: &Download, blocks: u64) -> Option<BlockBits> {
+        if self.peers.values().all(|p| p.class == PeerClass::Lan) {
+            return None;
+        }
+        let own = self.config.node_key;
+        let mut lan: Vec<u64> = d
+            .co_fetchers
+            .iter()
+            .filter(|(p, co)| {
+                !co.stalled
+                    && co.key != own
+                    && self
+                        .peers
+                        .get(p)
+                        .is_some_and(|i| !i.banned && i.class == PeerClass::Lan)
+            })
+            .map(|(_, co)| co.key)
+            .collect();
+        if lan.is_empty() {
+            return None;
+        }
+        lan.push(own);
+        lan.sort_unstable();
+        lan.dedup();
+        Some(BlockBits::from_set(&arcs(&ring(&lan, blocks), own, blocks)))
     }
 
     /// True when peers could help this download: it knows the content id it must hash to (so
@@ -556,6 +590,8 @@ impl Engine {
 pub(crate) struct Split {
     /// The blocks this node fetches from the origin.
     pub(crate) mine: RangeSet,
+    /// The blocks this node fetches from peers beyond the LAN ([`Engine::far_share`]).
+    pub(crate) far: Option<BlockBits>,
     /// The ring of this node, its own co-fetchers among those it splits with, and the
     /// reported ones at most [`TOLD_HOPS`] away, as `(point, key, distance)`: what
     /// [`Engine::co_fetchers_for`] answers from.
@@ -573,6 +609,25 @@ pub(crate) const TOLD_HOPS: u8 = 2;
 pub(crate) const SPLIT_POINTS: u64 = 4;
 
 /// Where point `point` of `key` falls on the ring of a file of `blocks` blocks.
+/// The arcs of `key` on a ring of `points` ([`ring`]) over `blocks` blocks: from each of its
+/// points up to the next point.
+fn arcs(points: &[(u64, u64)], key: u64, blocks: u64) -> RangeSet {
+    let mut set = RangeSet::new();
+    for (i, &(start, k)) in points.iter().enumerate() {
+        if k != key {
+            continue;
+        }
+        match points.get(i + 1) {
+            Some(&(end, _)) => set.insert(start, end),
+            None => {
+                set.insert(start, blocks);
+                set.insert(0, points[0].0);
+            }
+        }
+    }
+    set
+}
+
 pub(crate) fn ring_point(key: u64, point: u64, blocks: u64) -> u64 {
     ((u128::from(mix(key, point)) * u128::from(blocks)) >> 64) as u64
 }

@@ -1066,6 +1066,48 @@ fn co_fetching() -> Harness {
 }
 
 #[test]
+fn co_fetchers_on_a_lan_split_what_they_take_from_a_peer_beyond_it() {
+    // Peers 1 and 2 (keys 1 and 9) fetch the file on this node's LAN and hold nothing yet;
+    // peer 3, beyond the LAN, holds it all. This node takes from peer 3 its own arcs of the
+    // LAN's ring only: the others bring theirs, so each block crosses the WAN once.
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+    let mut h = node_five();
+    for (peer, class) in [
+        (1, PeerClass::Lan),
+        (2, PeerClass::Lan),
+        (3, PeerClass::Internet),
+    ] {
+        h.input(Input::PeerAdded {
+            peer: PeerId(peer),
+            class,
+        });
+    }
+    for (peer, key) in [(1, 1), (2, 9)] {
+        h.input(Input::PeerFetching {
+            id: ID,
+            peer: PeerId(peer),
+            key,
+        });
+    }
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(3),
+        blocks: all(SPLIT_BLOCKS),
+    });
+    h.input(Input::ManifestTrusted {
+        id: ID,
+        refuted: RangeSet::new(),
+        lost: RangeSet::new(),
+    });
+    h.answer_stat(Ok(info(SPLIT_BLOCKS * BLOCK_SIZE)));
+    let got = serve_sources(&mut h, &[]);
+    let mut far = got.get(&Some(3)).cloned().unwrap_or_default();
+    far.sort_unstable();
+    assert_eq!(far, blocks_of(&p[&5]), "{got:?}");
+    assert_eq!(got.len(), 1, "nothing from the origin or the LAN: {got:?}");
+}
+
+#[test]
 fn nodes_fetching_a_file_together_split_the_origin_work() {
     let mut h = co_fetching();
     let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
