@@ -111,8 +111,8 @@ struct Swarming {
 struct Known {
     id: PeerId,
     addr: Multiaddr,
-    /// LAN (found by mDNS), Group (every peer in Group mode) or Internet (found beyond the LAN
-    /// in Internet mode).
+    /// LAN (found by mDNS, in every mode), Group (a member beyond the LAN, in Group mode) or
+    /// Internet (beyond the LAN, in Internet mode).
     class: PeerClass,
 }
 
@@ -719,10 +719,12 @@ impl P2p {
                     .mdns
                     .as_ref()
                     .is_some_and(|m| m.discovered_nodes().any(|p| *p == peer_id));
-                let class = if self.internet && !on_lan {
-                    PeerClass::Internet
-                } else {
-                    self.class
+                // As DO counts them: a peer on the LAN is a LAN peer in every mode; beyond it, a
+                // group member or an Internet peer.
+                let class = match (on_lan, self.class, self.internet) {
+                    (false, PeerClass::Group, _) => PeerClass::Group,
+                    (false, _, true) => PeerClass::Internet,
+                    _ => PeerClass::Lan,
                 };
                 self.peers.insert(peer_id, Known { id, addr, class });
                 self.by_engine.insert(id, peer_id);
