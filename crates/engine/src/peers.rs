@@ -308,9 +308,15 @@ impl Engine {
         let last = classes.len().saturating_sub(1);
         let mut far_applied = false;
         for (c, mut peers) in classes.into_iter().enumerate() {
+            let class = self.peers[&peers[0]].class;
+            let max = if class == PeerClass::Lan {
+                self.config.peer_request_blocks
+            } else {
+                self.config.far_request_blocks
+            };
             // Past the LAN, this node brings only its share of what the LAN lacks: the LAN's
             // other co-fetchers bring the rest across the WAN, each block once per site.
-            if !far_applied && self.peers[&peers[0]].class != PeerClass::Lan {
+            if !far_applied && class != PeerClass::Lan {
                 far_applied = true;
                 if let Some(Some(Split { far: Some(far), .. })) = &self.downloads[&id].split {
                     wanted.intersect_with(far);
@@ -335,11 +341,6 @@ impl Engine {
                     if dry[k] {
                         continue;
                     }
-                    let max = if self.peers[&peer].class == PeerClass::Lan {
-                        self.config.peer_request_blocks
-                    } else {
-                        self.config.far_request_blocks
-                    };
                     let Some(blocks) = pick(d, &wanted, peer, offset, max) else {
                         dry[k] = true;
                         continue;
@@ -366,9 +367,11 @@ impl Engine {
                 }
             }
             // What this class holds is left to it: farther peers get only what it lacks.
-            for peer in peers.iter().filter(|_| c < last) {
-                if let Some(have) = self.downloads[&id].haves.get(peer) {
-                    wanted.subtract(have);
+            if c < last {
+                for peer in &peers {
+                    if let Some(have) = self.downloads[&id].haves.get(peer) {
+                        wanted.subtract(have);
+                    }
                 }
             }
         }
@@ -608,7 +611,6 @@ pub(crate) const TOLD_HOPS: u8 = 2;
 /// mean; four: about 3 times), and each node fetches that many runs.
 pub(crate) const SPLIT_POINTS: u64 = 4;
 
-/// Where point `point` of `key` falls on the ring of a file of `blocks` blocks.
 /// The arcs of `key` on a ring of `points` ([`ring`]) over `blocks` blocks: from each of its
 /// points up to the next point.
 fn arcs(points: &[(u64, u64)], key: u64, blocks: u64) -> RangeSet {
@@ -628,6 +630,7 @@ fn arcs(points: &[(u64, u64)], key: u64, blocks: u64) -> RangeSet {
     set
 }
 
+/// Where point `point` of `key` falls on the ring of a file of `blocks` blocks.
 pub(crate) fn ring_point(key: u64, point: u64, blocks: u64) -> u64 {
     ((u128::from(mix(key, point)) * u128::from(blocks)) >> 64) as u64
 }
