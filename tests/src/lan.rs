@@ -38,6 +38,23 @@ fn ip(args: &[&str]) {
     assert!(status.success(), "ip {args:?}");
 }
 
+/// Adds bridge `name` in namespace `ns` and brings it up. Without snooping the bridge floods
+/// multicast to every port: mDNS always crosses.
+fn add_bridge(ns: &str, name: &str) {
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "add",
+        name,
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ]);
+    ip(&["-n", ns, "link", "set", name, "up"]);
+}
+
 impl Lan {
     /// A bridge and `hosts` hosts, named uniquely for this process and call.
     pub fn new(hosts: usize) -> Self {
@@ -58,48 +75,21 @@ impl Lan {
             addrs: vec![Ipv4Addr::UNSPECIFIED],
         };
         ip(&["netns", "add", &bridge]);
-        // Without snooping the bridge floods multicast to every port: mDNS always crosses.
-        ip(&[
-            "-n",
-            &bridge,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        ip(&["-n", &bridge, "link", "set", "br0", "up"]);
+        add_bridge(&bridge, "br0");
         if remote > 0 {
-            ip(&[
-                "-n",
-                &bridge,
-                "link",
-                "add",
-                "br1",
-                "type",
-                "bridge",
-                "mcast_snooping",
-                "0",
-            ]);
-            ip(&["-n", &bridge, "link", "set", "br1", "up"]);
+            add_bridge(&bridge, "br1");
             for (br, net) in [("br0", 0), ("br1", 1)] {
                 let gw = format!("10.253.{net}.254/24");
                 ip(&["-n", &bridge, "addr", "add", &gw, "dev", br]);
             }
-            let status = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &bridge,
-                    "sysctl",
-                    "-qw",
-                    "net.ipv4.ip_forward=1",
-                ])
-                .status()
-                .expect("run sysctl");
-            assert!(status.success(), "ip_forward in {bridge}");
+            ip(&[
+                "netns",
+                "exec",
+                &bridge,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]);
         }
         for i in 1..=hosts {
             let site = u8::from(i > hosts - remote);
