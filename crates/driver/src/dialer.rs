@@ -1,6 +1,6 @@
-//! When to dial the peers that mDNS, the bootstrap list or the DHT name. Of two nodes that find each other, the one with the lower
-//! peer id dials at once and the other only if no connection came within a grace period: two
-//! simultaneous TCP dials between the same nodes both fail. A failed dial is retried with a
+//! When to dial the peers that mDNS, the bootstrap list or the DHT name. Of two nodes that find
+//! each other, the one with the lower peer id dials at once and the other only if no connection
+//! came within a grace period: two simultaneous TCP dials between the same nodes both fail. A failed dial is retried with a
 //! growing delay, and a lost connection is dialed again, for as long as mDNS sees the peer (a
 //! bootstrap peer or a holder the DHT named: for the node's lifetime).
 
