@@ -37,6 +37,36 @@ impl BlockBits {
         }
     }
 
+    /// Adds the blocks of `set`, calling `f` with each one that was not in the set before.
+    pub fn add_new(&mut self, set: &RangeSet, mut f: impl FnMut(u64)) {
+        if let Some(last) = set.runs().next_back() {
+            let words = last.end.div_ceil(64) as usize;
+            if self.words.len() < words {
+                self.words.resize(words, 0);
+            }
+        }
+        for run in set.runs() {
+            let (mut b, end) = (run.start, run.end);
+            while b < end {
+                let (w, bit) = ((b / 64) as usize, b % 64);
+                let n = (64 - bit).min(end - b);
+                let mask = if n == 64 {
+                    !0
+                } else {
+                    ((1u64 << n) - 1) << bit
+                };
+                let mut new = mask & !self.words[w];
+                self.count += u64::from(new.count_ones());
+                self.words[w] |= mask;
+                while new != 0 {
+                    f(w as u64 * 64 + u64::from(new.trailing_zeros()));
+                    new &= new - 1;
+                }
+                b += n;
+            }
+        }
+    }
+
     /// Adds the blocks of `run`.
     pub fn insert(&mut self, run: Range<u64>) {
         let words = run.end.div_ceil(64) as usize;
@@ -102,6 +132,12 @@ impl BlockBits {
                 }
             }
         }
+    }
+
+    /// Every block of `run` is in the set.
+    pub fn contains_run(&self, run: Range<u64>) -> bool {
+        run.into_iter()
+            .all(|b| word(&self.words, (b / 64) as usize) >> (b % 64) & 1 == 1)
     }
 
     /// Some block is in both sets.
@@ -194,6 +230,11 @@ mod tests {
                 one_by_one.insert(run);
             }
             prop_assert_eq!(&one_by_one, &union);
+            let (mut told, mut fresh) = (x.clone(), Vec::new());
+            told.add_new(&new, |b| fresh.push(b));
+            prop_assert_eq!(&told, &union);
+            prop_assert_eq!(fresh, new.difference(&old).iter().collect::<Vec<_>>());
+            prop_assert_eq!(x.contains_run(s..s + l), old.contains_range(s, s + l));
             let (mut gained, mut lost) = (Vec::new(), Vec::new());
             x.changes_to(&y, |block, up| if up { gained.push(block) } else { lost.push(block) });
             prop_assert_eq!(gained, new.difference(&old).iter().collect::<Vec<_>>());
