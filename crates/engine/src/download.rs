@@ -15,6 +15,9 @@ pub(crate) struct PeerRequest {
     pub(crate) peer: PeerId,
     /// The last time it delivered a block (or was sent).
     pub(crate) last_progress: Instant,
+    /// Endgame looked for another peer to copy it to (it is no longer a timer; a later
+    /// scheduling pass may still find one).
+    pub(crate) copy_sought: bool,
 }
 
 /// A peer fetching the same file (see `Input::PeerFetching`).
@@ -53,6 +56,13 @@ pub(crate) struct Download {
     pub(crate) fetches: BTreeMap<RequestId, RangeSet>,
     /// The requests among `fetches` that went to peers.
     pub(crate) peer_requests: BTreeMap<RequestId, PeerRequest>,
+    /// Endgame pairs: a slow peer request and the copy of it sent to another peer, each
+    /// mapped to the other. The blocks one brings are struck from the other's; the one left
+    /// owing nothing is cancelled. A request has at most one copy.
+    pub(crate) twins: BTreeMap<RequestId, RequestId>,
+    /// Every missing block was asked for at the last scheduling pass (endgame: slow peer
+    /// requests get a copy, see `Config::endgame_after`).
+    pub(crate) endgame: bool,
     /// What each usable peer holds of this file (change it through `set_have`/`remove_have`,
     /// which keep `availability` in step).
     pub(crate) haves: BTreeMap<PeerId, BlockBits>,
@@ -86,6 +96,20 @@ pub(crate) struct Download {
     /// The origin fallback delay of the current start has passed (its deadline is no longer
     /// a timer).
     pub(crate) fallback_passed: bool,
+    /// Start of the current rate window (`Config::min_background_qos`), and the bytes
+    /// transferred then.
+    pub(crate) qos_since: Instant,
+    pub(crate) qos_bytes: u64,
+    /// The last full window was slower than `Config::min_background_qos`: the origin tops
+    /// the peers up.
+    pub(crate) below_qos: bool,
+    /// Bytes the origin brought in the current rate window.
+    pub(crate) qos_origin_bytes: u64,
+    /// Windows left before the rate is judged again, and the length of the last such pause
+    /// (doubling): a top-up through which the origin brought less than half the minimum
+    /// shares the peers' bottleneck (a site's WAN link, say), and only adds to it.
+    pub(crate) qos_idle: u32,
+    pub(crate) qos_backoff: u32,
     pub(crate) retry_at: Option<Instant>,
     pub(crate) last_progress: Instant,
     pub(crate) no_progress_timeout: Duration,
@@ -116,6 +140,8 @@ impl Download {
             needed: RangeSet::new(),
             fetches: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
+            twins: BTreeMap::new(),
+            endgame: false,
             haves: BTreeMap::new(),
             availability: Vec::new(),
             co_fetchers: BTreeMap::new(),
@@ -128,6 +154,12 @@ impl Download {
             unchecked_all: RangeSet::new(),
             started_at: now,
             fallback_passed: false,
+            qos_since: now,
+            qos_bytes: 0,
+            below_qos: false,
+            qos_origin_bytes: 0,
+            qos_idle: 0,
+            qos_backoff: 0,
             retry_at: None,
             last_progress: now,
             no_progress_timeout,
@@ -155,6 +187,18 @@ impl Download {
     /// The content id the bytes must hash to: the caller's, else the origin's published one.
     pub(crate) fn trusted_id(&self) -> Option<ContentId> {
         self.spec.content_id.or(self.published)
+    }
+
+    /// Starts a new rate window at `now` (a start, or the end of the last window).
+    pub(crate) fn restart_qos_window(&mut self, now: Instant) {
+        self.qos_since = now;
+        self.qos_bytes = self.bytes_transferred;
+        self.qos_origin_bytes = 0;
+    }
+
+    /// Bytes transferred since the current rate window began.
+    pub(crate) fn qos_window_bytes(&self) -> u64 {
+        self.bytes_transferred.saturating_sub(self.qos_bytes)
     }
 
     /// True while the download should be moving: the no-progress clock runs.
@@ -253,12 +297,46 @@ impl Download {
             .insert(request, std::iter::once(blocks).collect());
     }
 
+    /// A block arrived for `request`: its twin (if any) no longer owes it. Returns the twin
+    /// if it now owes nothing (it is to be cancelled).
+    pub(crate) fn strike_from_twin(&mut self, request: RequestId, block: u64) -> Option<RequestId> {
+        let twin = *self.twins.get(&request)?;
+        let owed = self.fetches.get_mut(&twin)?;
+        owed.remove(block, block + 1);
+        owed.is_empty().then_some(twin)
+    }
+
     /// Records what `peer` holds now (replacing what it said before).
     pub(crate) fn set_have(&mut self, peer: PeerId, blocks: &RangeSet) {
         let new = BlockBits::from_set(blocks);
         let old = self.haves.remove(&peer).unwrap_or_default();
         old.changes_to(&new, |block, gained| self.count(block, gained));
         self.haves.insert(peer, new);
+    }
+
+    /// `peer` says it holds `held` blocks: a co-fetcher that grew is not stalled. With a
+    /// stalled co-fetcher, whether it keeps its part depends on what the others hold: the
+    /// shares may move.
+    pub(crate) fn note_growth(&mut self, peer: PeerId, held: u64, now: Instant) {
+        if let Some(co) = self.co_fetchers.get_mut(&peer)
+            && held > co.held
+        {
+            co.held = held;
+            co.last_grew = now;
+            co.stalled = false;
+        }
+        if self.co_fetchers.values().any(|co| co.stalled) {
+            self.move_shares();
+        }
+    }
+
+    /// Adds `blocks` to what `peer` holds.
+    pub(crate) fn add_have(&mut self, peer: PeerId, blocks: &RangeSet) {
+        let availability = &mut self.availability;
+        self.haves
+            .entry(peer)
+            .or_default()
+            .add_new(blocks, |b| count_in(availability, b, true));
     }
 
     /// Forgets what `peer` holds, and the co-fetchers it reported.
@@ -332,21 +410,15 @@ impl Download {
     }
 
     fn count(&mut self, block: u64, up: bool) {
-        let b = usize::try_from(block).expect("block indices fit in memory");
-        if self.availability.len() <= b {
-            self.availability.resize(b + 1, 0);
-        }
-        let slot = &mut self.availability[b];
-        *slot = if up {
-            *slot + 1
-        } else {
-            slot.saturating_sub(1)
-        };
+        count_in(&mut self.availability, block, up);
     }
 
     pub(crate) fn end_fetch(&mut self, request: RequestId) {
         self.fetches.remove(&request);
         self.peer_requests.remove(&request);
+        if let Some(twin) = self.twins.remove(&request) {
+            self.twins.remove(&twin);
+        }
     }
 
     /// Requests in flight to the origin.
@@ -373,6 +445,9 @@ impl Download {
         }
         self.have.insert(block.0, block.0 + 1);
         let len = info.len;
+        if !self.peer_requests.contains_key(&request) {
+            self.qos_origin_bytes += block_range(len, block).len();
+        }
         self.bytes_transferred += overlap(&self.wanted_bytes(len), block_range(len, block));
         true
     }
@@ -460,6 +535,7 @@ impl Download {
         self.needed = RangeSet::new();
         self.fetches.clear();
         self.peer_requests.clear();
+        self.twins.clear();
         self.release_peers();
         self.unchecked.clear();
         self.unchecked_all = RangeSet::new();
@@ -500,4 +576,18 @@ pub(crate) fn check_ranges(ranges: &[ByteRange], len: Option<u64>) -> Result<(),
 
 fn overlap(wanted: &RangeSet, block: ByteRange) -> u64 {
     wanted.clipped(block.start, block.end).count()
+}
+
+/// Counts one holder more (`up`) or less of `block` in `availability`.
+fn count_in(availability: &mut Vec<u32>, block: u64, up: bool) {
+    let b = usize::try_from(block).expect("block indices fit in memory");
+    if availability.len() <= b {
+        availability.resize(b + 1, 0);
+    }
+    let slot = &mut availability[b];
+    *slot = if up {
+        *slot + 1
+    } else {
+        slot.saturating_sub(1)
+    };
 }

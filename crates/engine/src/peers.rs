@@ -25,6 +25,15 @@ impl Engine {
         self.schedule_affected(now, affected);
     }
 
+    /// Download `id`, if `peer` may tell it what it holds: the peer is known and not banned,
+    /// and its requests for this file have not stalled.
+    fn usable_download(&mut self, id: DownloadId, peer: PeerId) -> Option<&mut Download> {
+        let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
+        self.downloads
+            .get_mut(&id)
+            .filter(|d| usable && !d.dropped.contains(&peer))
+    }
+
     /// Schedules the download `affected` names, or every download.
     pub(crate) fn schedule_affected(&mut self, now: Instant, affected: Option<DownloadId>) {
         let ids: Vec<DownloadId> = match affected {
@@ -40,6 +49,7 @@ impl Engine {
     pub(crate) fn apply_peer_input(&mut self, now: Instant, input: Input) -> Option<DownloadId> {
         let affected = match &input {
             Input::PeerHas { id, .. }
+            | Input::PeerGained { id, .. }
             | Input::PeerFetching { id, .. }
             | Input::PeerCoFetchers { id, .. }
             | Input::ManifestTrusted { id, .. } => Some(*id),
@@ -70,23 +80,16 @@ impl Engine {
                 }
             }
             Input::PeerHas { id, peer, blocks } => {
-                let usable = self.peers.get(&peer).is_some_and(|p| !p.banned);
-                if let (true, Some(d)) = (usable, self.downloads.get_mut(&id))
-                    && !d.dropped.contains(&peer)
-                {
-                    if let Some(co) = d.co_fetchers.get_mut(&peer)
-                        && blocks.count() > co.held
-                    {
-                        co.held = blocks.count();
-                        co.last_grew = now;
-                        co.stalled = false;
-                    }
-                    // With a stalled co-fetcher, whether it keeps its part depends on what the
-                    // others hold.
-                    if d.co_fetchers.values().any(|co| co.stalled) {
-                        d.move_shares();
-                    }
+                if let Some(d) = self.usable_download(id, peer) {
+                    d.note_growth(peer, blocks.count(), now);
                     d.set_have(peer, &blocks);
+                }
+            }
+            Input::PeerGained { id, peer, blocks } => {
+                if let Some(d) = self.usable_download(id, peer) {
+                    d.add_have(peer, &blocks);
+                    let held = d.haves.get(&peer).map_or(0, BlockBits::count);
+                    d.note_growth(peer, held, now);
                 }
             }
             Input::PeerFetching { id, peer, key } => {
@@ -264,7 +267,160 @@ impl Engine {
             .filter(|co| !co.stalled && d.failures == 0)
             .map(|co| co.last_grew + self.config.peer_stall_timeout)
             .min();
-        [stall, fallback, co_stall].into_iter().flatten().min()
+        [stall, fallback, co_stall, self.endgame_deadline(d)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When a download's rate window ends: only while it transfers with peers to supply it
+    /// (without them the origin is asked for everything anyway).
+    pub(crate) fn qos_deadline(&self, d: &Download) -> Option<Instant> {
+        (self.config.min_background_qos > 0 && d.state == State::Transferring && self.peering(d))
+            .then(|| d.qos_since + crate::QOS_WINDOW)
+    }
+
+    /// Ends a download's rate window if it is over: the origin tops the peers up while the
+    /// window was slower than [`Config::min_background_qos`].
+    pub(crate) fn check_qos(&mut self, now: Instant, id: DownloadId) {
+        let Some(d) = self.downloads.get(&id) else {
+            return;
+        };
+        let Some(end) = self.qos_deadline(d) else {
+            return;
+        };
+        if now < end {
+            return;
+        }
+        let d = self.downloads.get_mut(&id).expect("live");
+        let seconds = now.duration_since(d.qos_since).as_secs_f64();
+        let rate = d.qos_window_bytes() as f64 / seconds;
+        let origin_rate = d.qos_origin_bytes as f64 / seconds;
+        let min = self.config.min_background_qos as f64;
+        let below = if d.qos_idle > 0 {
+            d.qos_idle -= 1;
+            false
+        } else if rate >= min {
+            d.qos_backoff = 0;
+            false
+        } else if d.below_qos && origin_rate < min / 2.0 {
+            // A whole window of top-up, and the origin did not help: it shares the peers'
+            // bottleneck. Judged again after a pause that doubles each time.
+            d.qos_backoff = (d.qos_backoff * 2).clamp(1, QOS_MAX_PAUSE);
+            d.qos_idle = d.qos_backoff;
+            false
+        } else {
+            true
+        };
+        if below != d.below_qos {
+            info!(
+                download = id.0,
+                rate = rate.round(),
+                "{}",
+                if below {
+                    "slower than the minimum: the origin tops the peers up"
+                } else {
+                    "fast enough again: the origin back to its share"
+                }
+            );
+        }
+        d.below_qos = below;
+        d.restart_qos_window(now);
+    }
+
+    /// In endgame, when the next peer request without a copy becomes due for one.
+    fn endgame_deadline(&self, d: &Download) -> Option<Instant> {
+        if !d.endgame || !d.manifest_trusted {
+            return None;
+        }
+        d.peer_requests
+            .values()
+            .filter(|p| !p.copy_sought)
+            .map(|p| p.last_progress + self.config.endgame_after)
+            .min()
+    }
+
+    /// Endgame (every missing block is asked for): each peer request that has brought nothing
+    /// for [`Config::endgame_after`] is asked once more of another peer holding all it still
+    /// owes, the nearest class first, then the least busy (within its slots). Only with a
+    /// trusted manifest, so that whichever copy comes first is checked as it arrives.
+    pub(crate) fn endgame(&mut self, now: Instant, id: DownloadId) {
+        let d = &self.downloads[&id];
+        if !d.manifest_trusted {
+            return;
+        }
+        let due: Vec<(RequestId, PeerId, RangeSet)> = d
+            .peer_requests
+            .iter()
+            .filter(|(r, p)| {
+                !d.twins.contains_key(r) && now >= p.last_progress + self.config.endgame_after
+            })
+            .filter_map(|(r, p)| Some((*r, p.peer, d.fetches.get(r)?.clone())))
+            .filter(|(_, _, owed)| !owed.is_empty())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let mut load: BTreeMap<PeerId, usize> = BTreeMap::new();
+        for p in self
+            .downloads
+            .values()
+            .flat_map(|d| d.peer_requests.values())
+        {
+            *load.entry(p.peer).or_default() += 1;
+        }
+        for (request, server, owed) in due {
+            let d = self.downloads.get_mut(&id).expect("live");
+            if let Some(p) = d.peer_requests.get_mut(&request) {
+                p.copy_sought = true;
+            }
+            let holder = d
+                .haves
+                .iter()
+                .filter(|&(&p, have)| {
+                    let busy = load.get(&p).copied().unwrap_or(0);
+                    p != server
+                        && busy < self.config.peer_slots
+                        && self.peers.get(&p).is_some_and(|info| !info.banned)
+                        && owed.runs().all(|run| have.contains_run(run))
+                })
+                .map(|(&p, _)| (self.peers[&p].class, load.get(&p).copied().unwrap_or(0), p))
+                .min();
+            let Some((_, _, peer)) = holder else {
+                continue;
+            };
+            let (Some(first), Some(last)) = (owed.first(), owed.runs().next_back()) else {
+                continue;
+            };
+            let blocks = first..last.end;
+            *load.entry(peer).or_default() += 1;
+            let copy = self.new_request(id);
+            let d = self.downloads.get_mut(&id).expect("live");
+            d.fetches.insert(copy, owed);
+            d.peer_requests.insert(
+                copy,
+                PeerRequest {
+                    peer,
+                    last_progress: now,
+                    copy_sought: true,
+                },
+            );
+            d.twins.insert(request, copy);
+            d.twins.insert(copy, request);
+            debug!(
+                download = id.0,
+                slow = server.0,
+                peer = peer.0,
+                ?blocks,
+                "endgame: a slow request asked again of another peer"
+            );
+            self.actions.push_back(Action::RequestBlocks {
+                request: copy,
+                id,
+                peer,
+                blocks,
+            });
+        }
     }
 
     /// Asks peers for missing blocks they hold: nearest class first (a block a nearer peer
@@ -356,6 +512,7 @@ impl Engine {
                         PeerRequest {
                             peer,
                             last_progress: now,
+                            copy_sought: false,
                         },
                     );
                     self.actions.push_back(Action::RequestBlocks {
@@ -387,6 +544,10 @@ impl Engine {
         missing: &RangeSet,
     ) -> Option<RangeSet> {
         let d = &self.downloads[&id];
+        // Below the minimum speed the origin is asked for anything missing, at once.
+        if d.below_qos {
+            return Some(missing.clone());
+        }
         if self.peering(d) && now < d.started_at + self.config.origin_fallback_delay {
             return None;
         }
@@ -600,6 +761,10 @@ pub(crate) struct Split {
     /// [`Engine::co_fetchers_for`] answers from.
     pub(crate) told: Vec<(u64, u64, u8)>,
 }
+
+/// Longest pause, in rate windows, before a download whose origin top-ups did not help is
+/// judged against the minimum speed again.
+const QOS_MAX_PAUSE: u32 = 32;
 
 /// How far (in hops between co-fetchers) the keys a node tells of may be. Reports travel
 /// so far and no further: a key that left stops being told within as many polls, however

@@ -845,6 +845,209 @@ fn a_stalled_peer_request_is_cancelled_and_its_blocks_fetched_elsewhere() {
     assert_eq!(h.status().state, State::Transferred);
 }
 
+/// The peer requests among `actions`: (request, peer, blocks).
+fn peer_requests(actions: &[Action]) -> Vec<(RequestId, u64, std::ops::Range<u64>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RequestBlocks {
+                request,
+                peer,
+                blocks,
+                ..
+            } => Some((*request, peer.0, blocks.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn endgame_asks_a_slow_request_once_of_another_peer_and_cancels_the_loser() {
+    // Slots enough for one peer to be asked for the whole file.
+    let config = Config {
+        peer_slots: 16,
+        ..Config::default()
+    };
+    let mut h = with_peers(config, 16, &[(1, PeerClass::Lan, all(16))]);
+    let slow = peer_requests(&h.take());
+    assert!(!slow.is_empty());
+    // A second holder comes: every block is asked for already, so nothing goes to it yet.
+    h.input(Input::PeerAdded {
+        peer: PeerId(2),
+        class: PeerClass::Lan,
+    });
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(2),
+        blocks: all(16),
+    });
+    assert!(peer_requests(&h.take()).is_empty());
+    // Before `endgame_after`, nothing is asked twice.
+    h.advance(Duration::from_millis(1_500));
+    assert!(peer_requests(&h.take()).is_empty());
+    h.advance(Duration::from_millis(600));
+    let copies = peer_requests(&h.take());
+    assert_eq!(
+        copies.len(),
+        slow.len(),
+        "one copy each: {slow:?} then {copies:?}"
+    );
+    for ((_, _, blocks), (_, peer, copied)) in slow.iter().zip(&copies) {
+        assert_eq!(*peer, 2, "the copy goes to the other holder");
+        assert_eq!(copied, blocks);
+    }
+    // A copy is made once: later passes make no third request.
+    h.advance(Duration::from_secs(3));
+    assert!(peer_requests(&h.take()).is_empty());
+    // The copies answer first: the slow requests are cancelled, the download completes.
+    let mut cancels = Vec::new();
+    for (copy, _, blocks) in &copies {
+        for b in blocks.clone() {
+            h.input(Input::Block {
+                request: *copy,
+                block: BlockIndex(b),
+            });
+        }
+        cancels.extend(h.take());
+        h.input(Input::FetchEnded {
+            request: *copy,
+            result: Ok(()),
+        });
+    }
+    for (request, _, _) in &slow {
+        assert!(
+            cancels.contains(&Action::Cancel { request: *request }),
+            "{request:?} is cancelled: {cancels:?}"
+        );
+    }
+    let got = serve_sources(&mut h, &[]);
+    assert!(got.is_empty(), "nothing asked again: {got:?}");
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
+fn endgame_sends_no_copy_when_no_other_peer_holds_the_blocks() {
+    let mut h = with_peers(
+        Config::default(),
+        16,
+        &[(1, PeerClass::Lan, all(16)), (2, PeerClass::Lan, all(8))],
+    );
+    let first = peer_requests(&h.take());
+    assert!(first.iter().any(|(_, _, b)| b.end > 8), "{first:?}");
+    h.advance(Duration::from_secs(3));
+    let copies = peer_requests(&h.take());
+    // Every request has a copy but those of blocks 8..16, which peer 2 lacks.
+    let copied = first
+        .iter()
+        .filter(|(_, p, b)| *p == 2 || b.end <= 8)
+        .count();
+    assert_eq!(copies.len(), copied, "{first:?} then {copies:?}");
+    for (_, peer, blocks) in &copies {
+        assert!(*peer == 1 || blocks.end <= 8, "{copies:?}");
+    }
+}
+
+/// 40 peers hold a 2,048-block file and answer at `peer_rate` blocks a second, the origin at
+/// `origin_rate`, for `seconds`; returns the origin fetches asked meanwhile (their spans),
+/// and the seconds the origin was topping the peers up.
+fn slow_peers(
+    config: Config,
+    peer_rate: u64,
+    origin_rate: u64,
+    seconds: u64,
+) -> (Vec<std::ops::Range<u64>>, u64) {
+    let config = Config {
+        // Slow, not stalled: every request keeps delivering.
+        peer_stall_timeout: Duration::from_secs(600),
+        ..config
+    };
+    let peers: Vec<(u64, PeerClass, RangeSet)> =
+        (1..=40).map(|p| (p, PeerClass::Lan, all(2048))).collect();
+    let mut h = with_peers(config, 2048, &peers);
+    let mut from_peers: Vec<(RequestId, std::ops::Range<u64>)> = Vec::new();
+    let mut from_origin: Vec<(RequestId, std::ops::Range<u64>)> = Vec::new();
+    let mut asked = Vec::new();
+    let mut topping_up = 0;
+    for _ in 0..seconds {
+        topping_up += u64::from(h.engine.downloads[&ID].below_qos);
+        for action in h.take() {
+            match action {
+                Action::RequestBlocks {
+                    request, blocks, ..
+                } => from_peers.push((request, blocks)),
+                Action::Fetch { request, range, .. } => {
+                    asked.push(range.blocks());
+                    from_origin.push((request, range.blocks()));
+                }
+                Action::Cancel { request } => {
+                    from_origin.retain(|(r, _)| *r != request);
+                    from_peers.retain(|(r, _)| *r != request);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        for (open, rate) in [
+            (&mut from_peers, peer_rate),
+            (&mut from_origin, origin_rate),
+        ] {
+            for _ in 0..rate {
+                let Some((request, blocks)) = open.first_mut() else {
+                    break;
+                };
+                let request = *request;
+                let block = BlockIndex(blocks.start);
+                blocks.start += 1;
+                let done = blocks.is_empty();
+                if done {
+                    open.remove(0);
+                }
+                h.input(Input::Block { request, block });
+                if done {
+                    h.input(Input::FetchEnded {
+                        request,
+                        result: Ok(()),
+                    });
+                }
+            }
+        }
+        h.advance(Duration::from_secs(1));
+    }
+    (asked, topping_up)
+}
+
+#[test]
+fn peers_slower_than_the_minimum_speed_are_topped_up_from_the_origin() {
+    let floor = Config {
+        min_background_qos: 500_000,
+        ..Config::default()
+    };
+    // Peers bring 2 blocks (128 KiB) a second, below the 500 KB/s floor: after the first
+    // 10 s window the origin is asked too, in 1 MiB spans.
+    let (origin, _) = slow_peers(floor.clone(), 2, 64, 15);
+    assert!(!origin.is_empty(), "the origin tops up");
+    assert!(origin.iter().all(|r| r.end - r.start <= 16), "{origin:?}");
+    // Without the floor (the default), the peers hold everything and the origin stays idle.
+    assert!(slow_peers(Config::default(), 2, 64, 15).0.is_empty());
+    // Peers fast enough (16 blocks, 1 MiB, a second) need no top-up.
+    assert!(slow_peers(floor, 16, 64, 25).0.is_empty());
+}
+
+#[test]
+fn a_top_up_the_origin_cannot_speed_up_pauses() {
+    let floor = Config {
+        min_background_qos: 500_000,
+        ..Config::default()
+    };
+    // An origin as slow as the peers (it shares their bottleneck): tried, then left alone
+    // for longer and longer.
+    let (asked, topping_up) = slow_peers(floor, 2, 2, 300);
+    assert!(!asked.is_empty(), "the origin is tried");
+    assert!(
+        (10..100).contains(&topping_up),
+        "topping up {topping_up} s of 300"
+    );
+}
+
 #[test]
 fn requests_to_many_peers_are_capped_and_spread_one_per_peer() {
     // 40 peers hold the whole file: a download keeps 16 requests in flight, each at another
@@ -1581,4 +1784,39 @@ fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
         rest.runs().collect::<Vec<_>>(),
         "the rest of this node's part only"
     );
+}
+
+proptest! {
+    /// What peers gain, told as it comes (`PeerGained`), leaves the engine knowing what the
+    /// whole holdings told each time (`PeerHas`) would: the same holdings, the same counts.
+    #[test]
+    fn gains_told_one_by_one_add_up_to_the_whole_holdings(
+        steps in proptest::collection::vec((1u64..4, 0u64..200, 1u64..40), 1..30),
+    ) {
+        let peers: Vec<(u64, PeerClass, RangeSet)> =
+            (1..4).map(|p| (p, PeerClass::Lan, RangeSet::new())).collect();
+        let mut whole = with_peers(Config::default(), 256, &peers);
+        let mut gains = with_peers(Config::default(), 256, &peers);
+        let mut held: BTreeMap<u64, RangeSet> = BTreeMap::new();
+        for (peer, start, len) in steps {
+            let set = held.entry(peer).or_default();
+            set.insert(start, (start + len).min(256));
+            whole.input(Input::PeerHas { id: ID, peer: PeerId(peer), blocks: set.clone() });
+            gains.input(Input::PeerGained {
+                id: ID,
+                peer: PeerId(peer),
+                blocks: std::iter::once(start..(start + len).min(256)).collect(),
+            });
+        }
+        let (a, b) = (&whole.engine.downloads[&ID], &gains.engine.downloads[&ID]);
+        for (peer, set) in &held {
+            let (x, y) = (&a.haves[&PeerId(*peer)], &b.haves[&PeerId(*peer)]);
+            prop_assert_eq!(x.count(), set.count());
+            prop_assert_eq!(x.iter().collect::<Vec<_>>(), y.iter().collect::<Vec<_>>());
+        }
+        for block in 0..256 {
+            prop_assert_eq!(a.availability(block), b.availability(block));
+        }
+        prop_assert_eq!(whole.take(), gains.take());
+    }
 }
