@@ -57,6 +57,7 @@ pub(crate) struct Download {
     pub(crate) origin_connections: Option<usize>,
     pub(crate) no_progress_timeout_seconds: Option<u64>,
     pub(crate) background_yield_rate: Option<u64>,
+    pub(crate) min_background_qos: Option<u64>,
 }
 
 /// `[upload]`: serving peers.
@@ -138,6 +139,10 @@ mod tests {
         assert_eq!(
             file.download.background_yield_rate,
             Some(store.background_yield_rate)
+        );
+        assert_eq!(
+            file.download.min_background_qos,
+            Some(store.engine.min_background_qos)
         );
         let p2p = do_driver::P2pConfig::default();
         assert_eq!(file.transport, Some(Transport::Tcp));

@@ -123,6 +123,9 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
     if let Some(r) = file.download.background_yield_rate {
         node_config.background_yield_rate = r;
     }
+    if let Some(q) = file.download.min_background_qos {
+        node_config.engine.min_background_qos = q;
+    }
     let group = group(
         args.group_id.or(file.group.id.clone()),
         args.group_secret_file.or(file.group.secret_file.clone()),
