@@ -244,6 +244,28 @@ pub struct EngineKnobs {
     /// How often a node learns its peers' holdings, seconds (the driver's poll). Default 0.5.
     #[serde(default = "half")]
     pub have_interval_s: f64,
+    /// The engine's minimum speed (DO's `DOMinBackgroundQoS`), bytes/s; 0 turns it off.
+    /// Default: the engine's (0).
+    #[serde(default = "min_qos")]
+    pub min_background_qos: u64,
+    /// The engine's endgame delay, seconds (a slow peer request is asked once more of
+    /// another peer after it). Default: the engine's (2).
+    #[serde(default = "endgame_s")]
+    pub endgame_after_s: f64,
+    /// A poll tells a peer's whole holdings each time they changed (`Input::PeerHas`, as the
+    /// node's driver does) instead of the blocks gained since the last poll
+    /// (`Input::PeerGained`, cheaper to simulate). The engine decides alike either way (a test
+    /// checks the traces are equal). Default false.
+    #[serde(default)]
+    pub whole_have_reports: bool,
+}
+
+fn min_qos() -> u64 {
+    do_engine::Config::default().min_background_qos
+}
+
+fn endgame_s() -> f64 {
+    do_engine::Config::default().endgame_after.as_secs_f64()
 }
 
 fn four() -> usize {
@@ -268,6 +290,9 @@ impl Default for EngineKnobs {
             peer_slots: 4,
             verify: Verify::Manifest,
             have_interval_s: 0.5,
+            min_background_qos: min_qos(),
+            endgame_after_s: endgame_s(),
+            whole_have_reports: false,
         }
     }
 }
@@ -355,6 +380,11 @@ impl Scenario {
         ensure!(
             self.engine.have_interval_s > 0.0 && self.engine.upload_slots > 0,
             "engine.have_interval_s and engine.upload_slots must be positive"
+        );
+        let delay = |x: f64| (0.0..1e9).contains(&x);
+        ensure!(
+            delay(self.engine.origin_fallback_delay_s) && delay(self.engine.endgame_after_s),
+            "engine.origin_fallback_delay_s and engine.endgame_after_s must be seconds, 0 or more"
         );
         Ok(())
     }

@@ -85,6 +85,12 @@ struct Node {
     held_bits: Vec<BlockBits>,
     /// Holdings changed since the last have poll, per file.
     changed: Vec<bool>,
+    /// Per file: the blocks gained since the last have poll (what a poll reports of a peer
+    /// whose whole holdings it reported before, as `Input::PeerGained`).
+    gained: Vec<RangeSet>,
+    /// Per file: the next poll reports this node's whole holdings to every neighbor (it
+    /// rejoined: they had forgotten it).
+    whole: Vec<bool>,
     jobs: Vec<Job>,
     /// Per file: the engine trusts a manifest.
     trusted: Vec<bool>,
@@ -177,6 +183,13 @@ enum Ev {
     Gone(u32),
     OutageStart,
     OutageEnd,
+}
+
+/// What a node's holdings did between two have polls (taken at the start of a poll).
+struct Changes {
+    changed: Vec<bool>,
+    gained: Vec<RangeSet>,
+    whole: Vec<bool>,
 }
 
 struct Entry {
@@ -366,6 +379,8 @@ impl Sim {
                     held: vec![RangeSet::new(); files],
                     held_bits: vec![BlockBits::default(); files],
                     changed: vec![false; files],
+                    gained: vec![RangeSet::new(); files],
+                    whole: vec![false; files],
                     jobs: vec![Job::Waiting; files],
                     trusted: vec![false; files],
                     unchecked: vec![RangeSet::new(); files],
@@ -697,12 +712,16 @@ impl Sim {
         self.poll_scheduled = false;
         // What changed since the last poll; what changes during this one (a node that comes to
         // trust a manifest holds more) is for the next.
-        let changed: Vec<Vec<bool>> = self
+        let changed: Vec<Changes> = self
             .nodes
             .iter_mut()
             .map(|node| {
-                let none = vec![false; node.changed.len()];
-                std::mem::replace(&mut node.changed, none)
+                let files = node.changed.len();
+                Changes {
+                    changed: std::mem::replace(&mut node.changed, vec![false; files]),
+                    gained: std::mem::replace(&mut node.gained, vec![RangeSet::new(); files]),
+                    whole: std::mem::replace(&mut node.whole, vec![false; files]),
+                }
             })
             .collect();
         let mut any_active = false;
@@ -723,7 +742,7 @@ impl Sim {
     /// (all of them after a start or a reconnection), who fetches the same files, and trust in
     /// a manifest once the hashes it can get cover the whole file. `changed`: what changed
     /// since the last poll (`None`: the live flags). True if `i` downloads.
-    fn poll_node(&mut self, i: usize, changed: Option<&[Vec<bool>]>) -> bool {
+    fn poll_node(&mut self, i: usize, changed: Option<&[Changes]>) -> bool {
         if !self.nodes[i].online {
             return false;
         }
@@ -754,13 +773,37 @@ impl Sim {
                 }
                 let peer = PeerId(u64::from(j));
                 let refresh = self.nodes[iu].refresh_all || self.nodes[iu].refresh.contains(&j);
-                let report = changed.map_or(self.nodes[ju].changed[f], |c| c[ju][f]) || refresh;
-                if report && !self.nodes[ju].held[f].is_empty() {
-                    let held = self.nodes[ju].held[f].clone();
-                    batch.push(Input::PeerHas {
-                        id,
-                        peer,
-                        blocks: held,
+                let node = &self.nodes[ju];
+                // (Blocks a node gained during this poll, after the changes were taken, are
+                // told with them: a report tells what the peer holds when it answers.)
+                let (report, whole, gained) = match changed {
+                    Some(c) => {
+                        let mut gained = c[ju].gained[f].clone();
+                        for run in node.gained[f].runs() {
+                            gained.insert(run.start, run.end);
+                        }
+                        (c[ju].changed[f], c[ju].whole[f], gained)
+                    }
+                    None => (node.changed[f], node.whole[f], node.gained[f].clone()),
+                };
+                if (report || refresh) && !node.held[f].is_empty() {
+                    // The whole holdings to a node that forgot them (or never had them); to
+                    // the others what came since the last poll, which they lack alone.
+                    let known = self.nodes[iu].engine.knows_holdings(id, peer);
+                    let node = &self.nodes[ju];
+                    let whole = whole || self.sc.engine.whole_have_reports;
+                    batch.push(if refresh || whole || !known {
+                        Input::PeerHas {
+                            id,
+                            peer,
+                            blocks: node.held[f].clone(),
+                        }
+                    } else {
+                        Input::PeerGained {
+                            id,
+                            peer,
+                            blocks: gained,
+                        }
                     });
                 }
                 if matches!(self.nodes[ju].jobs[f], Job::Active(_))
@@ -801,6 +844,7 @@ impl Sim {
                 let good = std::mem::take(&mut node.unchecked[f]).difference(&refuted);
                 for run in good.runs() {
                     node.held[f].insert(run.start, run.end);
+                    node.gained[f].insert(run.start, run.end);
                     node.held_bits[f].insert(run);
                 }
                 node.changed[f] |= !good.is_empty();
@@ -1274,6 +1318,7 @@ impl Sim {
         } else {
             node.held[file].insert(first, last);
             node.held_bits[file].insert(first..last);
+            node.gained[file].insert(first, last);
             node.changed[file] = true;
         }
         match info.server {
@@ -1425,6 +1470,7 @@ impl Sim {
                 node.jobs[f] = Job::Waiting;
             }
             node.changed[f] = !node.held[f].is_empty();
+            node.whole[f] = true;
         }
         self.arrive(i);
     }
@@ -1510,6 +1556,8 @@ fn engine_config(sc: &Scenario, key: u64) -> Config {
         node_key: key,
         origin_fallback_delay: Duration::from_secs_f64(sc.engine.origin_fallback_delay_s),
         peer_slots: sc.engine.peer_slots,
+        min_background_qos: sc.engine.min_background_qos,
+        endgame_after: Duration::from_secs_f64(sc.engine.endgame_after_s),
         ..Config::default()
     }
 }

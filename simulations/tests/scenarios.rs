@@ -75,6 +75,18 @@ fn same_seed_same_run_byte_for_byte() {
 }
 
 #[test]
+fn holdings_told_as_gains_or_whole_make_the_same_run() {
+    for (name, _) in shipped::SCENARIOS {
+        let mut sc = small(name, 30, 8.0);
+        let gains = do_sim::run(&sc, 3).0;
+        sc.engine.whole_have_reports = true;
+        let whole = do_sim::run(&sc, 3).0;
+        assert_eq!(gains.trace_hash, whole.trace_hash, "{name}");
+        assert_eq!(gains.events, whole.events, "{name}");
+    }
+}
+
+#[test]
 fn no_scenario_beats_the_bound() {
     for (name, _) in shipped::SCENARIOS {
         let sc = small(name, 30, 8.0);

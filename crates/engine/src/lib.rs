@@ -738,6 +738,15 @@ impl Engine {
             .min()
     }
 
+    /// Whether a download knows what `peer` holds of its file (a driver that tells holdings
+    /// as they grow, [`Input::PeerGained`], tells the whole of them, [`Input::PeerHas`], to a
+    /// download that does not: it never had them, or forgot them when a request failed).
+    pub fn knows_holdings(&self, id: DownloadId, peer: PeerId) -> bool {
+        self.downloads
+            .get(&id)
+            .is_some_and(|d| d.haves.contains_key(&peer))
+    }
+
     /// The status of a download.
     pub fn status(&self, id: DownloadId) -> Option<Status> {
         self.downloads.get(&id).map(Download::status)
