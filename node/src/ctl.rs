@@ -64,7 +64,13 @@ pub(crate) async fn stats(args: NodeArgs) -> anyhow::Result<ExitCode> {
         "PeersBanned",
     ];
     for field in FIELDS {
-        println!("{field:<24}{}", stats[field]);
+        let value = match &stats[field] {
+            // Without a peer layer the node is HTTP only.
+            serde_json::Value::Null if field == "DownloadMode" => "http-only".to_owned(),
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        println!("{field:<24}{value}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -135,6 +135,19 @@ fn control_commands() {
     .unwrap();
     assert_eq!(filtered.as_array().unwrap().len(), 0);
 
+    // Node-wide stats as text: names and plain values (a daemon without --p2p is HTTP only).
+    let stats = stdout(&donode(run.path(), &["stats"]));
+    let first = stats.lines().next().unwrap_or("");
+    assert_eq!(
+        first.split_whitespace().collect::<Vec<_>>(),
+        ["DownloadMode", "http-only"],
+        "{stats}"
+    );
+    assert!(
+        stats.lines().any(|l| l.starts_with("BytesFromHttp")),
+        "{stats}"
+    );
+
     stdout(&donode(
         run.path(),
         &["prop", "set", &id, "DisplayName", "renamed"],
