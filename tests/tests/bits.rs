@@ -969,6 +969,10 @@ fn file_stats_and_response_headers() {
     assert_eq!(st["BytesFromHttp"], st["FileSize"], "{f}");
     assert_eq!(st["TotalBytesDownloaded"], size, "{f}");
     assert_eq!(st["SourceUrl"], url.as_str(), "{f}");
+    assert_eq!(
+        st["DownloadMode"], 0,
+        "a daemon without peers is HTTP only: {f}"
+    );
     assert!(
         st.get("Status").is_some_and(|v| !v.is_null()),
         "Stats.Status: {f}"

@@ -194,15 +194,18 @@ enum NodeCall {
 /// All jobs.
 pub(crate) struct Jobs {
     node: Node,
+    /// The node's download mode, as `DOSwarmStats` numbers it.
+    download_mode: u32,
     saved: Records,
     /// A std mutex: held for table work only, never across an await.
     jobs: Mutex<HashMap<String, Job>>,
 }
 
 impl Jobs {
-    pub(crate) fn new(node: Node, db: Option<Arc<Database>>) -> Self {
+    pub(crate) fn new(node: Node, db: Option<Arc<Database>>, download_mode: u32) -> Self {
         Self {
             node,
+            download_mode,
             saved: Records::new(db, "jobs"),
             jobs: Mutex::default(),
         }
@@ -368,7 +371,7 @@ impl Jobs {
                 let f = job.files.get(i).ok_or(JobsError::Refused(E_INVALIDARG))?;
                 let mut v = file_json(i, f);
                 v["HttpResponseHeaders"] = Json::from(f.headers.as_deref().unwrap_or_default());
-                v["Stats"] = stats_json(&job.record, f);
+                v["Stats"] = stats_json(&job.record, f, self.download_mode);
                 Ok(v)
             }
         }
@@ -937,8 +940,8 @@ fn file_json(index: usize, f: &File) -> Json {
 }
 
 /// `DOSwarmStats`. Bytes served to peers are counted node-wide (`/v1/stats`), not per file.
-/// `DownloadMode` stays 0: the node's mode is shown node-wide (`/v1/stats`).
-fn stats_json(job: &JobRecord, f: &File) -> Json {
+/// `DownloadMode` is the node's (0 HTTP only, 1 LAN, 2 Group, 3 Internet).
+fn stats_json(job: &JobRecord, f: &File, download_mode: u32) -> Json {
     let r = &f.record;
     let end = if r.finished_unix_ms > 0 {
         r.finished_unix_ms
@@ -961,7 +964,7 @@ fn stats_json(job: &JobRecord, f: &File) -> Json {
         "HttpConnectionCount": u32::from(r.started_unix_ms > 0),
         "LanConnectionCount": 0, "GroupConnectionCount": 0, "InternetConnectionCount": 0,
         "DownloadDuration": if r.started_unix_ms > 0 { end.saturating_sub(r.started_unix_ms) } else { 0 },
-        "DownloadMode": 0,
+        "DownloadMode": download_mode,
         "Status": status,
         "IsBackground": job.priority != 0,
     })

@@ -63,6 +63,17 @@ pub struct Server {
     services: Arc<Services>,
 }
 
+/// The node's download mode as `DOSwarmStats` numbers it (0 HTTP only, 1 LAN, 2 Group,
+/// 3 Internet); the mode is fixed for the node's lifetime.
+async fn download_mode(node: &Node) -> u32 {
+    match node.stats().await.ok().and_then(|s| s.mode) {
+        Some("lan") => 1,
+        Some("group") => 2,
+        Some("internet") => 3,
+        _ => 0,
+    }
+}
+
 /// Everything the two API surfaces serve from.
 struct Services {
     manager: Manager,
@@ -77,7 +88,7 @@ impl Server {
         let db = config.state_path.as_deref().and_then(crate::state::open);
         let services = Arc::new(Services {
             manager: Manager::new(node.clone(), db.clone()),
-            jobs: Jobs::new(node, db),
+            jobs: Jobs::new(node.clone(), db, download_mode(&node).await),
         });
         services.manager.restore().await;
         services.jobs.restore().await;
