@@ -378,6 +378,23 @@ impl P2p {
         }
     }
 
+    /// Withdraws from the DHT the files this node announced and no longer holds nor fetches
+    /// (evicted, deleted, or a download that stopped): their records would send askers to a
+    /// node that answers "not here".
+    fn withdraw_gone(&mut self, store: &Store) {
+        if self.providing.is_empty() || self.swarm.behaviour().kad.as_ref().is_none() {
+            return;
+        }
+        let fetching: HashSet<ContentId> = self.swarms.values().map(|s| s.content).collect();
+        for content in withdrawn(&self.providing, &fetching, store) {
+            self.providing.remove(&content);
+            debug!(%content, "no longer held: withdrawn from the DHT");
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.stop_providing(&do_p2p::provider_key(content.as_bytes()));
+            }
+        }
+    }
+
     /// Asks the DHT who holds `content`; the holders found are dialed.
     fn find_providers(&mut self, content: ContentId) {
         if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
@@ -623,6 +640,9 @@ impl P2p {
                 self.dial_due(ctx.now);
                 self.polls += 1;
                 let ask_dht = self.polls.is_multiple_of(PROVIDER_QUERY_POLLS);
+                if ask_dht {
+                    self.withdraw_gone(ctx.store);
+                }
                 let ids: Vec<DownloadId> = self.swarms.keys().copied().collect();
                 for id in ids {
                     if self.swarms[&id].manifest.is_none() {
@@ -1504,6 +1524,25 @@ impl Written {
     }
 }
 
+/// The files among `providing` that are neither being fetched (`fetching`) nor held complete
+/// in `store`. A store that cannot be read withdraws nothing.
+fn withdrawn(
+    providing: &HashSet<ContentId>,
+    fetching: &HashSet<ContentId>,
+    store: &Store,
+) -> Vec<ContentId> {
+    providing
+        .iter()
+        .filter(|c| !fetching.contains(c))
+        .filter(|c| match store.lookup_content(c) {
+            Ok(Some((_, meta))) => !meta.complete,
+            Ok(None) => true,
+            Err(_) => false,
+        })
+        .copied()
+        .collect()
+}
+
 /// Verifies each block of a peer's answer against the trusted manifest, writes the good ones
 /// at their offsets and records them; stops at the first bad one. An answer for other blocks
 /// than asked, or of the wrong size, is bad.
@@ -1704,5 +1743,49 @@ fn claim(
             content: *content.as_bytes(),
         },
         None => Response::NotHere,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use do_content::{BlockIndex, Manifest};
+    use do_store::EntryMeta;
+
+    use super::*;
+
+    /// A cache entry for `url` holding `data`, complete if `finish`; its content id.
+    fn entry(store: &Store, url: &str, data: &[u8], finish: bool) -> (EntryId, ContentId) {
+        let meta = EntryMeta::new(url, data.len() as u64, None, None);
+        let id = store.create_entry(meta).unwrap();
+        let manifest = Manifest::from_bytes(data);
+        store.writer(id).unwrap().write_at(0, data).unwrap();
+        let blocks: Vec<_> = manifest
+            .blocks()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (BlockIndex(i as u64), *h))
+            .collect();
+        store.commit_blocks(id, &blocks).unwrap();
+        if finish {
+            store.finish(id, &manifest).unwrap();
+        }
+        (id, manifest.root())
+    }
+
+    #[test]
+    fn files_no_longer_held_nor_fetched_are_withdrawn_from_the_dht() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), do_store::Config::default()).unwrap();
+        let (_, held) = entry(&store, "http://o/held", b"held", true);
+        let (evicted_id, evicted) = entry(&store, "http://o/evicted", b"evicted", true);
+        let (_, partial) = entry(&store, "http://o/partial", b"partial", false);
+        let (_, fetching) = entry(&store, "http://o/fetching", b"fetching", false);
+        store.delete(evicted_id).unwrap();
+        let providing: HashSet<ContentId> = [held, evicted, partial, fetching].into();
+        let mut gone = withdrawn(&providing, &[fetching].into(), &store);
+        gone.sort_by_key(|c| c.to_string());
+        let mut expected = vec![evicted, partial];
+        expected.sort_by_key(|c| c.to_string());
+        assert_eq!(gone, expected);
     }
 }
