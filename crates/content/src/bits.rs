@@ -27,10 +27,7 @@ impl BlockBits {
     /// Adds the blocks of `set`.
     pub fn add(&mut self, set: &RangeSet) {
         if let Some(last) = set.runs().next_back() {
-            let words = last.end.div_ceil(64) as usize;
-            if self.words.len() < words {
-                self.words.resize(words, 0);
-            }
+            self.grow(last.end);
         }
         for run in set.runs() {
             self.fill(run);
@@ -40,21 +37,10 @@ impl BlockBits {
     /// Adds the blocks of `set`, calling `f` with each one that was not in the set before.
     pub fn add_new(&mut self, set: &RangeSet, mut f: impl FnMut(u64)) {
         if let Some(last) = set.runs().next_back() {
-            let words = last.end.div_ceil(64) as usize;
-            if self.words.len() < words {
-                self.words.resize(words, 0);
-            }
+            self.grow(last.end);
         }
         for run in set.runs() {
-            let (mut b, end) = (run.start, run.end);
-            while b < end {
-                let (w, bit) = ((b / 64) as usize, b % 64);
-                let n = (64 - bit).min(end - b);
-                let mask = if n == 64 {
-                    !0
-                } else {
-                    ((1u64 << n) - 1) << bit
-                };
+            for (w, mask) in masks(run) {
                 let mut new = mask & !self.words[w];
                 self.count += u64::from(new.count_ones());
                 self.words[w] |= mask;
@@ -62,33 +48,29 @@ impl BlockBits {
                     f(w as u64 * 64 + u64::from(new.trailing_zeros()));
                     new &= new - 1;
                 }
-                b += n;
             }
         }
     }
 
     /// Adds the blocks of `run`.
     pub fn insert(&mut self, run: Range<u64>) {
-        let words = run.end.div_ceil(64) as usize;
-        if self.words.len() < words {
-            self.words.resize(words, 0);
-        }
+        self.grow(run.end);
         self.fill(run);
     }
 
+    /// Makes room for blocks below `end`.
+    fn grow(&mut self, end: u64) {
+        let words = end.div_ceil(64) as usize;
+        if self.words.len() < words {
+            self.words.resize(words, 0);
+        }
+    }
+
+    /// Sets the blocks of `run` (room made).
     fn fill(&mut self, run: Range<u64>) {
-        let (mut b, end) = (run.start, run.end);
-        while b < end {
-            let (w, bit) = ((b / 64) as usize, b % 64);
-            let n = (64 - bit).min(end - b);
-            let mask = if n == 64 {
-                !0
-            } else {
-                ((1u64 << n) - 1) << bit
-            };
+        for (w, mask) in masks(run) {
             self.count += u64::from((mask & !self.words[w]).count_ones());
             self.words[w] |= mask;
-            b += n;
         }
     }
 
@@ -187,6 +169,24 @@ impl BlockBits {
             })
         })
     }
+}
+
+/// The words `run` touches, each with the mask of its blocks there.
+fn masks(run: Range<u64>) -> impl Iterator<Item = (usize, u64)> {
+    let (mut b, end) = (run.start, run.end);
+    std::iter::from_fn(move || {
+        (b < end).then(|| {
+            let (w, bit) = ((b / 64) as usize, b % 64);
+            let n = (64 - bit).min(end - b);
+            b += n;
+            let mask = if n == 64 {
+                !0
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            (w, mask)
+        })
+    })
 }
 
 fn word(words: &[u64], w: usize) -> u64 {
