@@ -33,12 +33,24 @@ struct Args {
     /// Runs of each measurement (the best is kept).
     #[arg(long, default_value_t = 2)]
     runs: usize,
-    /// Keep each crowd daemon's log as DIR/run-R-host-H.log.
+    /// Keep each daemon's log: the crowd's as DIR/run-R-host-H.log, the two-node run's as
+    /// DIR/run-R-TRANSPORT-host-H.log.
     #[arg(long, value_name = "DIR")]
     logs: Option<std::path::PathBuf>,
     /// Only the flash crowd (its `F/d_min` term then uses 940 Mbit/s for the LAN).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pair_only")]
     crowd_only: bool,
+    /// Only the two-node run.
+    #[arg(long)]
+    pair_only: bool,
+    /// The two-node run over this transport only (`tcp` or `quic`; default both).
+    #[arg(long, value_name = "TRANSPORT")]
+    transport: Option<String>,
+    /// Profile both daemons of the two-node run with `perf record` (DWARF call graphs) while
+    /// the second node takes the file, into DIR/run-R-TRANSPORT-host-H.data (and the whole
+    /// machine into DIR/run-R-TRANSPORT-all.data).
+    #[arg(long, value_name = "DIR")]
+    perf: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,8 +60,26 @@ fn main() -> anyhow::Result<()> {
     } else {
         pair(&args)?
     };
-    crowd(&args, lan_bytes_per_s)?;
+    if !args.pair_only {
+        crowd(&args, lan_bytes_per_s)?;
+    }
     Ok(())
+}
+
+/// CPU time (user and system) process `pid` has used, in seconds; 0 if it cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is the 3rd field overall,
+    // utime and stime the 14th and 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
+    });
+    // The kernel's USER_HZ is 100 on Linux.
+    ticks / 100.0
 }
 
 fn mib_s(bytes: u64, seconds: f64) -> f64 {
@@ -61,8 +91,18 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
     let bytes = args.pair_mib << 20;
     let mut best_curl = f64::MAX;
     let mut best_p2p = [f64::MAX; 2];
-    for _ in 0..args.runs {
+    let wanted = |transport: &str| args.transport.as_deref().is_none_or(|t| t == transport);
+    ensure!(
+        wanted("tcp") || wanted("quic"),
+        "--transport is tcp or quic"
+    );
+    for run in 0..args.runs {
         for (t, transport) in ["tcp", "quic"].into_iter().enumerate() {
+            // curl runs beside the first transport measured.
+            let first = if wanted("tcp") { 0 } else { 1 };
+            if !wanted(transport) {
+                continue;
+            }
             let mut fleet = Fleet::without_daemons(FleetOptions {
                 nodes: 2,
                 spare_hosts: 0,
@@ -70,11 +110,13 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
                 origin_mbit: None,
                 remote_hosts: 0,
             });
+            let mut daemons = Vec::new();
             for host in 2..=3 {
                 fleet.start_daemon_with(host, &["--transport", transport]);
+                daemons.push((host, fleet.lan.children.last().expect("daemon").id()));
             }
             fleet.wait_for_mesh();
-            if t == 0 {
+            if t == first {
                 // curl on host 3 from the origin on host 1, writing a file as donode does.
                 let out = fleet.dir(3, "curl.bin");
                 let url = format!("http://{}:8080/files/f.bin", do_tests::Lan::addr(1));
@@ -93,9 +135,61 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
             // Host 2 takes the file from the origin, then host 3 takes it from host 2.
             let first = fleet.spawn_get(2).wait_with_output()?;
             fleet.check(2, &first);
+            let perfs = match &args.perf {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)?;
+                    let mut perfs = daemons
+                        .iter()
+                        .map(|&(host, pid)| {
+                            let out = dir.join(format!("run-{run}-{transport}-host-{host}.data"));
+                            std::process::Command::new("perf")
+                                .args(["record", "--call-graph", "dwarf,16384", "-F", "250"])
+                                .args(["-q", "-o"])
+                                .arg(out)
+                                .args(["-p", &pid.to_string()])
+                                .spawn()
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    // And the whole machine (the kernel's threads and the bridge included).
+                    let out = dir.join(format!("run-{run}-{transport}-all.data"));
+                    perfs.push(
+                        std::process::Command::new("perf")
+                            .args(["record", "-a", "-F", "250", "-q", "-o"])
+                            .arg(out)
+                            .spawn()?,
+                    );
+                    perfs
+                }
+                None => Vec::new(),
+            };
+            let cpu_before: Vec<f64> = daemons.iter().map(|&(_, pid)| cpu_seconds(pid)).collect();
             let started = Instant::now();
             let second = fleet.spawn_get(3).wait_with_output()?;
             let elapsed = started.elapsed().as_secs_f64();
+            let cpu: Vec<f64> = daemons
+                .iter()
+                .zip(cpu_before)
+                .map(|(&(_, pid), before)| cpu_seconds(pid) - before)
+                .collect();
+            eprintln!(
+                "run {run}, {transport}: {elapsed:.2} s; CPU of the serving daemon {:.2} s, \
+                 of the receiving one {:.2} s",
+                cpu[0], cpu[1]
+            );
+            for mut perf in perfs {
+                // SIGINT: perf writes its file and exits.
+                let _ = std::process::Command::new("kill")
+                    .args(["-INT", &perf.id().to_string()])
+                    .status();
+                perf.wait()?;
+            }
+            if let Some(dir) = &args.logs {
+                std::fs::create_dir_all(dir)?;
+                for host in 2..=3 {
+                    let log = dir.join(format!("run-{run}-{transport}-host-{host}.log"));
+                    std::fs::write(log, fleet.log(host))?;
+                }
+            }
             let summary = fleet.check(3, &second);
             ensure!(
                 summary["BytesFromLanPeers"].as_u64() == Some(bytes),
@@ -110,6 +204,9 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
         mib_s(bytes, best_curl),
     );
     for (t, transport) in ["TCP", "QUIC"].into_iter().enumerate() {
+        if best_p2p[t] == f64::MAX {
+            continue;
+        }
         println!(
             "  donode from a peer over {transport}: {:.2} s ({:.0} MiB/s); p2p/curl throughput {:.2}",
             best_p2p[t],
