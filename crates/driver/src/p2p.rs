@@ -1748,7 +1748,7 @@ fn claim(
 
 #[cfg(test)]
 mod tests {
-    use do_content::{BlockIndex, Manifest};
+    use do_content::{BLOCK_SIZE, BlockIndex, Manifest};
     use do_store::EntryMeta;
 
     use super::*;
@@ -1787,5 +1787,91 @@ mod tests {
         let mut expected = vec![evicted, partial];
         expected.sort_by_key(|c| c.to_string());
         assert_eq!(gone, expected);
+    }
+
+    /// A file of four whole blocks and a short fifth one, its manifest, and a store with an
+    /// empty entry for it.
+    fn setup() -> (tempfile::TempDir, Store, EntryId, Vec<u8>, Manifest) {
+        let len = 4 * BLOCK_SIZE + 1000;
+        let file: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let hashes = (0..block_count(len))
+            .map(|b| {
+                let r = block_range(len, BlockIndex(b));
+                hash_block(len, BlockIndex(b), &file[r.start as usize..r.end as usize])
+            })
+            .collect();
+        let manifest = Manifest::new(len, hashes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), do_store::Config::default()).unwrap();
+        let entry = store
+            .create_entry(EntryMeta::new("http://o/f", len, None, None))
+            .unwrap();
+        (dir, store, entry, file, manifest)
+    }
+
+    fn bytes(file: &[u8], blocks: std::ops::Range<u64>) -> Vec<u8> {
+        let len = file.len() as u64;
+        let start = block_range(len, BlockIndex(blocks.start)).start as usize;
+        let end = block_range(len, BlockIndex(blocks.end - 1)).end as usize;
+        file[start..end].to_vec()
+    }
+
+    fn on_disk(store: &Store, entry: EntryId) -> Vec<u8> {
+        std::fs::read(store.data_path(entry)).unwrap()
+    }
+
+    #[test]
+    fn good_blocks_are_written_and_recorded() {
+        let (_dir, store, entry, file, manifest) = setup();
+        let w = write_peer_blocks(&store, entry, &manifest, 1..5, 1, &bytes(&file, 1..5));
+        assert_eq!((w.corrupt, w.failed), (None, None));
+        let sizes = [BLOCK_SIZE, BLOCK_SIZE, BLOCK_SIZE, 1000];
+        assert_eq!(w.good, (1..5).zip(sizes).collect::<Vec<_>>());
+        assert_eq!(
+            store.verified(entry).unwrap(),
+            std::iter::once(1..5).collect()
+        );
+        assert_eq!(
+            on_disk(&store, entry)[BLOCK_SIZE as usize..],
+            file[BLOCK_SIZE as usize..]
+        );
+    }
+
+    #[test]
+    fn a_bad_block_stops_the_answer_there_and_is_never_written() {
+        let (_dir, store, entry, file, manifest) = setup();
+        let mut data = bytes(&file, 0..4);
+        data[2 * BLOCK_SIZE as usize + 7] ^= 1;
+        let w = write_peer_blocks(&store, entry, &manifest, 0..4, 0, &data);
+        assert_eq!((w.corrupt, w.failed), (Some(2), None));
+        assert_eq!(w.good, vec![(0, BLOCK_SIZE), (1, BLOCK_SIZE)]);
+        assert_eq!(
+            store.verified(entry).unwrap(),
+            std::iter::once(0..2).collect()
+        );
+        // Only the good blocks before the bad one reached the file.
+        assert_eq!(on_disk(&store, entry), bytes(&file, 0..2));
+    }
+
+    #[test]
+    fn an_answer_of_the_wrong_shape_is_corrupt() {
+        let (_dir, store, entry, file, manifest) = setup();
+        // Other blocks than asked: nothing is written.
+        let w = write_peer_blocks(&store, entry, &manifest, 0..2, 1, &bytes(&file, 1..3));
+        assert_eq!((w.corrupt, w.good.len()), (Some(0), 0));
+        // Too short: the blocks it holds whole are kept, the first cut one is bad.
+        let data = bytes(&file, 0..2);
+        let w = write_peer_blocks(&store, entry, &manifest, 0..2, 0, &data[..data.len() - 1]);
+        assert_eq!((w.corrupt, w.good), (Some(1), vec![(0, BLOCK_SIZE)]));
+        // Bytes after the last block: the blocks are good, the answer is not.
+        let mut data = bytes(&file, 2..3);
+        data.push(0);
+        let w = write_peer_blocks(&store, entry, &manifest, 2..3, 2, &data);
+        assert_eq!((w.corrupt, w.good), (Some(2), vec![(2, BLOCK_SIZE)]));
+        assert_eq!(
+            store.verified(entry).unwrap(),
+            [0..1, 2..3].into_iter().collect()
+        );
+        assert!(on_disk(&store, entry).len() <= 3 * BLOCK_SIZE as usize);
     }
 }
