@@ -86,11 +86,8 @@ struct Node {
     /// Holdings changed since the last have poll, per file.
     changed: Vec<bool>,
     /// Per file: the blocks gained since the last have poll (what a poll reports of a peer
-    /// whose whole holdings it reported before, as `Input::PeerGained`).
+    /// to an engine that knows its holdings, as `Input::PeerGained`).
     gained: Vec<RangeSet>,
-    /// Per file: the next poll reports this node's whole holdings to every neighbor (it
-    /// rejoined: they had forgotten it).
-    whole: Vec<bool>,
     jobs: Vec<Job>,
     /// Per file: the engine trusts a manifest.
     trusted: Vec<bool>,
@@ -189,7 +186,6 @@ enum Ev {
 struct Changes {
     changed: Vec<bool>,
     gained: Vec<RangeSet>,
-    whole: Vec<bool>,
 }
 
 struct Entry {
@@ -380,7 +376,6 @@ impl Sim {
                     held_bits: vec![BlockBits::default(); files],
                     changed: vec![false; files],
                     gained: vec![RangeSet::new(); files],
-                    whole: vec![false; files],
                     jobs: vec![Job::Waiting; files],
                     trusted: vec![false; files],
                     unchecked: vec![RangeSet::new(); files],
@@ -720,7 +715,6 @@ impl Sim {
                 Changes {
                     changed: std::mem::replace(&mut node.changed, vec![false; files]),
                     gained: std::mem::replace(&mut node.gained, vec![RangeSet::new(); files]),
-                    whole: std::mem::replace(&mut node.whole, vec![false; files]),
                 }
             })
             .collect();
@@ -774,31 +768,28 @@ impl Sim {
                 let peer = PeerId(u64::from(j));
                 let refresh = self.nodes[iu].refresh_all || self.nodes[iu].refresh.contains(&j);
                 let node = &self.nodes[ju];
-                // (Blocks a node gained during this poll, after the changes were taken, are
-                // told with them: a report tells what the peer holds when it answers.)
-                let (report, whole, gained) = match changed {
-                    Some(c) => {
-                        let mut gained = c[ju].gained[f].clone();
-                        for run in node.gained[f].runs() {
-                            gained.insert(run.start, run.end);
-                        }
-                        (c[ju].changed[f], c[ju].whole[f], gained)
-                    }
-                    None => (node.changed[f], node.whole[f], node.gained[f].clone()),
-                };
+                let report = changed.map_or(node.changed[f], |c| c[ju].changed[f]);
                 if (report || refresh) && !node.held[f].is_empty() {
-                    // The whole holdings to a node that forgot them (or never had them); to
-                    // the others what came since the last poll, which they lack alone.
+                    // The whole holdings to an engine that lacks them (it never had them, or
+                    // forgot them: a request failed, the peer was gone); to the others what
+                    // came since the last poll, which is all they lack.
                     let known = self.nodes[iu].engine.knows_holdings(id, peer);
                     let node = &self.nodes[ju];
-                    let whole = whole || self.sc.engine.whole_have_reports;
-                    batch.push(if refresh || whole || !known {
+                    batch.push(if self.sc.engine.whole_have_reports || !known {
                         Input::PeerHas {
                             id,
                             peer,
                             blocks: node.held[f].clone(),
                         }
                     } else {
+                        // (Blocks gained during this poll, after the changes were taken, are
+                        // told with them: a report tells what the peer holds when it answers.)
+                        let mut gained = node.gained[f].clone();
+                        if let Some(c) = changed {
+                            for run in c[ju].gained[f].runs() {
+                                gained.insert(run.start, run.end);
+                            }
+                        }
                         Input::PeerGained {
                             id,
                             peer,
@@ -1470,7 +1461,6 @@ impl Sim {
                 node.jobs[f] = Job::Waiting;
             }
             node.changed[f] = !node.held[f].is_empty();
-            node.whole[f] = true;
         }
         self.arrive(i);
     }
