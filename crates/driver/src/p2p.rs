@@ -1794,13 +1794,7 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Store, EntryId, Vec<u8>, Manifest) {
         let len = 4 * BLOCK_SIZE + 1000;
         let file: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-        let hashes = (0..block_count(len))
-            .map(|b| {
-                let r = block_range(len, BlockIndex(b));
-                hash_block(len, BlockIndex(b), &file[r.start as usize..r.end as usize])
-            })
-            .collect();
-        let manifest = Manifest::new(len, hashes).unwrap();
+        let manifest = Manifest::from_bytes(&file);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), do_store::Config::default()).unwrap();
         let entry = store
