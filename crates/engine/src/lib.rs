@@ -97,7 +97,7 @@ pub struct Config {
     /// rule for 1, 2, 4 ... 32 windows. Default 0, off (DO's default is 500 KB/s): the top-up
     /// spends origin bytes for time, and behind WAN links it spends many (the `sites-group`
     /// simulation: 4.5 origin copies at 500,000 instead of 1.2, for a makespan of 135 s
-    /// instead of 172 s).
+    /// instead of 171 s).
     pub min_background_qos: u64,
     /// While peers offer a file, wait this long after a start before asking the origin for
     /// what they lack (DO's `DODelay{Background,Foreground}DownloadFromHttp`). Default 0.
