@@ -116,6 +116,11 @@ impl BlockBits {
         }
     }
 
+    /// `block` is in the set.
+    pub fn contains(&self, block: u64) -> bool {
+        word(&self.words, (block / 64) as usize) >> (block % 64) & 1 == 1
+    }
+
     /// Every block of `run` is in the set.
     pub fn contains_run(&self, run: Range<u64>) -> bool {
         run.into_iter()
@@ -154,6 +159,26 @@ impl BlockBits {
                 x &= x - 1;
             }
         }
+    }
+
+    /// The set as runs.
+    pub fn to_set(&self) -> RangeSet {
+        let mut set = RangeSet::new();
+        let mut run: Option<Range<u64>> = None;
+        for b in self.iter() {
+            match &mut run {
+                Some(r) if r.end == b => r.end = b + 1,
+                _ => {
+                    if let Some(r) = run.replace(b..b + 1) {
+                        set.insert(r.start, r.end);
+                    }
+                }
+            }
+        }
+        if let Some(r) = run {
+            set.insert(r.start, r.end);
+        }
+        set
     }
 
     /// Every block in the set, in increasing order.
