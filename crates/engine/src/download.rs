@@ -68,6 +68,15 @@ pub(crate) struct Download {
     pub(crate) haves: BTreeMap<PeerId, BlockBits>,
     /// How many of `haves` hold each block.
     availability: Vec<u32>,
+    /// Blocks the peers' own peers hold (`Input::PeerNear`): left to come through the peers
+    /// while they keep bringing blocks (see `Config::near_wait`).
+    near: BlockBits,
+    /// When `near` last grew, and when a peer last brought a block.
+    near_grew: Instant,
+    pub(crate) peer_block_at: Instant,
+    /// The origin was kept from blocks in `near` until this time at the last scheduling pass
+    /// (a timer then, to ask it once the wait is over).
+    pub(crate) near_until: Option<Instant>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
     /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`), each with its
@@ -144,6 +153,10 @@ impl Download {
             endgame: false,
             haves: BTreeMap::new(),
             availability: Vec::new(),
+            near: BlockBits::default(),
+            near_grew: now,
+            peer_block_at: now,
+            near_until: None,
             co_fetchers: BTreeMap::new(),
             reported: BTreeMap::new(),
             shares_moved: false,
@@ -380,24 +393,27 @@ impl Download {
     /// The blocks of `set` that no peer in `haves` holds (from the availability counts: one
     /// pass over `set`, whatever the number of peers).
     pub(crate) fn held_by_no_peer(&self, set: &RangeSet) -> RangeSet {
-        let mut out = RangeSet::new();
-        for run in set.runs() {
-            let mut start = None;
-            for b in run.clone() {
-                match (self.availability(b) == 0, start) {
-                    (true, None) => start = Some(b),
-                    (false, Some(s)) => {
-                        out.insert(s, b);
-                        start = None;
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(s) = start {
-                out.insert(s, run.end);
-            }
+        filter_blocks(set, |b| self.availability(b) == 0)
+    }
+
+    /// Adds blocks the peers' own peers hold.
+    pub(crate) fn add_near(&mut self, blocks: &RangeSet, now: Instant) {
+        let before = self.near.count();
+        self.near.add(blocks);
+        if self.near.count() > before {
+            self.near_grew = now;
         }
-        out
+    }
+
+    /// Until when the origin is kept from the blocks the peers' peers hold: while peers keep
+    /// bringing blocks, or news of such blocks keeps coming, and for `wait` after.
+    pub(crate) fn near_wait_until(&self, wait: Duration) -> Option<Instant> {
+        (self.near.count() > 0).then(|| self.near_grew.max(self.peer_block_at) + wait)
+    }
+
+    /// The blocks of `set` that the peers' peers do not hold.
+    pub(crate) fn not_near(&self, set: &RangeSet) -> RangeSet {
+        filter_blocks(set, |b| !self.near.contains(b))
     }
 
     /// How many peers in `haves` hold `block`.
@@ -438,6 +454,7 @@ impl Download {
         }
         if let Some(p) = self.peer_requests.get_mut(&request) {
             p.last_progress = now;
+            self.peer_block_at = now;
         }
         let Some(info) = &self.info else { return false };
         if block.0 >= block_count(info.len) || self.have.contains(block.0) {
@@ -464,6 +481,7 @@ impl Download {
             return false;
         };
         p.last_progress = now;
+        self.peer_block_at = now;
         let peer = p.peer;
         if let Some(owed) = self.fetches.get_mut(&request) {
             owed.remove(block.0, block.0 + 1);
@@ -525,6 +543,8 @@ impl Download {
         self.availability = Vec::new();
         self.co_fetchers = BTreeMap::new();
         self.reported = BTreeMap::new();
+        self.near = BlockBits::default();
+        self.near_until = None;
         self.move_shares();
     }
 
@@ -572,6 +592,28 @@ pub(crate) fn check_ranges(ranges: &[ByteRange], len: Option<u64>) -> Result<(),
         return Err(CommandError::InvalidRange);
     }
     Ok(())
+}
+
+/// The blocks of `set` for which `keep` is true, as runs (one pass over `set`).
+fn filter_blocks(set: &RangeSet, keep: impl Fn(u64) -> bool) -> RangeSet {
+    let mut out = RangeSet::new();
+    for run in set.runs() {
+        let mut start = None;
+        for b in run.clone() {
+            match (keep(b), start) {
+                (true, None) => start = Some(b),
+                (false, Some(s)) => {
+                    out.insert(s, b);
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.insert(s, run.end);
+        }
+    }
+    out
 }
 
 fn overlap(wanted: &RangeSet, block: ByteRange) -> u64 {

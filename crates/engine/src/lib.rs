@@ -40,7 +40,7 @@ use std::{
 use do_content::{BlockIndex, ByteRange, ContentId, RangeSet};
 use tracing::{debug, info};
 
-use crate::{download::Download, rng::SplitMix64};
+use crate::{download::Download, peers::Affects, rng::SplitMix64};
 
 /// The window over which a download's rate is held against [`Config::min_background_qos`].
 pub const QOS_WINDOW: Duration = Duration::from_secs(10);
@@ -99,6 +99,12 @@ pub struct Config {
     /// simulation: 4.5 origin copies at 500,000 instead of 1.2, for a makespan of 135 s
     /// instead of 171 s).
     pub min_background_qos: u64,
+    /// Blocks the peers' own peers hold ([`Input::PeerNear`]) are left to come through the
+    /// peers instead of the origin while peers keep bringing blocks: until this long after the
+    /// last block a peer brought or the last news of such blocks, whichever is later. A node
+    /// that sees part of a crowd so waits for the blocks a co-fetcher two hops away took from
+    /// the origin before it came, instead of taking them again. Default 3 s.
+    pub near_wait: Duration,
     /// While peers offer a file, wait this long after a start before asking the origin for
     /// what they lack (DO's `DODelay{Background,Foreground}DownloadFromHttp`). Default 0.
     pub origin_fallback_delay: Duration,
@@ -125,6 +131,7 @@ impl Default for Config {
             peer_stall_timeout: Duration::from_secs(10),
             endgame_after: Duration::from_secs(2),
             min_background_qos: 0,
+            near_wait: Duration::from_secs(3),
             origin_fallback_delay: Duration::ZERO,
             node_key: 0,
         }
@@ -341,6 +348,19 @@ pub enum Input {
         /// Verified blocks it holds now and did not before.
         blocks: RangeSet,
     },
+    /// Blocks a peer's own peers hold (as far as it knows), added to what it said before:
+    /// they can come through it. The origin is not asked for them while peers keep bringing
+    /// blocks (see [`Config::near_wait`]), so a node that sees part of a crowd does not take
+    /// again from the origin what a co-fetcher it does not see took before it came. A peer
+    /// that lies here delays, never corrupts: the wait ends when peers stop bringing blocks.
+    PeerNear {
+        /// The download.
+        id: DownloadId,
+        /// The peer.
+        peer: PeerId,
+        /// Blocks its peers hold.
+        blocks: RangeSet,
+    },
     /// A peer is downloading this download's file too: the origin's work is split between
     /// the nodes fetching it (each takes the share its key ranks it), so that each byte
     /// leaves the origin about once. A peer whose share stops growing for
@@ -439,6 +459,7 @@ impl Input {
                 | Self::PeerRemoved { .. }
                 | Self::PeerHas { .. }
                 | Self::PeerGained { .. }
+                | Self::PeerNear { .. }
                 | Self::PeerFetching { .. }
                 | Self::PeerCoFetchers { .. }
                 | Self::ManifestTrusted { .. }
@@ -670,19 +691,19 @@ impl Engine {
         for input in inputs {
             if input.is_peer() {
                 match self.apply_peer_input(now, input) {
-                    Some(id) if !some.contains(&id) => some.push(id),
-                    Some(_) => {}
-                    None => all = true,
+                    Affects::One(id) if !some.contains(&id) => some.push(id),
+                    Affects::One(_) | Affects::Nothing => {}
+                    Affects::All => all = true,
                 }
             } else {
                 self.handle_input(now, input);
             }
         }
         if all {
-            self.schedule_affected(now, None);
+            self.schedule_affected(now, Affects::All);
         } else {
             for id in some {
-                self.schedule_affected(now, Some(id));
+                self.schedule_affected(now, Affects::One(id));
             }
         }
     }
@@ -1024,6 +1045,8 @@ impl Engine {
         if now >= d.started_at + self.config.origin_fallback_delay {
             d.fallback_passed = true;
         }
+        // Set again below if the origin is still kept from the peers' peers' blocks.
+        d.near_until = None;
         if d.state != State::Transferring
             && !(d.state == State::Paused && !d.user_paused && d.error == 0)
         {

@@ -34,26 +34,48 @@ impl Engine {
             .filter(|d| usable && !d.dropped.contains(&peer))
     }
 
-    /// Schedules the download `affected` names, or every download.
-    pub(crate) fn schedule_affected(&mut self, now: Instant, affected: Option<DownloadId>) {
+    /// The blocks of a download's file that this node's usable LAN peers hold: what it tells
+    /// a peer that asks what can come through it ([`Input::PeerNear`] there).
+    pub fn held_by_peers(&self, id: DownloadId) -> RangeSet {
+        let Some(d) = self.downloads.get(&id) else {
+            return RangeSet::new();
+        };
+        let mut held = BlockBits::default();
+        for (peer, bits) in &d.haves {
+            if self
+                .peers
+                .get(peer)
+                .is_some_and(|p| p.class == PeerClass::Lan)
+            {
+                held.union_with(bits);
+            }
+        }
+        held.to_set()
+    }
+
+    /// Schedules the downloads `affected` names.
+    pub(crate) fn schedule_affected(&mut self, now: Instant, affected: Affects) {
         let ids: Vec<DownloadId> = match affected {
-            Some(id) => vec![id],
-            None => self.downloads.keys().copied().collect(),
+            Affects::Nothing => Vec::new(),
+            Affects::One(id) => vec![id],
+            Affects::All => self.downloads.keys().copied().collect(),
         };
         for id in ids {
             self.schedule(now, id);
         }
     }
 
-    /// Records a peer input; returns the one download it concerns (`None`: all of them).
-    pub(crate) fn apply_peer_input(&mut self, now: Instant, input: Input) -> Option<DownloadId> {
+    /// Records a peer input; returns the downloads to schedule again.
+    pub(crate) fn apply_peer_input(&mut self, now: Instant, input: Input) -> Affects {
         let affected = match &input {
             Input::PeerHas { id, .. }
             | Input::PeerGained { id, .. }
             | Input::PeerFetching { id, .. }
             | Input::PeerCoFetchers { id, .. }
-            | Input::ManifestTrusted { id, .. } => Some(*id),
-            _ => None,
+            | Input::ManifestTrusted { id, .. } => Affects::One(*id),
+            // It only keeps the origin from blocks: nothing new to hand out.
+            Input::PeerNear { .. } => Affects::Nothing,
+            _ => Affects::All,
         };
         match input {
             Input::PeerAdded { peer, class } => {
@@ -90,6 +112,17 @@ impl Engine {
                     d.add_have(peer, &blocks);
                     let held = d.haves.get(&peer).map_or(0, BlockBits::count);
                     d.note_growth(peer, held, now);
+                }
+            }
+            Input::PeerNear { id, peer, blocks } => {
+                // Only what is near: blocks behind a WAN link are no cheaper through a peer
+                // than from the origin.
+                let lan = self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.class == PeerClass::Lan);
+                if let (true, Some(d)) = (lan, self.usable_download(id, peer)) {
+                    d.add_near(&blocks, now);
                 }
             }
             Input::PeerFetching { id, peer, key } => {
@@ -134,7 +167,7 @@ impl Engine {
                         );
                         self.ban(peer);
                     }
-                    return None;
+                    return Affects::All;
                 }
             }
             _ => unreachable!("only peer inputs are routed here"),
@@ -267,10 +300,16 @@ impl Engine {
             .filter(|co| !co.stalled && d.failures == 0)
             .map(|co| co.last_grew + self.config.peer_stall_timeout)
             .min();
-        [stall, fallback, co_stall, self.endgame_deadline(d)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            stall,
+            fallback,
+            co_stall,
+            self.endgame_deadline(d),
+            d.near_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// When a download's rate window ends: only while it transfers with peers to supply it
@@ -538,11 +577,12 @@ impl Engine {
     /// peering; after it, what no usable peer (with a trusted manifest) holds. `None`: not yet.
     /// `missing` is the download's [`Download::missing`].
     pub(crate) fn origin_candidates(
-        &self,
+        &mut self,
         now: Instant,
         id: DownloadId,
         missing: &RangeSet,
     ) -> Option<RangeSet> {
+        let near_wait = self.config.near_wait;
         let d = &self.downloads[&id];
         // Below the minimum speed the origin is asked for anything missing, at once.
         if d.below_qos {
@@ -560,6 +600,14 @@ impl Engine {
         // (`haves` holds usable peers only: a peer that is banned or gone is forgotten.)
         if d.manifest_trusted || d.trusted_id().is_some() {
             missing = d.held_by_no_peer(&missing);
+            // And blocks their own peers hold come through them, while they keep coming.
+            if let Some(until) = d.near_wait_until(near_wait).filter(|&t| t > now) {
+                let far = d.not_near(&missing);
+                if far.count() < missing.count() {
+                    self.downloads.get_mut(&id).expect("live").near_until = Some(until);
+                    missing = far;
+                }
+            }
         }
         Some(missing)
     }
@@ -748,6 +796,13 @@ impl Engine {
             .map(|d| d.peer_requests.values().filter(|p| p.peer == peer).count())
             .sum()
     }
+}
+
+/// The downloads a peer input may change the schedule of.
+pub(crate) enum Affects {
+    Nothing,
+    One(DownloadId),
+    All,
 }
 
 /// How the origin's work on one file is cut (see [`Engine::split`]).

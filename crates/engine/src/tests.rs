@@ -1068,6 +1068,91 @@ fn requests_to_many_peers_are_capped_and_spread_one_per_peer() {
     assert_eq!(distinct.len(), 16, "one request per peer: {asked:?}");
 }
 
+/// A download of 100 blocks whose LAN peer 1 holds 0..50 and whose peer `near_peer` (of
+/// class `class`) says its own peers hold 50..80.
+fn with_near(class: PeerClass) -> Harness {
+    let mut h = Harness::new(Config::default());
+    h.start_whole(Some(root()));
+    h.input(Input::PeerAdded {
+        peer: PeerId(1),
+        class: PeerClass::Lan,
+    });
+    h.input(Input::PeerAdded {
+        peer: PeerId(2),
+        class,
+    });
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: std::iter::once(0..50).collect(),
+    });
+    h.input(Input::PeerNear {
+        id: ID,
+        peer: PeerId(2),
+        blocks: std::iter::once(50..80).collect(),
+    });
+    h.input(Input::ManifestTrusted {
+        id: ID,
+        refuted: RangeSet::new(),
+        lost: RangeSet::new(),
+    });
+    h.answer_stat(Ok(info(100 * BLOCK_SIZE)));
+    h
+}
+
+#[test]
+fn blocks_the_peers_peers_hold_are_left_to_them_while_peers_bring_blocks() {
+    let mut h = with_near(PeerClass::Lan);
+    let got = serve_sources(&mut h, &[]);
+    let mut from_peer = got[&Some(1)].clone();
+    from_peer.sort_unstable();
+    assert_eq!(from_peer, (0..50).collect::<Vec<_>>());
+    let mut origin = got[&None].clone();
+    origin.sort_unstable();
+    assert_eq!(origin, (80..100).collect::<Vec<_>>(), "not what is near");
+    // Peers bring nothing more: the wait ends `near_wait` after the last block they brought,
+    // a timer, and the origin takes the rest.
+    let wait = Config::default().near_wait;
+    assert_eq!(h.engine.poll_timeout(), Some(h.now + wait));
+    h.advance(wait - Duration::from_millis(1));
+    assert!(h.take().is_empty(), "nothing before the wait is over");
+    h.advance(Duration::from_millis(1));
+    let got = serve_sources(&mut h, &[]);
+    let mut origin = got[&None].clone();
+    origin.sort_unstable();
+    assert_eq!(origin, (50..80).collect::<Vec<_>>());
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
+fn what_comes_through_a_peer_beyond_the_lan_does_not_keep_the_origin_waiting() {
+    let mut h = with_near(PeerClass::Internet);
+    let got = serve_sources(&mut h, &[]);
+    let mut origin = got[&None].clone();
+    origin.sort_unstable();
+    assert_eq!(origin, (50..100).collect::<Vec<_>>());
+    assert_eq!(h.status().state, State::Transferred);
+}
+
+#[test]
+fn a_node_tells_what_its_lan_peers_hold() {
+    let mut h = with_peers(
+        Config::default(),
+        100,
+        &[
+            (1, PeerClass::Lan, std::iter::once(0..10).collect()),
+            (2, PeerClass::Lan, [(5..20), (40..50)].into_iter().collect()),
+            (3, PeerClass::Internet, std::iter::once(60..70).collect()),
+        ],
+    );
+    let told = h.engine.held_by_peers(ID);
+    assert_eq!(told, [(0..20), (40..50)].into_iter().collect::<RangeSet>());
+    // A peer that goes is no longer counted.
+    h.input(Input::PeerRemoved { peer: PeerId(2) });
+    assert_eq!(h.engine.held_by_peers(ID), std::iter::once(0..10).collect());
+    assert!(h.engine.held_by_peers(DownloadId(9)).is_empty());
+}
+
 #[test]
 fn a_stalled_peer_stays_dropped_when_it_says_again_what_it_holds() {
     // A peer that answers have-polls but never sends blocks must not hold the download
