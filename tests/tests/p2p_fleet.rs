@@ -220,6 +220,53 @@ fn nodes_that_see_part_of_a_crowd_split_the_origins_work_as_the_whole_crowd() {
     );
 }
 
+#[test]
+fn a_node_waits_for_what_its_peers_peers_hold_instead_of_taking_it_from_the_origin() {
+    // A line (hosts 2 and 4 isolated from each other, host 3 between), behind a 100 Mbit/s
+    // origin. Host 2 takes the file first and serves it at 8 MiB/s. Then hosts 3 and 4 start
+    // together: host 3 takes it from host 2 (8 s); host 4 sees only host 3, which holds
+    // little at first, and splits the origin's work with it. Host 3 tells it what its own
+    // peers hold (`Near`): everything, so host 4 takes every block through host 3 and none
+    // from the origin. Without that, host 4 would fetch its half from the origin (about
+    // 1.4 copies in all).
+    const CAP: u64 = 8 << 20;
+    let _alone = one_at_a_time();
+    let mut fleet = Fleet::without_daemons(FleetOptions {
+        origin_mbit: Some(100),
+        remote_hosts: 0,
+        ..options(3, 0)
+    });
+    fleet.lan.isolate(2);
+    fleet.lan.isolate(4);
+    fleet.start_daemon_with(2, &["--upload-max-rate", &CAP.to_string()]);
+    for host in 3..=4 {
+        fleet.start_daemon(host);
+    }
+    for (host, peers) in [(2, 1), (3, 2), (4, 1)] {
+        fleet.wait_for_peers(host, peers);
+    }
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    let gets: Vec<(usize, Child)> = [3, 4].map(|h| (h, fleet.spawn_get(h))).into();
+    for (host, child) in gets {
+        let out = child.wait_with_output().unwrap();
+        fleet.check(host, &out);
+    }
+    let origin = fleet.origin_bytes();
+    let stats = fleet.stats(4).unwrap();
+    eprintln!(
+        "host 2, then 3 and 4, in a line: origin sent {:.3} × the file; host 4: {stats}",
+        ratio(origin)
+    );
+    assert_eq!(
+        stats["BytesFromLanPeers"].as_u64(),
+        Some(FILE),
+        "host 4 took every block through host 3: {stats}\n{}",
+        fleet.log(4)
+    );
+    assert!(ratio(origin) <= 1.02, "origin sent {origin} bytes");
+}
+
 /// Flips a byte in every 64 KiB block of the cache's data files.
 fn corrupt_cache(cache: &Path) {
     use std::os::unix::fs::FileExt;

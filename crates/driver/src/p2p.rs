@@ -105,6 +105,8 @@ struct Swarming {
     co_fetchers: HashSet<libp2p::PeerId>,
     /// Co-fetchers asked whom they split the origin's work with, not yet answered.
     asking_co: HashSet<libp2p::PeerId>,
+    /// Co-fetchers asked what their own peers hold, not yet answered.
+    asking_near: HashSet<libp2p::PeerId>,
 }
 
 /// A connected peer.
@@ -174,6 +176,9 @@ enum Pending {
         download: DownloadId,
     },
     CoFetchers {
+        download: DownloadId,
+    },
+    Near {
         download: DownloadId,
     },
     Blocks {
@@ -560,6 +565,7 @@ impl P2p {
                 hashing: HashSet::new(),
                 co_fetchers: HashSet::new(),
                 asking_co: HashSet::new(),
+                asking_near: HashSet::new(),
             },
         );
         if manifest.is_some() {
@@ -769,6 +775,7 @@ impl P2p {
                         s.polling.remove(&peer_id);
                         s.hashing.remove(&peer_id);
                         s.asking_co.remove(&peer_id);
+                        s.asking_near.remove(&peer_id);
                         s.co_fetchers.remove(&peer_id);
                     }
                     ctx.engine
@@ -914,8 +921,8 @@ impl P2p {
     /// each node sees part of the swarm, a node learns what its peers' peers verified, and,
     /// as always, trusts the set only once it merges to the content id. `None`: not such a
     /// request, or no such download (the cache answers). A `CoFetchers` request is answered
-    /// here too, from the engine ([`Engine::co_fetchers_for`] the asker): "none" when this
-    /// node does not download the file.
+    /// here too, from the engine ([`Engine::co_fetchers_for`] the asker), and a `Near` one
+    /// ([`Engine::held_by_peers`]): "none" when this node does not download the file.
     fn answer_swarming(
         &self,
         engine: &mut Engine,
@@ -924,12 +931,19 @@ impl P2p {
     ) -> Option<Response> {
         let (Request::Hashes { content, .. }
         | Request::Manifest { content }
-        | Request::CoFetchers { content }) = request
+        | Request::CoFetchers { content }
+        | Request::Near { content }) = request
         else {
             return None;
         };
         let content = ContentId::from_bytes(*content);
         let found = self.swarms.iter().find(|(_, s)| s.content == content);
+        if let Request::Near { .. } = request {
+            let near = found.map_or_else(RangeSet::new, |(&id, _)| engine.held_by_peers(id));
+            return Some(Response::Near(
+                near.runs().map(|r| (r.start, r.end)).collect(),
+            ));
+        }
         if let Request::CoFetchers { .. } = request {
             let keys = found.map_or_else(Vec::new, |(&id, _)| {
                 engine.co_fetchers_for(id, do_p2p::rank_key(peer))
@@ -1088,6 +1102,21 @@ impl P2p {
                     );
                     self.pending.insert(sent, Pending::CoFetchers { download });
                 }
+                // And what its own peers hold, which can come through it.
+                let ask_near = fetching
+                    && self
+                        .swarms
+                        .get_mut(&download)
+                        .is_some_and(|s| s.asking_near.insert(from));
+                if ask_near {
+                    let sent = self.swarm.behaviour_mut().blocks.send_request(
+                        &from,
+                        Request::Near {
+                            content: *content.as_bytes(),
+                        },
+                    );
+                    self.pending.insert(sent, Pending::Near { download });
+                }
             }
             Pending::Hashes { download } => {
                 let s = self.swarms.get_mut(&download)?;
@@ -1123,6 +1152,19 @@ impl P2p {
                         keys,
                     };
                     ctx.engine.handle_input(ctx.now, co);
+                }
+            }
+            Pending::Near { download } => {
+                let s = self.swarms.get_mut(&download)?;
+                s.asking_near.remove(&from);
+                if let Response::Near(runs) = response {
+                    let blocks = runs_to_set(&runs, block_count(s.len));
+                    let near = Input::PeerNear {
+                        id: download,
+                        peer,
+                        blocks,
+                    };
+                    ctx.engine.handle_input(ctx.now, near);
                 }
             }
             Pending::Blocks {
@@ -1654,7 +1696,8 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
         | Request::Blocks { content, .. }
         | Request::Status { content }
         | Request::Hashes { content, .. }
-        | Request::CoFetchers { content } => ContentId::from_bytes(*content),
+        | Request::CoFetchers { content }
+        | Request::Near { content } => ContentId::from_bytes(*content),
         Request::Claim { .. } if !claims => return Response::NotHere,
         Request::Claim {
             url,
@@ -1684,10 +1727,11 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
                 _ => Response::NotHere,
             }
         }),
-        // (The actor answers `CoFetchers` for downloads in progress: none here.)
-        Request::Manifest { .. } | Request::Claim { .. } | Request::CoFetchers { .. } => {
-            Ok(Response::NotHere)
-        }
+        // (The actor answers `CoFetchers` and `Near` for downloads in progress: none here.)
+        Request::Manifest { .. }
+        | Request::Claim { .. }
+        | Request::CoFetchers { .. }
+        | Request::Near { .. } => Ok(Response::NotHere),
         Request::Have { .. } => store.verified(id).map(|set| Response::Have(runs(set))),
         Request::Status { .. } => store.verified(id).map(|set| Response::Status {
             have: runs(set),

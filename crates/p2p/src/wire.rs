@@ -77,6 +77,14 @@ pub enum Request {
         /// The content id.
         content: [u8; 32],
     },
+    /// The blocks of the file that the peer's own peers hold, as far as it knows: what can
+    /// come through it. A node that sees part of a crowd so waits for what a co-fetcher it
+    /// does not see took from the origin, instead of taking it again. A peer that does not
+    /// know this request fails it: "none".
+    Near {
+        /// The content id.
+        content: [u8; 32],
+    },
 }
 
 /// Most block hashes one [`Response::Hashes`] carries.
@@ -124,6 +132,8 @@ pub enum Response {
     /// Answer to [`Request::CoFetchers`]: rank keys (at most [`MAX_CO_FETCHERS`]), each with
     /// its distance from the answering node in hops between co-fetchers (0: itself).
     CoFetchers(Vec<(u64, u8)>),
+    /// Answer to [`Request::Near`]: blocks as half-open runs `[start, end)`.
+    Near(Vec<(u64, u64)>),
 }
 
 /// Most rank keys one [`Response::CoFetchers`] carries.
@@ -296,6 +306,7 @@ mod tests {
             }),
             any::<[u8; 32]>().prop_map(|content| Request::Status { content }),
             any::<[u8; 32]>().prop_map(|content| Request::CoFetchers { content }),
+            any::<[u8; 32]>().prop_map(|content| Request::Near { content }),
             (any::<[u8; 32]>(), any::<u64>())
                 .prop_map(|(content, first)| Request::Hashes { content, first }),
             (
@@ -334,6 +345,7 @@ mod tests {
             any::<[u8; 32]>().prop_map(|content| Response::Claimed { content }),
             proptest::collection::vec((any::<u64>(), any::<u8>()), 0..40)
                 .prop_map(Response::CoFetchers),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20).prop_map(Response::Near),
         ]
     }
 
