@@ -252,6 +252,10 @@ pub struct EngineKnobs {
     /// another peer after it). Default: the engine's (2).
     #[serde(default = "endgame_s")]
     pub endgame_after_s: f64,
+    /// The engine's wait for blocks its peers' peers hold, seconds (`Config::near_wait`; 0
+    /// turns it off). Default: the engine's (3).
+    #[serde(default = "near_wait_s")]
+    pub near_wait_s: f64,
     /// A poll tells a peer's whole holdings each time they changed (`Input::PeerHas`, as the
     /// node's driver does) instead of the blocks gained since the last poll
     /// (`Input::PeerGained`, cheaper to simulate). The engine decides alike either way (a test
@@ -262,6 +266,10 @@ pub struct EngineKnobs {
 
 fn min_qos() -> u64 {
     do_engine::Config::default().min_background_qos
+}
+
+fn near_wait_s() -> f64 {
+    do_engine::Config::default().near_wait.as_secs_f64()
 }
 
 fn endgame_s() -> f64 {
@@ -292,6 +300,7 @@ impl Default for EngineKnobs {
             have_interval_s: 0.5,
             min_background_qos: min_qos(),
             endgame_after_s: endgame_s(),
+            near_wait_s: near_wait_s(),
             whole_have_reports: false,
         }
     }
@@ -383,8 +392,11 @@ impl Scenario {
         );
         let delay = |x: f64| (0.0..1e9).contains(&x);
         ensure!(
-            delay(self.engine.origin_fallback_delay_s) && delay(self.engine.endgame_after_s),
-            "engine.origin_fallback_delay_s and engine.endgame_after_s must be seconds, 0 or more"
+            delay(self.engine.origin_fallback_delay_s)
+                && delay(self.engine.endgame_after_s)
+                && delay(self.engine.near_wait_s),
+            "engine.origin_fallback_delay_s, engine.endgame_after_s and engine.near_wait_s must be \
+             seconds, 0 or more"
         );
         Ok(())
     }

@@ -88,6 +88,16 @@ struct Node {
     /// Per file: the blocks gained since the last have poll (what a poll reports of a peer
     /// to an engine that knows its holdings, as `Input::PeerGained`).
     gained: Vec<RangeSet>,
+    /// Per file: what this node's neighbors gained during the poll under way, and during the
+    /// one before (what it answers a neighbor that asks what can come through it: its
+    /// peers' holdings, told as they grow, `Input::PeerNear` there).
+    near_next: Vec<RangeSet>,
+    near: Vec<RangeSet>,
+    /// Per file: everything this node's neighbors were told to hold, up to the last poll (its
+    /// whole answer, for a neighbor that has not asked it before).
+    near_all: Vec<BlockBits>,
+    /// Per file: neighbors already told `near_all` (later, only what was gained).
+    told_near: Vec<BTreeSet<u32>>,
     jobs: Vec<Job>,
     /// Per file: the engine trusts a manifest.
     trusted: Vec<bool>,
@@ -376,6 +386,10 @@ impl Sim {
                     held_bits: vec![BlockBits::default(); files],
                     changed: vec![false; files],
                     gained: vec![RangeSet::new(); files],
+                    near_next: vec![RangeSet::new(); files],
+                    near: vec![RangeSet::new(); files],
+                    near_all: vec![BlockBits::default(); files],
+                    told_near: vec![BTreeSet::new(); files],
                     jobs: vec![Job::Waiting; files],
                     trusted: vec![false; files],
                     unchecked: vec![RangeSet::new(); files],
@@ -726,6 +740,11 @@ impl Sim {
             for (known, next) in node.known.iter_mut().zip(&node.known_next) {
                 known.clone_from(next);
             }
+            let files = node.near.len();
+            node.near = std::mem::replace(&mut node.near_next, vec![RangeSet::new(); files]);
+            for (all, gained) in node.near_all.iter_mut().zip(&node.near) {
+                all.add(gained);
+            }
         }
         if any_active {
             self.ensure_poll();
@@ -769,18 +788,16 @@ impl Sim {
                 let refresh = self.nodes[iu].refresh_all || self.nodes[iu].refresh.contains(&j);
                 let node = &self.nodes[ju];
                 let report = changed.map_or(node.changed[f], |c| c[ju].changed[f]);
+                let lan = self.class(i as u32, j) == PeerClass::Lan;
                 if (report || refresh) && !node.held[f].is_empty() {
                     // The whole holdings to an engine that lacks them (it never had them, or
                     // forgot them: a request failed, the peer was gone); to the others what
                     // came since the last poll, which is all they lack.
-                    let known = self.nodes[iu].engine.knows_holdings(id, peer);
+                    let whole = self.sc.engine.whole_have_reports
+                        || !self.nodes[iu].engine.knows_holdings(id, peer);
                     let node = &self.nodes[ju];
-                    batch.push(if self.sc.engine.whole_have_reports || !known {
-                        Input::PeerHas {
-                            id,
-                            peer,
-                            blocks: node.held[f].clone(),
-                        }
+                    let blocks = if whole {
+                        node.held[f].clone()
                     } else {
                         // (Blocks gained during this poll, after the changes were taken, are
                         // told with them: a report tells what the peer holds when it answers.)
@@ -790,11 +807,36 @@ impl Sim {
                                 gained.insert(run.start, run.end);
                             }
                         }
-                        Input::PeerGained {
-                            id,
-                            peer,
-                            blocks: gained,
+                        gained
+                    };
+                    // What this node's LAN peers hold is what it tells can come through it.
+                    if lan {
+                        let near = &mut self.nodes[iu].near_next[f];
+                        for run in blocks.runs() {
+                            near.insert(run.start, run.end);
                         }
+                    }
+                    batch.push(if whole {
+                        Input::PeerHas { id, peer, blocks }
+                    } else {
+                        Input::PeerGained { id, peer, blocks }
+                    });
+                }
+                // What can come through a LAN neighbor: what its own LAN peers hold, as it
+                // knew at the poll before (its answer is a poll old, as the node's would be);
+                // all of it the first time, then what they gained.
+                let near = if !lan {
+                    RangeSet::new()
+                } else if self.nodes[iu].told_near[f].insert(j) {
+                    self.nodes[ju].near_all[f].to_set()
+                } else {
+                    self.nodes[ju].near[f].clone()
+                };
+                if !near.is_empty() {
+                    batch.push(Input::PeerNear {
+                        id,
+                        peer,
+                        blocks: near,
                     });
                 }
                 if matches!(self.nodes[ju].jobs[f], Job::Active(_))
@@ -1312,6 +1354,7 @@ impl Sim {
             node.gained[file].insert(first, last);
             node.changed[file] = true;
         }
+        let node = &mut self.nodes[i as usize];
         match info.server {
             None => node.from_origin += bytes,
             Some(s) => {
@@ -1548,6 +1591,7 @@ fn engine_config(sc: &Scenario, key: u64) -> Config {
         peer_slots: sc.engine.peer_slots,
         min_background_qos: sc.engine.min_background_qos,
         endgame_after: Duration::from_secs_f64(sc.engine.endgame_after_s),
+        near_wait: Duration::from_secs_f64(sc.engine.near_wait_s),
         ..Config::default()
     }
 }
