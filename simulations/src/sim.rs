@@ -91,8 +91,8 @@ struct Node {
     /// Per file: what this node's neighbors gained during the poll under way, and during the
     /// one before (what it answers a neighbor that asks what can come through it: its
     /// peers' holdings, told as they grow, `Input::PeerNear` there).
-    near_next: Vec<RangeSet>,
-    near: Vec<RangeSet>,
+    near_next: Vec<BlockBits>,
+    near: Vec<BlockBits>,
     /// Per file: everything this node's neighbors were told to hold, up to the last poll (its
     /// whole answer, for a neighbor that has not asked it before).
     near_all: Vec<BlockBits>,
@@ -386,8 +386,8 @@ impl Sim {
                     held_bits: vec![BlockBits::default(); files],
                     changed: vec![false; files],
                     gained: vec![RangeSet::new(); files],
-                    near_next: vec![RangeSet::new(); files],
-                    near: vec![RangeSet::new(); files],
+                    near_next: vec![BlockBits::default(); files],
+                    near: vec![BlockBits::default(); files],
                     near_all: vec![BlockBits::default(); files],
                     told_near: vec![BTreeSet::new(); files],
                     jobs: vec![Job::Waiting; files],
@@ -741,9 +741,9 @@ impl Sim {
                 known.clone_from(next);
             }
             let files = node.near.len();
-            node.near = std::mem::replace(&mut node.near_next, vec![RangeSet::new(); files]);
+            node.near = std::mem::replace(&mut node.near_next, vec![BlockBits::default(); files]);
             for (all, gained) in node.near_all.iter_mut().zip(&node.near) {
-                all.add(gained);
+                all.union_with(gained);
             }
         }
         if any_active {
@@ -811,10 +811,7 @@ impl Sim {
                     };
                     // What this node's LAN peers hold is what it tells can come through it.
                     if lan {
-                        let near = &mut self.nodes[iu].near_next[f];
-                        for run in blocks.runs() {
-                            near.insert(run.start, run.end);
-                        }
+                        self.nodes[iu].near_next[f].add(&blocks);
                     }
                     batch.push(if whole {
                         Input::PeerHas { id, peer, blocks }
@@ -826,13 +823,13 @@ impl Sim {
                 // knew at the poll before (its answer is a poll old, as the node's would be);
                 // all of it the first time, then what they gained.
                 let near = if !lan {
-                    RangeSet::new()
+                    BlockBits::default()
                 } else if self.nodes[iu].told_near[f].insert(j) {
-                    self.nodes[ju].near_all[f].to_set()
+                    self.nodes[ju].near_all[f].clone()
                 } else {
                     self.nodes[ju].near[f].clone()
                 };
-                if !near.is_empty() {
+                if near.count() > 0 {
                     batch.push(Input::PeerNear {
                         id,
                         peer,

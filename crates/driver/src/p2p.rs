@@ -15,7 +15,8 @@ use std::{
 };
 
 use do_content::{
-    BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count, block_range, hash_block,
+    BlockBits, BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count, block_range,
+    hash_block,
 };
 use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId};
 use do_origin::Validators;
@@ -1158,7 +1159,7 @@ impl P2p {
                 let s = self.swarms.get_mut(&download)?;
                 s.asking_near.remove(&from);
                 if let Response::Near(runs) = response {
-                    let blocks = runs_to_set(&runs, block_count(s.len));
+                    let blocks = BlockBits::from_set(&runs_to_set(&runs, block_count(s.len)));
                     let near = Input::PeerNear {
                         id: download,
                         peer,

@@ -397,9 +397,9 @@ impl Download {
     }
 
     /// Adds blocks the peers' own peers hold.
-    pub(crate) fn add_near(&mut self, blocks: &RangeSet, now: Instant) {
+    pub(crate) fn add_near(&mut self, blocks: &BlockBits, now: Instant) {
         let before = self.near.count();
-        self.near.add(blocks);
+        self.near.union_with(blocks);
         if self.near.count() > before {
             self.near_grew = now;
         }

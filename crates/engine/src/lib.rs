@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use do_content::{BlockIndex, ByteRange, ContentId, RangeSet};
+use do_content::{BlockBits, BlockIndex, ByteRange, ContentId, RangeSet};
 use tracing::{debug, info};
 
 use crate::{download::Download, peers::Affects, rng::SplitMix64};
@@ -358,8 +358,8 @@ pub enum Input {
         id: DownloadId,
         /// The peer.
         peer: PeerId,
-        /// Blocks its peers hold.
-        blocks: RangeSet,
+        /// Blocks its peers hold (as bits: the news of a poll in a crowd is fragmented).
+        blocks: BlockBits,
     },
     /// A peer is downloading this download's file too: the origin's work is split between
     /// the nodes fetching it (each takes the share its key ranks it), so that each byte

@@ -1089,7 +1089,7 @@ fn with_near(class: PeerClass) -> Harness {
     h.input(Input::PeerNear {
         id: ID,
         peer: PeerId(2),
-        blocks: std::iter::once(50..80).collect(),
+        blocks: BlockBits::from_set(&std::iter::once(50..80).collect()),
     });
     h.input(Input::ManifestTrusted {
         id: ID,
