@@ -88,16 +88,12 @@ struct Node {
     /// Per file: the blocks gained since the last have poll (what a poll reports of a peer
     /// to an engine that knows its holdings, as `Input::PeerGained`).
     gained: Vec<RangeSet>,
-    /// Per file: what this node's neighbors gained during the poll under way, and during the
-    /// one before (what it answers a neighbor that asks what can come through it: its
-    /// peers' holdings, told as they grow, `Input::PeerNear` there).
-    near_next: Vec<BlockBits>,
-    near: Vec<BlockBits>,
-    /// Per file: everything this node's neighbors were told to hold, up to the last poll (its
-    /// whole answer, for a neighbor that has not asked it before).
-    near_all: Vec<BlockBits>,
-    /// Per file: neighbors already told `near_all` (later, only what was gained).
-    told_near: Vec<BTreeSet<u32>>,
+    /// Per file: what this node answers a co-fetcher that asks what can come through it (its
+    /// engine's `held_by_peers`, as at the start of the poll under way), and how often that
+    /// changed.
+    near: Vec<(BlockBits, u64)>,
+    /// Per file: the version of each neighbor's answer this node's engine was last told.
+    told_near: Vec<BTreeMap<u32, u64>>,
     jobs: Vec<Job>,
     /// Per file: the engine trusts a manifest.
     trusted: Vec<bool>,
@@ -386,10 +382,8 @@ impl Sim {
                     held_bits: vec![BlockBits::default(); files],
                     changed: vec![false; files],
                     gained: vec![RangeSet::new(); files],
-                    near_next: vec![BlockBits::default(); files],
-                    near: vec![BlockBits::default(); files],
-                    near_all: vec![BlockBits::default(); files],
-                    told_near: vec![BTreeSet::new(); files],
+                    near: vec![(BlockBits::default(), 0); files],
+                    told_near: vec![BTreeMap::new(); files],
                     jobs: vec![Job::Waiting; files],
                     trusted: vec![false; files],
                     unchecked: vec![RangeSet::new(); files],
@@ -732,6 +726,19 @@ impl Sim {
                 }
             })
             .collect();
+        // What each downloading node answers `Near` in this poll.
+        for node in &mut self.nodes {
+            for (f, job) in node.jobs.iter().enumerate() {
+                if node.online && matches!(job, Job::Active(_)) {
+                    let bits = node.engine.held_by_peers(DownloadId(f as u64 + 1));
+                    let (near, version) = &mut node.near[f];
+                    if bits != *near {
+                        *near = bits;
+                        *version += 1;
+                    }
+                }
+            }
+        }
         let mut any_active = false;
         for i in 0..self.nodes.len() {
             any_active |= self.poll_node(i, Some(&changed));
@@ -739,11 +746,6 @@ impl Sim {
         for node in &mut self.nodes {
             for (known, next) in node.known.iter_mut().zip(&node.known_next) {
                 known.clone_from(next);
-            }
-            let files = node.near.len();
-            node.near = std::mem::replace(&mut node.near_next, vec![BlockBits::default(); files]);
-            for (all, gained) in node.near_all.iter_mut().zip(&node.near) {
-                all.union_with(gained);
             }
         }
         if any_active {
@@ -809,32 +811,23 @@ impl Sim {
                         }
                         gained
                     };
-                    // What this node's LAN peers hold is what it tells can come through it.
-                    if lan {
-                        self.nodes[iu].near_next[f].add(&blocks);
-                    }
                     batch.push(if whole {
                         Input::PeerHas { id, peer, blocks }
                     } else {
                         Input::PeerGained { id, peer, blocks }
                     });
                 }
-                // What can come through a LAN neighbor: what its own LAN peers hold, as it
-                // knew at the poll before (its answer is a poll old, as the node's would be);
-                // all of it the first time, then what they gained.
-                let near = if !lan {
-                    BlockBits::default()
-                } else if self.nodes[iu].told_near[f].insert(j) {
-                    self.nodes[ju].near_all[f].clone()
-                } else {
-                    self.nodes[ju].near[f].clone()
-                };
-                if near.count() > 0 {
-                    batch.push(Input::PeerNear {
-                        id,
-                        peer,
-                        blocks: near,
-                    });
+                // What can come through a LAN co-fetcher: what its own LAN peers hold (told
+                // when it changed, and again after a refresh: the engine forgets it with the
+                // peer's holdings).
+                let (near, version) = &self.nodes[ju].near[f];
+                if lan
+                    && matches!(self.nodes[ju].jobs[f], Job::Active(_))
+                    && (refresh || self.nodes[iu].told_near[f].get(&j) != Some(version))
+                {
+                    let (blocks, version) = (near.clone(), *version);
+                    self.nodes[iu].told_near[f].insert(j, version);
+                    batch.push(Input::PeerNear { id, peer, blocks });
                 }
                 if matches!(self.nodes[ju].jobs[f], Job::Active(_))
                     && !self.nodes[iu].told_fetching[f].contains(&j)

@@ -940,7 +940,8 @@ impl P2p {
         let content = ContentId::from_bytes(*content);
         let found = self.swarms.iter().find(|(_, s)| s.content == content);
         if let Request::Near { .. } = request {
-            let near = found.map_or_else(RangeSet::new, |(&id, _)| engine.held_by_peers(id));
+            let near =
+                found.map_or_else(RangeSet::new, |(&id, _)| engine.held_by_peers(id).to_set());
             return Some(Response::Near(
                 near.runs().map(|r| (r.start, r.end)).collect(),
             ));

@@ -68,9 +68,12 @@ pub(crate) struct Download {
     pub(crate) haves: BTreeMap<PeerId, BlockBits>,
     /// How many of `haves` hold each block.
     availability: Vec<u32>,
-    /// Blocks the peers' own peers hold (`Input::PeerNear`): left to come through the peers
-    /// while they keep bringing blocks (see `Config::near_wait`).
-    near: BlockBits,
+    /// What can come through each usable peer: the blocks its own LAN peers hold, as it last
+    /// said (`Input::PeerNear`); and all of them in one set, computed again when one changed
+    /// (`None`). They are left to come through the peers while peers keep bringing blocks (see
+    /// `Config::near_wait`).
+    near_by: BTreeMap<PeerId, BlockBits>,
+    near: Option<BlockBits>,
     /// When `near` last grew, and when a peer last brought a block.
     near_grew: Instant,
     pub(crate) peer_block_at: Instant,
@@ -153,7 +156,8 @@ impl Download {
             endgame: false,
             haves: BTreeMap::new(),
             availability: Vec::new(),
-            near: BlockBits::default(),
+            near_by: BTreeMap::new(),
+            near: None,
             near_grew: now,
             peer_block_at: now,
             near_until: None,
@@ -359,6 +363,9 @@ impl Download {
                 self.count(block, false);
             }
         }
+        if self.near_by.remove(&peer).is_some() {
+            self.near = None;
+        }
         if self.reported.remove(&peer).is_some() {
             self.move_shares();
         }
@@ -396,24 +403,44 @@ impl Download {
         filter_blocks(set, |b| self.availability(b) == 0)
     }
 
-    /// Adds blocks the peers' own peers hold.
-    pub(crate) fn add_near(&mut self, blocks: &BlockBits, now: Instant) {
-        let before = self.near.count();
-        self.near.union_with(blocks);
-        if self.near.count() > before {
+    /// What can come through `peer` now (replaces what it said before). True if it lost
+    /// blocks: the origin may be asked for them.
+    pub(crate) fn set_near(&mut self, peer: PeerId, blocks: BlockBits, now: Instant) -> bool {
+        let old = self.near_by.get(&peer);
+        if old == Some(&blocks) {
+            return false;
+        }
+        let mut gained = blocks.clone();
+        let mut lost = old.cloned().unwrap_or_default();
+        if let Some(old) = old {
+            gained.subtract(old);
+        }
+        lost.subtract(&blocks);
+        if gained.count() > 0 {
             self.near_grew = now;
         }
+        self.near_by.insert(peer, blocks);
+        self.near = None;
+        lost.count() > 0
     }
 
-    /// Until when the origin is kept from the blocks the peers' peers hold: while peers keep
+    /// Until when the origin is kept from what can come through the peers: while peers keep
     /// bringing blocks, or news of such blocks keeps coming, and for `wait` after.
     pub(crate) fn near_wait_until(&self, wait: Duration) -> Option<Instant> {
-        (self.near.count() > 0).then(|| self.near_grew.max(self.peer_block_at) + wait)
+        (!self.near_by.is_empty()).then(|| self.near_grew.max(self.peer_block_at) + wait)
     }
 
-    /// The blocks of `set` that the peers' peers do not hold.
-    pub(crate) fn not_near(&self, set: &RangeSet) -> RangeSet {
-        filter_blocks(set, |b| !self.near.contains(b))
+    /// The blocks of `set` that cannot come through any peer.
+    pub(crate) fn not_near(&mut self, set: &RangeSet) -> RangeSet {
+        let by = &self.near_by;
+        let near = self.near.get_or_insert_with(|| {
+            let mut all = BlockBits::default();
+            for bits in by.values() {
+                all.union_with(bits);
+            }
+            all
+        });
+        filter_blocks(set, |b| !near.contains(b))
     }
 
     /// How many peers in `haves` hold `block`.
@@ -543,7 +570,8 @@ impl Download {
         self.availability = Vec::new();
         self.co_fetchers = BTreeMap::new();
         self.reported = BTreeMap::new();
-        self.near = BlockBits::default();
+        self.near_by = BTreeMap::new();
+        self.near = None;
         self.near_until = None;
         self.move_shares();
     }

@@ -348,7 +348,7 @@ pub enum Input {
         /// Verified blocks it holds now and did not before.
         blocks: RangeSet,
     },
-    /// Blocks a peer's own peers hold (as far as it knows), added to what it said before:
+    /// Blocks a peer's own LAN peers hold (as far as it knows; replaces what it said before):
     /// they can come through it. The origin is not asked for them while peers keep bringing
     /// blocks (see [`Config::near_wait`]), so a node that sees part of a crowd does not take
     /// again from the origin what a co-fetcher it does not see took before it came. A peer

@@ -36,11 +36,11 @@ impl Engine {
 
     /// The blocks of a download's file that this node's usable LAN peers hold: what it tells
     /// a peer that asks what can come through it ([`Input::PeerNear`] there).
-    pub fn held_by_peers(&self, id: DownloadId) -> RangeSet {
-        let Some(d) = self.downloads.get(&id) else {
-            return RangeSet::new();
-        };
+    pub fn held_by_peers(&self, id: DownloadId) -> BlockBits {
         let mut held = BlockBits::default();
+        let Some(d) = self.downloads.get(&id) else {
+            return held;
+        };
         for (peer, bits) in &d.haves {
             if self
                 .peers
@@ -50,7 +50,7 @@ impl Engine {
                 held.union_with(bits);
             }
         }
-        held.to_set()
+        held
     }
 
     /// Schedules the downloads `affected` names.
@@ -73,7 +73,7 @@ impl Engine {
             | Input::PeerFetching { id, .. }
             | Input::PeerCoFetchers { id, .. }
             | Input::ManifestTrusted { id, .. } => Affects::One(*id),
-            // It only keeps the origin from blocks: nothing new to hand out.
+            // More only keeps the origin from blocks: nothing new to hand out (less is, below).
             Input::PeerNear { .. } => Affects::Nothing,
             _ => Affects::All,
         };
@@ -121,8 +121,10 @@ impl Engine {
                     .peers
                     .get(&peer)
                     .is_some_and(|p| p.class == PeerClass::Lan);
-                if let (true, Some(d)) = (lan, self.usable_download(id, peer)) {
-                    d.add_near(&blocks, now);
+                if let (true, Some(d)) = (lan, self.usable_download(id, peer))
+                    && d.set_near(peer, blocks, now)
+                {
+                    return Affects::One(id);
                 }
             }
             Input::PeerFetching { id, peer, key } => {
@@ -602,9 +604,10 @@ impl Engine {
             missing = d.held_by_no_peer(&missing);
             // And blocks their own peers hold come through them, while they keep coming.
             if let Some(until) = d.near_wait_until(near_wait).filter(|&t| t > now) {
+                let d = self.downloads.get_mut(&id).expect("live");
                 let far = d.not_near(&missing);
                 if far.count() < missing.count() {
-                    self.downloads.get_mut(&id).expect("live").near_until = Some(until);
+                    d.near_until = Some(until);
                     missing = far;
                 }
             }
