@@ -994,6 +994,29 @@ impl P2p {
         }
     }
 
+    /// Sends `peer` a request about `download` unless one like it is unanswered (`asking`
+    /// picks the download's set of peers asked).
+    fn ask_once(
+        &mut self,
+        download: DownloadId,
+        peer: libp2p::PeerId,
+        (request, pending): (Request, Pending),
+        asking: fn(&mut Swarming) -> &mut HashSet<libp2p::PeerId>,
+    ) {
+        if self
+            .swarms
+            .get_mut(&download)
+            .is_some_and(|s| asking(s).insert(peer))
+        {
+            let sent = self
+                .swarm
+                .behaviour_mut()
+                .blocks
+                .send_request(&peer, request);
+            self.pending.insert(sent, pending);
+        }
+    }
+
     /// Starts answering queued requests while upload slots are free.
     fn serve_queued(&mut self, ctx: &mut Ctx<'_>) {
         while self.busy < self.slots {
@@ -1089,35 +1112,17 @@ impl P2p {
                     self.ask_hashes(download, from, content, first as u64);
                 }
                 // A co-fetcher tells whom it splits the origin's work with (a node that sees
-                // part of a crowd so cuts the work as a wider view would).
-                let ask_co = fetching
-                    && self
-                        .swarms
-                        .get_mut(&download)
-                        .is_some_and(|s| s.asking_co.insert(from));
-                if ask_co {
-                    let sent = self.swarm.behaviour_mut().blocks.send_request(
-                        &from,
-                        Request::CoFetchers {
-                            content: *content.as_bytes(),
-                        },
+                // part of a crowd so cuts the work as a wider view would), and what its own
+                // peers hold, which can come through it.
+                if fetching {
+                    let content = *content.as_bytes();
+                    let co = (
+                        Request::CoFetchers { content },
+                        Pending::CoFetchers { download },
                     );
-                    self.pending.insert(sent, Pending::CoFetchers { download });
-                }
-                // And what its own peers hold, which can come through it.
-                let ask_near = fetching
-                    && self
-                        .swarms
-                        .get_mut(&download)
-                        .is_some_and(|s| s.asking_near.insert(from));
-                if ask_near {
-                    let sent = self.swarm.behaviour_mut().blocks.send_request(
-                        &from,
-                        Request::Near {
-                            content: *content.as_bytes(),
-                        },
-                    );
-                    self.pending.insert(sent, Pending::Near { download });
+                    self.ask_once(download, from, co, |s| &mut s.asking_co);
+                    let near = (Request::Near { content }, Pending::Near { download });
+                    self.ask_once(download, from, near, |s| &mut s.asking_near);
                 }
             }
             Pending::Hashes { download } => {
