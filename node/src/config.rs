@@ -65,6 +65,7 @@ pub(crate) struct Download {
 #[serde(deny_unknown_fields)]
 pub(crate) struct Upload {
     pub(crate) max_rate: Option<u64>,
+    pub(crate) slots: Option<usize>,
 }
 
 /// DO's download modes (`DODownloadMode`) that donode has.
@@ -148,6 +149,8 @@ mod tests {
         assert_eq!(file.transport, Some(Transport::Tcp));
         assert_eq!(p2p.dial_first, do_driver::Transport::Tcp);
         assert_eq!(file.upload.max_rate, Some(p2p.upload_max_rate.unwrap_or(0)));
+        // The slots' default depends on the mode: the example leaves it commented out.
+        assert_eq!(file.upload.slots, None);
         assert_eq!(
             file.run_dir.as_deref(),
             Some(Path::new(crate::DEFAULT_RUN_DIR))
