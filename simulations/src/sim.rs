@@ -1110,7 +1110,7 @@ impl Sim {
         match s.behaviour {
             Behaviour::Stall => {} // accepted, never answered: the engine's stall timer ends it
             Behaviour::Honest | Behaviour::Corrupt => {
-                if s.uploads < self.sc.engine.upload_slots {
+                if s.uploads < self.sc.engine.upload_slots(self.sc.mode) {
                     self.begin_upload(i, request);
                 } else if s.queue.len() < UPLOAD_QUEUE {
                     self.nodes[server as usize].queue.push_back((i, request));
