@@ -68,6 +68,20 @@ pub(crate) struct Upload {
     pub(crate) slots: Option<usize>,
 }
 
+impl Upload {
+    /// Upload slots in `mode`: as configured, or the default for the mode (more on a LAN, see
+    /// `do_driver::LAN_UPLOAD_SLOTS`).
+    pub(crate) fn slots_in(&self, mode: DownloadMode) -> usize {
+        self.slots
+            .filter(|&n| n > 0)
+            .unwrap_or(if mode == DownloadMode::Lan {
+                do_driver::LAN_UPLOAD_SLOTS
+            } else {
+                do_driver::UPLOAD_SLOTS
+            })
+    }
+}
+
 /// DO's download modes (`DODownloadMode`) that donode has.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -181,6 +195,23 @@ mod tests {
             Some(Path::new("/etc/donode/group.secret"))
         );
         assert_eq!(file.group.secret, None);
+    }
+
+    #[test]
+    fn upload_slots_default_by_mode_unless_set() {
+        let unset = Upload::default();
+        assert_eq!(
+            unset.slots_in(DownloadMode::Lan),
+            do_driver::LAN_UPLOAD_SLOTS
+        );
+        assert_eq!(unset.slots_in(DownloadMode::Group), do_driver::UPLOAD_SLOTS);
+        assert_eq!(
+            unset.slots_in(DownloadMode::Internet),
+            do_driver::UPLOAD_SLOTS
+        );
+        let file: File = toml::from_str("[upload]\nslots = 6").unwrap();
+        assert_eq!(file.upload.slots_in(DownloadMode::Internet), 6);
+        assert_eq!(file.upload.slots_in(DownloadMode::Lan), 6);
     }
 
     #[test]

@@ -169,15 +169,7 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
             config::Transport::Tcp => do_driver::Transport::Tcp,
             config::Transport::Quic => do_driver::Transport::Quic,
         };
-        p2p.upload_slots =
-            file.upload
-                .slots
-                .filter(|&n| n > 0)
-                .unwrap_or(if mode == config::DownloadMode::Lan {
-                    do_driver::LAN_UPLOAD_SLOTS
-                } else {
-                    do_driver::UPLOAD_SLOTS
-                });
+        p2p.upload_slots = file.upload.slots_in(mode);
         p2p.upload_max_rate = args
             .upload_max_rate
             .or(file.upload.max_rate)
