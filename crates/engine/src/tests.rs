@@ -1068,6 +1068,13 @@ fn requests_to_many_peers_are_capped_and_spread_one_per_peer() {
     assert_eq!(distinct.len(), 16, "one request per peer: {asked:?}");
 }
 
+/// `blocks` in increasing order.
+fn sorted(blocks: &[u64]) -> Vec<u64> {
+    let mut v = blocks.to_vec();
+    v.sort_unstable();
+    v
+}
+
 /// A download of 100 blocks whose LAN peer 1 holds 0..50 and whose peer `near_peer` (of
 /// class `class`) says its own peers hold 50..80.
 fn with_near(class: PeerClass) -> Harness {
@@ -1104,12 +1111,12 @@ fn with_near(class: PeerClass) -> Harness {
 fn blocks_the_peers_peers_hold_are_left_to_them_while_peers_bring_blocks() {
     let mut h = with_near(PeerClass::Lan);
     let got = serve_sources(&mut h, &[]);
-    let mut from_peer = got[&Some(1)].clone();
-    from_peer.sort_unstable();
-    assert_eq!(from_peer, (0..50).collect::<Vec<_>>());
-    let mut origin = got[&None].clone();
-    origin.sort_unstable();
-    assert_eq!(origin, (80..100).collect::<Vec<_>>(), "not what is near");
+    assert_eq!(sorted(&got[&Some(1)]), (0..50).collect::<Vec<_>>());
+    assert_eq!(
+        sorted(&got[&None]),
+        (80..100).collect::<Vec<_>>(),
+        "not near"
+    );
     // Peers bring nothing more: the wait ends `near_wait` after the last block they brought,
     // a timer, and the origin takes the rest.
     let wait = Config::default().near_wait;
@@ -1118,9 +1125,7 @@ fn blocks_the_peers_peers_hold_are_left_to_them_while_peers_bring_blocks() {
     assert!(h.take().is_empty(), "nothing before the wait is over");
     h.advance(Duration::from_millis(1));
     let got = serve_sources(&mut h, &[]);
-    let mut origin = got[&None].clone();
-    origin.sort_unstable();
-    assert_eq!(origin, (50..80).collect::<Vec<_>>());
+    assert_eq!(sorted(&got[&None]), (50..80).collect::<Vec<_>>());
     assert_eq!(h.status().state, State::Transferred);
 }
 
@@ -1154,9 +1159,7 @@ fn what_a_peer_no_longer_offers_or_a_peer_gone_does_not_keep_the_origin_waiting(
 fn what_comes_through_a_peer_beyond_the_lan_does_not_keep_the_origin_waiting() {
     let mut h = with_near(PeerClass::Internet);
     let got = serve_sources(&mut h, &[]);
-    let mut origin = got[&None].clone();
-    origin.sort_unstable();
-    assert_eq!(origin, (50..100).collect::<Vec<_>>());
+    assert_eq!(sorted(&got[&None]), (50..100).collect::<Vec<_>>());
     assert_eq!(h.status().state, State::Transferred);
 }
 
