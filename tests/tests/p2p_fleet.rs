@@ -175,6 +175,27 @@ fn behind_a_slow_origin_a_flash_crowd_is_fed_by_its_peers() {
     );
 }
 
+/// Three daemons in a line behind an origin of `origin_mbit`: hosts 2 and 4 are isolated from
+/// each other, host 3 sees both; host 2's daemon takes `first_args` too. Returns once each
+/// sees its neighbours.
+fn line(origin_mbit: u32, first_args: &[&str]) -> Fleet {
+    let mut fleet = Fleet::without_daemons(FleetOptions {
+        origin_mbit: Some(origin_mbit),
+        remote_hosts: 0,
+        ..options(3, 0)
+    });
+    fleet.lan.isolate(2);
+    fleet.lan.isolate(4);
+    fleet.start_daemon_with(2, first_args);
+    for host in 3..=4 {
+        fleet.start_daemon(host);
+    }
+    for (host, peers) in [(2, 1), (3, 2), (4, 1)] {
+        fleet.wait_for_peers(host, peers);
+    }
+    fleet
+}
+
 #[test]
 fn nodes_that_see_part_of_a_crowd_split_the_origins_work_as_the_whole_crowd() {
     // Hosts 2 and 4 are isolated from each other; host 3 sees both. Each of the ends sees one
@@ -184,19 +205,7 @@ fn nodes_that_see_part_of_a_crowd_split_the_origins_work_as_the_whole_crowd() {
     // the origin's copy takes 2.7 s (an unlimited one sends all of a node's first guess at
     // its part before any report can arrive).
     let _alone = one_at_a_time();
-    let mut fleet = Fleet::without_daemons(FleetOptions {
-        origin_mbit: Some(200),
-        remote_hosts: 0,
-        ..options(3, 0)
-    });
-    fleet.lan.isolate(2);
-    fleet.lan.isolate(4);
-    for host in 2..=4 {
-        fleet.start_daemon(host);
-    }
-    for (host, peers) in [(2, 1), (3, 2), (4, 1)] {
-        fleet.wait_for_peers(host, peers);
-    }
+    let fleet = line(200, &[]);
     let took = flash_crowd(&fleet);
     let origin = fleet.origin_bytes();
     eprintln!(
@@ -231,20 +240,7 @@ fn a_node_waits_for_what_its_peers_peers_hold_instead_of_taking_it_from_the_orig
     // 1.4 copies in all).
     const CAP: u64 = 8 << 20;
     let _alone = one_at_a_time();
-    let mut fleet = Fleet::without_daemons(FleetOptions {
-        origin_mbit: Some(100),
-        remote_hosts: 0,
-        ..options(3, 0)
-    });
-    fleet.lan.isolate(2);
-    fleet.lan.isolate(4);
-    fleet.start_daemon_with(2, &["--upload-max-rate", &CAP.to_string()]);
-    for host in 3..=4 {
-        fleet.start_daemon(host);
-    }
-    for (host, peers) in [(2, 1), (3, 2), (4, 1)] {
-        fleet.wait_for_peers(host, peers);
-    }
+    let fleet = line(100, &["--upload-max-rate", &CAP.to_string()]);
     let out = fleet.spawn_get(2).wait_with_output().unwrap();
     fleet.check(2, &out);
     let gets: Vec<(usize, Child)> = [3, 4].map(|h| (h, fleet.spawn_get(h))).into();
