@@ -410,18 +410,15 @@ impl Download {
         if old == Some(&blocks) {
             return false;
         }
-        let mut gained = blocks.clone();
-        let mut lost = old.cloned().unwrap_or_default();
-        if let Some(old) = old {
-            gained.subtract(old);
-        }
-        lost.subtract(&blocks);
-        if gained.count() > 0 {
+        let (mut gained, mut lost) = (false, false);
+        old.unwrap_or(&BlockBits::default())
+            .changes_to(&blocks, |_, g| if g { gained = true } else { lost = true });
+        if gained {
             self.near_grew = now;
         }
         self.near_by.insert(peer, blocks);
         self.near = None;
-        lost.count() > 0
+        lost
     }
 
     /// Until when the origin is kept from what can come through the peers: while peers keep
