@@ -32,11 +32,11 @@ use std::{
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use do_content::{BLOCK_SIZE, BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tracing::{debug, info, warn};
 
 pub use entry::{EntryId, EntryMeta};
@@ -69,7 +69,15 @@ pub struct Store {
     config: Config,
     /// Pin counts per entry. A std mutex: held only for a map update, never across I/O.
     pins: Arc<Mutex<HashMap<EntryId, usize>>>,
+    /// When block records were last made durable, and whether any were committed since
+    /// (see [`Store::commit_blocks`]).
+    durable: Mutex<(Instant, bool)>,
 }
+
+/// Block records are flushed to disk (fsync) at most this often; commits in between reach
+/// the index at once but the disk only with the next durable one. A peer's answer is 1 MiB,
+/// and an fsync per answer held a transfer between two nodes to a fraction of the link.
+pub const DURABLE_INTERVAL: Duration = Duration::from_secs(1);
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 const BY_URL: TableDefinition<'_, &str, u64> = TableDefinition::new("by_url");
@@ -101,6 +109,7 @@ impl Store {
             db,
             config,
             pins: Arc::default(),
+            durable: Mutex::new((Instant::now(), false)),
         };
         store.init_tables()?;
         store.remove_orphans()?;
@@ -228,6 +237,12 @@ impl Store {
 
     /// Records blocks whose bytes were written (by a [`Writer`]) and hashed, in one
     /// transaction. Call only after the writes have returned.
+    ///
+    /// The transaction is durable (flushed to disk before this returns) when the last durable
+    /// one is [`DURABLE_INTERVAL`] old; otherwise it is visible at once and reaches the disk
+    /// with the next durable commit, of blocks or of anything else, or when the store is
+    /// dropped. A machine that crashes so loses at most that interval's verified blocks (they
+    /// are fetched again), never a record of bytes the data file lacks.
     pub fn commit_blocks(
         &self,
         id: EntryId,
@@ -236,7 +251,20 @@ impl Store {
         if blocks.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(db)?;
+        let mut txn = self.db.begin_write().map_err(db)?;
+        let durable = {
+            let mut state = self.durable.lock().unwrap_or_else(|e| e.into_inner());
+            let due = state.0.elapsed() >= DURABLE_INTERVAL;
+            if due {
+                *state = (Instant::now(), false);
+            } else {
+                state.1 = true;
+            }
+            due
+        };
+        if !durable {
+            txn.set_durability(Durability::None).map_err(db)?;
+        }
         {
             let mut table = txn.open_table(BLOCKS).map_err(db)?;
             for (index, hash) in blocks {
@@ -577,6 +605,24 @@ pub struct Recheck {
     pub good: RangeSet,
     /// Blocks that failed and were forgotten.
     pub forgotten: usize,
+}
+
+impl Drop for Store {
+    /// Makes block records committed since the last durable commit durable.
+    fn drop(&mut self) {
+        let pending = self.durable.get_mut().map(|s| s.1).unwrap_or(true);
+        if !pending {
+            return;
+        }
+        let flushed = self
+            .db
+            .begin_write()
+            .map_err(db)
+            .and_then(|txn| txn.commit().map_err(db));
+        if let Err(e) = flushed {
+            warn!(error = %e, "cache index not flushed on close");
+        }
+    }
 }
 
 /// Keeps an entry from eviction while alive.
