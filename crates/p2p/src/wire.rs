@@ -166,7 +166,12 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let response: Response = decode(&read_frame(io, MAX_RESPONSE).await?)?;
+        let frame = read_frame(io, MAX_RESPONSE).await?;
+        let frame = match take_blocks(frame)? {
+            Ok(blocks) => return Ok(blocks),
+            Err(frame) => frame,
+        };
+        let response: Response = decode(&frame)?;
         if let Response::CoFetchers(keys) = &response
             && keys.len() > MAX_CO_FETCHERS
         {
@@ -196,8 +201,65 @@ impl libp2p::request_response::Codec for Codec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        if let Response::Blocks { first, data } = &res {
+            // The bytes go from the answer to the stream as they are, behind their header.
+            let header = blocks_header(*first, data.len())?;
+            let len = header.len() - 4 + data.len();
+            if len > MAX_RESPONSE {
+                return Err(invalid("frame too large"));
+            }
+            let mut header = header;
+            header[..4].copy_from_slice(&(len as u32).to_be_bytes());
+            io.write_all(&header).await?;
+            io.write_all(data).await?;
+            return io.close().await;
+        }
         write_frame(io, &encode(&res)?, MAX_RESPONSE).await
     }
+}
+
+/// The index of [`Response::Blocks`] among the response variants, as bincode writes it.
+const BLOCKS_VARIANT: u32 = 2;
+
+/// A [`Response::Blocks`] frame up to its bytes: room for the frame length, the version
+/// byte, then what bincode writes before the bytes (the variant index, `first`, the bytes'
+/// length), so that the bytes can follow without being copied into one buffer with it.
+fn blocks_header(first: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = vec![0, 0, 0, 0, VERSION];
+    let fields = bincode::serde::encode_to_vec(
+        (BLOCKS_VARIANT, first, len as u64),
+        bincode::config::standard(),
+    )
+    .map_err(|e| invalid(&e.to_string()))?;
+    out.extend_from_slice(&fields);
+    Ok(out)
+}
+
+/// Decodes a [`Response::Blocks`] frame in place: its bytes stay in the frame's buffer.
+/// Any other frame comes back as it was, for [`decode`].
+fn take_blocks(mut frame: Vec<u8>) -> io::Result<Result<Response, Vec<u8>>> {
+    if frame.first() != Some(&VERSION) || frame.get(1) != Some(&(BLOCKS_VARIANT as u8)) {
+        return Ok(Err(frame));
+    }
+    let config = bincode::config::standard().with_limit::<{ MAX_RESPONSE }>();
+    let ((variant, first, len), used): ((u32, u64, u64), usize) =
+        match bincode::serde::decode_from_slice(&frame[1..], config) {
+            Ok(decoded) => decoded,
+            Err(_) => return Ok(Err(frame)),
+        };
+    if variant != BLOCKS_VARIANT {
+        return Ok(Err(frame));
+    }
+    let start = 1 + used;
+    if (frame.len() - start) as u64 != len {
+        return Err(invalid(if (frame.len() - start) as u64 > len {
+            "trailing bytes"
+        } else {
+            "frame shorter than its bytes"
+        }));
+    }
+    frame.drain(..start);
+    Ok(Ok(Response::Blocks { first, data: frame }))
 }
 
 /// Encodes a message with its version byte.
@@ -391,6 +453,80 @@ mod tests {
         let response = Response::Blocks { first: 7, data };
         assert_eq!(encode(&response).unwrap(), plain);
         assert_eq!(decode::<Response>(&plain).unwrap(), response);
+    }
+
+    /// The frame a response takes through the generic path: length, version, bincode.
+    fn generic_frame(res: &Response) -> Vec<u8> {
+        let body = encode(res).unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    async fn written(res: Response) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let protocol = libp2p::StreamProtocol::new(PROTOCOL);
+        libp2p::request_response::Codec::write_response(
+            &mut Codec,
+            &protocol,
+            &mut futures::io::Cursor::new(&mut buf),
+            res,
+        )
+        .await
+        .unwrap();
+        buf
+    }
+
+    async fn read(frame: &[u8]) -> io::Result<Response> {
+        let protocol = libp2p::StreamProtocol::new(PROTOCOL);
+        libp2p::request_response::Codec::read_response(
+            &mut Codec,
+            &protocol,
+            &mut futures::io::Cursor::new(frame),
+        )
+        .await
+    }
+
+    proptest! {
+        #[test]
+        fn blocks_frames_are_the_generic_encoding(
+            first in prop_oneof![0u64..300, any::<u64>()],
+            len in prop_oneof![0usize..300, 65_530usize..65_540, Just(1 << 20)],
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let res = Response::Blocks { first, data };
+            let frame = futures::executor::block_on(written(res.clone()));
+            prop_assert_eq!(&frame, &generic_frame(&res), "the wire format is unchanged");
+            prop_assert_eq!(futures::executor::block_on(read(&frame)).unwrap(), res);
+        }
+    }
+
+    #[test]
+    fn blocks_frames_with_too_many_or_too_few_bytes_are_refused() {
+        futures::executor::block_on(async {
+            let res = Response::Blocks {
+                first: 3,
+                data: vec![9; 1000],
+            };
+            let frame = generic_frame(&res);
+            // One byte more than the header says, inside a well-formed frame.
+            let mut long = frame.clone();
+            long.push(0);
+            let n = (long.len() - 4) as u32;
+            long[..4].copy_from_slice(&n.to_be_bytes());
+            assert!(read(&long).await.is_err(), "trailing bytes");
+            let mut short = frame.clone();
+            short.pop();
+            let n = (short.len() - 4) as u32;
+            short[..4].copy_from_slice(&n.to_be_bytes());
+            assert!(read(&short).await.is_err(), "fewer bytes than announced");
+            let mut cut = frame;
+            cut.truncate(100);
+            assert!(
+                read(&cut).await.is_err(),
+                "a stream that ends inside the frame"
+            );
+        });
     }
 
     #[test]
