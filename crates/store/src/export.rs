@@ -59,7 +59,7 @@ impl Store {
                 let tmp = temp_name(dest);
                 // When `dest` already is a link to the data file, rename(2) succeeds without
                 // doing anything and both names stay: the temporary one is removed either way.
-                let placed = fs::hard_link(&data, &tmp).and_then(|()| fs::rename(&tmp, dest));
+                let placed = fs::hard_link(&data, &tmp).and_then(|()| replace(&tmp, dest));
                 if tmp.exists() {
                     let _ = fs::remove_file(&tmp);
                 }
@@ -163,6 +163,32 @@ fn place(tmp: &Path, dest: &Path, overwrite: bool) -> Result<(), Error> {
         fs::hard_link(tmp, dest).map_err(|e| Error::io(dest, e))?;
         fs::remove_file(tmp).map_err(|e| Error::io(tmp, e))
     }
+}
+
+/// Moves `tmp` to `dest`, atomically, as rename(2) does. An existing regular file at `dest`
+/// (the empty file a download creates at its start, or one it may overwrite) is swapped with
+/// `tmp` and then removed: ext4 starts writing out the whole of a file renamed over another
+/// (its `auto_da_alloc`), which for a hard link to a just-downloaded cache file took 0.14 s
+/// per 512 MiB on an idle disk and up to a second in a crowd of five; an exchange writes
+/// nothing. Anything else at `dest` gets a plain rename, and its errors.
+fn replace(tmp: &Path, dest: &Path) -> io::Result<()> {
+    let is_file = fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_file());
+    if is_file {
+        let exchanged = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            tmp,
+            rustix::fs::CWD,
+            dest,
+            rustix::fs::RenameFlags::EXCHANGE,
+        );
+        if exchanged.is_ok() {
+            // `tmp` now names what was at `dest`; the caller removes it if this cannot.
+            let _ = fs::remove_file(tmp);
+            return Ok(());
+        }
+        // A file system without exchange (EINVAL), or `dest` gone meanwhile: rename.
+    }
+    fs::rename(tmp, dest)
 }
 
 fn temp_name(dest: &Path) -> PathBuf {

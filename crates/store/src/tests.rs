@@ -217,6 +217,50 @@ fn export_links_whole_files_copies_ranges_and_never_clobbers() {
 }
 
 #[test]
+fn a_whole_file_replaces_what_is_at_its_output_by_a_link_but_never_a_directory() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let data = sample(200_000);
+    let id = fill(&store, "http://x/a", &data);
+    let inode = fs::metadata(store.data_path(id)).unwrap().ino();
+    // The empty file a download creates at its start, then the same output once more.
+    let output = out.path().join("output");
+    fs::write(&output, b"").unwrap();
+    for _ in 0..2 {
+        let how = store.export(id, &output, None, Layout::Concatenated, true);
+        assert_eq!(how.unwrap(), Export::Linked);
+        assert_eq!(
+            fs::metadata(&output).unwrap().ino(),
+            inode,
+            "a link, not a copy"
+        );
+        assert_eq!(fs::read(&output).unwrap(), data);
+    }
+    // A directory in the way stays where it is, with what it holds.
+    let taken = out.path().join("taken");
+    fs::create_dir(&taken).unwrap();
+    fs::write(taken.join("inside"), b"mine").unwrap();
+    assert!(
+        store
+            .export(id, &taken, None, Layout::Concatenated, true)
+            .is_err()
+    );
+    assert_eq!(fs::read(taken.join("inside")).unwrap(), b"mine");
+    let mut names: Vec<_> = fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["output", "taken"],
+        "no temporary file is left behind"
+    );
+}
+
+#[test]
 fn delete_removes_index_rows_and_data() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Config::default()).unwrap();
