@@ -698,6 +698,23 @@ impl P2p {
                     }
                     let connected = self.swarm.is_connected(&peer);
                     self.dialer.found(ctx.now, peer, addrs, connected);
+                    // A peer that dialed in before this node's mDNS saw it was counted as beyond
+                    // the LAN: it is a LAN peer from now on.
+                    if let Some(known) = self
+                        .peers
+                        .get_mut(&peer)
+                        .filter(|k| k.class != PeerClass::Lan)
+                    {
+                        known.class = PeerClass::Lan;
+                        info!(%peer, "peer found on the LAN");
+                        ctx.engine.handle_input(
+                            ctx.now,
+                            Input::PeerAdded {
+                                peer: known.id,
+                                class: PeerClass::Lan,
+                            },
+                        );
+                    }
                 }
                 self.dial_due(ctx.now);
             }
