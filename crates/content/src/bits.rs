@@ -19,9 +19,15 @@ pub struct BlockBits {
 impl BlockBits {
     /// The blocks of `set`.
     pub fn from_set(set: &RangeSet) -> Self {
-        let mut bits = Self::default();
-        bits.add(set);
-        bits
+        let mut words = vec![0; set.runs().next_back().map_or(0, |r| r.end.div_ceil(64)) as usize];
+        // Runs are disjoint: the words are their masks together, counted once at the end.
+        for run in set.runs() {
+            for (w, mask) in masks(run) {
+                words[w] |= mask;
+            }
+        }
+        let count = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        Self { words, count }
     }
 
     /// Adds the blocks of `set`.
@@ -161,24 +167,27 @@ impl BlockBits {
         }
     }
 
-    /// The set as runs.
+    /// The set as runs: the edges of the runs (where a bit differs from the one below it)
+    /// taken word by word, two per run.
     pub fn to_set(&self) -> RangeSet {
-        let mut set = RangeSet::new();
-        let mut run: Option<Range<u64>> = None;
-        for b in self.iter() {
-            match &mut run {
-                Some(r) if r.end == b => r.end = b + 1,
-                _ => {
-                    if let Some(r) = run.replace(b..b + 1) {
-                        set.insert(r.start, r.end);
-                    }
+        let mut runs = Vec::new();
+        let (mut start, mut carry) = (None, 0u64);
+        for (w, &word) in self.words.iter().enumerate() {
+            let mut edges = word ^ (word << 1 | carry);
+            carry = word >> 63;
+            while edges != 0 {
+                let b = w as u64 * 64 + u64::from(edges.trailing_zeros());
+                edges &= edges - 1;
+                match start.take() {
+                    None => start = Some(b),
+                    Some(s) => runs.push((s, b)),
                 }
             }
         }
-        if let Some(r) = run {
-            set.insert(r.start, r.end);
+        if let Some(s) = start {
+            runs.push((s, self.words.len() as u64 * 64));
         }
-        set
+        RangeSet::from_sorted(runs)
     }
 
     /// Every block in the set, in increasing order.
@@ -247,6 +256,13 @@ mod tests {
             prop_assert_eq!(union.count(), expected.count());
             prop_assert_eq!(union.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
             prop_assert_eq!(x.iter().collect::<Vec<_>>(), old.iter().collect::<Vec<_>>());
+            // Back to runs: the same set, normalised (runs at word edges and at the end too).
+            prop_assert_eq!(&x.to_set(), &old);
+            prop_assert_eq!(&union.to_set(), &expected);
+            let mut full = BlockBits::from_set(&std::iter::once(0..128).collect());
+            prop_assert_eq!(full.to_set().runs().collect::<Vec<_>>(), vec![0..128]);
+            full.clear(63..65);
+            prop_assert_eq!(full.to_set().runs().collect::<Vec<_>>(), vec![0..63, 65..128]);
             let mut merged = x.clone();
             merged.union_with(&y);
             prop_assert_eq!(&merged, &union);

@@ -264,16 +264,12 @@ impl Download {
 
     /// Blocks still needed that no fetch is bringing.
     pub(crate) fn missing(&self) -> RangeSet {
-        let mut missing = self
-            .needed
+        // One merge for all the fetches' runs, not a removal each from a fragmented set.
+        let owed = RangeSet::union_of(self.fetches.values());
+        self.needed
             .difference(&self.have)
-            .difference(&self.unchecked_all);
-        for owed in self.fetches.values() {
-            for run in owed.runs() {
-                missing.remove(run.start, run.end);
-            }
-        }
-        missing
+            .difference(&self.unchecked_all)
+            .difference(&owed)
     }
 
     /// Blocks still needed that no peer is bringing: [`Download::missing`] plus what the
