@@ -225,7 +225,7 @@ impl RangeSet {
 
     /// The values in any of `sets`: their runs sorted once and merged (cheaper than inserting
     /// them one by one into a set of many runs).
-    pub fn union_of<'a>(sets: impl IntoIterator<Item = &'a RangeSet>) -> Self {
+    pub fn union_of<'a>(sets: impl IntoIterator<Item = &'a Self>) -> Self {
         let mut all: Vec<(u64, u64)> = sets
             .into_iter()
             .flat_map(|s| s.runs.iter().copied())
