@@ -243,6 +243,26 @@ impl RangeSet {
 
     /// The values in both sets: one merge of both runs, linear in their number.
     pub fn intersection(&self, other: &Self) -> Self {
+        let (small, large) = if self.runs.len() <= other.runs.len() {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        // Few runs against many (a node's share of the file against what it lacks): the large
+        // set clipped to each run of the small one, which costs the runs it keeps.
+        if small.runs.len() * 16 < large.runs.len() {
+            let mut out: Vec<(u64, u64)> = Vec::new();
+            for &(s, e) in &small.runs {
+                let i = large.runs.partition_point(|&(_, end)| end <= s);
+                out.extend(
+                    large.runs[i..]
+                        .iter()
+                        .take_while(|&&(start, _)| start < e)
+                        .map(|&(start, end)| (start.max(s), end.min(e))),
+                );
+            }
+            return Self::from_sorted(out);
+        }
         let mut out: Vec<(u64, u64)> = Vec::new();
         let (mut a, mut b) = (self.runs.iter().peekable(), other.runs.iter().peekable());
         while let (Some(&&(s1, e1)), Some(&&(s2, e2))) = (a.peek(), b.peek()) {
@@ -376,6 +396,18 @@ mod tests {
                 small.iter().collect::<Vec<_>>(),
                 other.iter().filter(|v| !comb.contains(*v)).collect::<Vec<_>>()
             );
+            // Both ways round, and with the set's runs too (either path, the same runs).
+            for few in [&other, &set] {
+                let kept = comb.intersection(few);
+                prop_assert_eq!(
+                    kept.iter().collect::<Vec<_>>(),
+                    comb.iter().filter(|v| few.contains(*v)).collect::<Vec<_>>()
+                );
+                prop_assert_eq!(&kept, &few.intersection(&comb));
+                for pair in kept.runs().collect::<Vec<_>>().windows(2) {
+                    prop_assert!(pair[0].end < pair[1].start);
+                }
+            }
             let runs: Vec<_> = diff.runs().collect();
             for pair in runs.windows(2) {
                 prop_assert!(pair[0].end < pair[1].start);
