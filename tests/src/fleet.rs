@@ -168,6 +168,29 @@ impl Fleet {
         }
     }
 
+    /// Waits until `host` counts at least `peers` of its peers as LAN peers (found by mDNS: a
+    /// peer that connected first is counted as one once mDNS finds it).
+    pub fn wait_for_lan_peers(&self, host: usize, peers: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lan = self.stats(host).map_or(0, |s| {
+                s["Peers"]
+                    .as_array()
+                    .map_or(0, |all| all.iter().filter(|p| p["Class"] == "lan").count())
+            });
+            if lan >= peers {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {host} does not count {peers} LAN peers: {:?}\n{}",
+                self.stats(host),
+                self.log(host)
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// `host`'s daemon log.
     pub fn log(&self, host: usize) -> String {
         std::fs::read_to_string(self.dir(host, "daemon.log")).unwrap_or_default()

@@ -393,6 +393,9 @@ fn group_mode_members_learn_the_content_id_from_each_other() {
     std::fs::remove_file(fleet.origin_file().with_extension("bin.b3")).unwrap();
     start_in_group(&mut fleet, &[(2, "the secret"), (3, "the secret")]);
     fleet.wait_for_mesh();
+    // Each counts the other as a LAN peer, whichever dialed before its own mDNS found the other.
+    fleet.wait_for_lan_peers(2, 1);
+    fleet.wait_for_lan_peers(3, 1);
     let out = fleet.spawn_get(2).wait_with_output().unwrap();
     let first = fleet.check(2, &out);
     assert_eq!(first["BytesFromHttp"].as_u64(), Some(FILE), "{first}");
@@ -417,8 +420,8 @@ fn group_mode_a_node_with_the_wrong_secret_gets_nothing_and_gives_nothing() {
         &mut fleet,
         &[(2, "the secret"), (3, "the secret"), (4, "a guess")],
     );
-    fleet.wait_for_peers(2, 1);
-    fleet.wait_for_peers(3, 1);
+    fleet.wait_for_lan_peers(2, 1);
+    fleet.wait_for_lan_peers(3, 1);
     let out = fleet.spawn_get(2).wait_with_output().unwrap();
     fleet.check(2, &out);
     // The outsider sees the members by mDNS, and a member holds the file: it still gets nothing.
