@@ -108,17 +108,14 @@ impl BlockBits {
         }
     }
 
-    /// Removes `run` from the set.
+    /// Removes `run` from the set (a word at a time).
     pub fn clear(&mut self, run: Range<u64>) {
-        for b in run {
-            let w = (b / 64) as usize;
-            if let Some(word) = self.words.get_mut(w) {
-                let bit = 1u64 << (b % 64);
-                if *word & bit != 0 {
-                    *word &= !bit;
-                    self.count -= 1;
-                }
-            }
+        for (w, mask) in masks(run) {
+            let Some(word) = self.words.get_mut(w) else {
+                break;
+            };
+            self.count -= u64::from((*word & mask).count_ones());
+            *word &= !mask;
         }
     }
 
@@ -147,6 +144,11 @@ impl BlockBits {
             .collect()
     }
 
+    /// True when the set holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// Number of blocks in the set.
     pub fn count(&self) -> u64 {
         self.count
@@ -171,23 +173,50 @@ impl BlockBits {
     /// taken word by word, two per run.
     pub fn to_set(&self) -> RangeSet {
         let mut runs = Vec::new();
-        let (mut start, mut carry) = (None, 0u64);
-        for (w, &word) in self.words.iter().enumerate() {
+        self.runs_within(0, self.words.len() as u64 * 64, &mut runs);
+        RangeSet::from_sorted(runs)
+    }
+
+    /// The part of the set inside `set`, as runs (costs the words `set` covers, not the
+    /// whole set).
+    pub fn to_set_within(&self, set: &RangeSet) -> RangeSet {
+        let mut runs = Vec::new();
+        for run in set.runs() {
+            self.runs_within(run.start, run.end, &mut runs);
+        }
+        RangeSet::from_sorted(runs)
+    }
+
+    /// Appends the runs of the set inside `[start, end)`, clipped to it.
+    fn runs_within(&self, start: u64, end: u64, out: &mut Vec<(u64, u64)>) {
+        let end = end.min(self.words.len() as u64 * 64);
+        if start >= end {
+            return;
+        }
+        let (first, last) = ((start / 64) as usize, ((end - 1) / 64) as usize);
+        let (mut open, mut carry) = (None, 0u64);
+        for w in first..=last {
+            let mut word = self.words[w];
+            if w == first {
+                word &= !0 << (start % 64);
+            }
+            if w == last && end % 64 != 0 {
+                word &= (1 << (end % 64)) - 1;
+            }
             let mut edges = word ^ (word << 1 | carry);
             carry = word >> 63;
             while edges != 0 {
                 let b = w as u64 * 64 + u64::from(edges.trailing_zeros());
                 edges &= edges - 1;
-                match start.take() {
-                    None => start = Some(b),
-                    Some(s) => runs.push((s, b)),
+                match open.take() {
+                    None => open = Some(b),
+                    Some(s) => out.push((s, b)),
                 }
             }
         }
-        if let Some(s) = start {
-            runs.push((s, self.words.len() as u64 * 64));
+        if let Some(s) = open {
+            out.push((s, end));
         }
-        RangeSet::from_sorted(runs)
     }
 
     /// Every block in the set, in increasing order.
@@ -259,6 +288,12 @@ mod tests {
             // Back to runs: the same set, normalised (runs at word edges and at the end too).
             prop_assert_eq!(&x.to_set(), &old);
             prop_assert_eq!(&union.to_set(), &expected);
+            // Within a set: the intersection, clipped at its runs' ends.
+            let mut window = RangeSet::new();
+            window.insert(s, s + l);
+            window.insert(s + l + 1, s + 2 * l + 70);
+            prop_assert_eq!(&union.to_set_within(&window), &expected.intersection(&window));
+            prop_assert_eq!(&x.to_set_within(&new), &old.intersection(&new));
             let mut full = BlockBits::from_set(&std::iter::once(0..128).collect());
             prop_assert_eq!(full.to_set().runs().collect::<Vec<_>>(), vec![0..128]);
             full.clear(63..65);

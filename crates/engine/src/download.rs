@@ -52,6 +52,11 @@ pub(crate) struct Download {
     have: RangeSet,
     /// Blocks the requested bytes touch.
     needed: RangeSet,
+    /// `needed`, as bits.
+    needed_bits: BlockBits,
+    /// `have` and `unchecked_all` together, as bits: what is not missing before the fetches
+    /// in flight are counted (kept in step wherever either changes).
+    settled: BlockBits,
     /// Blocks each fetch still owes (origin and peer requests alike).
     pub(crate) fetches: BTreeMap<RequestId, RangeSet>,
     /// The requests among `fetches` that went to peers.
@@ -149,7 +154,9 @@ impl Download {
             ranges: None,
             info: None,
             have: RangeSet::new(),
+            settled: BlockBits::default(),
             needed: RangeSet::new(),
+            needed_bits: BlockBits::default(),
             fetches: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
             twins: BTreeMap::new(),
@@ -231,6 +238,7 @@ impl Download {
         // A new look at the file: what was waiting for a check is fetched again if need be.
         self.unchecked.clear();
         self.unchecked_all = RangeSet::new();
+        self.settled = BlockBits::from_set(&self.have);
         self.move_shares();
         self.info = Some(Known {
             len: info.len,
@@ -254,6 +262,7 @@ impl Download {
             let blocks = ByteRange::new(run.start, run.end).blocks();
             self.needed.insert(blocks.start, blocks.end);
         }
+        self.needed_bits = BlockBits::from_set(&self.needed);
         self.bytes_total = wanted.count();
         self.bytes_transferred = self
             .have
@@ -262,14 +271,25 @@ impl Download {
             .sum();
     }
 
-    /// Blocks still needed that no fetch is bringing.
-    pub(crate) fn missing(&self) -> RangeSet {
-        // One merge for all the fetches' runs, not a removal each from a fragmented set.
-        let owed = RangeSet::union_of(self.fetches.values());
-        self.needed
-            .difference(&self.have)
-            .difference(&self.unchecked_all)
-            .difference(&owed)
+    /// Blocks still needed that no fetch is bringing. As bits: what is held is fragmented
+    /// (rarest-first), this runs at every scheduling pass, and the passes work on bits.
+    pub(crate) fn missing(&self) -> BlockBits {
+        let mut bits = self.needed_bits.clone();
+        bits.subtract(&self.settled);
+        for owed in self.fetches.values() {
+            for run in owed.runs() {
+                bits.clear(run);
+            }
+        }
+        debug_assert_eq!(
+            bits.to_set(),
+            self.needed
+                .difference(&self.have)
+                .difference(&self.unchecked_all)
+                .difference(&RangeSet::union_of(self.fetches.values())),
+            "the settled bits are out of step with what is held"
+        );
+        bits
     }
 
     /// Blocks still needed that no peer is bringing: [`Download::missing`] plus what the
@@ -481,6 +501,7 @@ impl Download {
             return false;
         }
         self.have.insert(block.0, block.0 + 1);
+        self.settled.insert(block.0..block.0 + 1);
         let len = info.len;
         if !self.peer_requests.contains_key(&request) {
             self.qos_origin_bytes += block_range(len, block).len();
@@ -517,6 +538,7 @@ impl Download {
                 .or_default()
                 .insert(block.0, block.0 + 1);
             self.unchecked_all.insert(block.0, block.0 + 1);
+            self.settled.insert(block.0..block.0 + 1);
         }
         fresh
     }
@@ -532,6 +554,7 @@ impl Download {
         self.unchecked_all = RangeSet::new();
         let Some(len) = self.info.as_ref().map(|i| i.len) else {
             self.unchecked.clear();
+            self.settled = BlockBits::from_set(&self.have);
             return Vec::new();
         };
         let wanted = self.wanted_bytes(len);
@@ -551,6 +574,7 @@ impl Download {
                 }
             }
         }
+        self.settled = BlockBits::from_set(&self.have);
         liars
     }
 
@@ -573,7 +597,9 @@ impl Download {
     pub(crate) fn forget_file(&mut self) {
         self.info = None;
         self.have = RangeSet::new();
+        self.settled = BlockBits::default();
         self.needed = RangeSet::new();
+        self.needed_bits = BlockBits::default();
         self.fetches.clear();
         self.peer_requests.clear();
         self.twins.clear();

@@ -471,7 +471,7 @@ impl Engine {
     /// that the parts of a crowd's co-fetchers move while the origin is still sending them).
     /// `missing` is the download's [`Download::missing`]; what this asks of peers is taken
     /// out of it.
-    pub(crate) fn schedule_peers(&mut self, now: Instant, id: DownloadId, missing: &mut RangeSet) {
+    pub(crate) fn schedule_peers(&mut self, now: Instant, id: DownloadId, missing: &mut BlockBits) {
         // Without a content id to trust, peers' bytes could never be checked.
         let d = &self.downloads[&id];
         if !d.manifest_trusted && d.trusted_id().is_none() {
@@ -490,7 +490,7 @@ impl Engine {
         order.sort();
         let limit = self.config.download_peer_requests;
         // `missing`, as bits, kept in step with it below.
-        let mut wanted = BlockBits::from_set(missing);
+        let mut wanted = missing.clone();
         let mut budget = limit.saturating_sub(self.downloads[&id].peer_requests.len());
         // Nearest class first. Within a class, requests are spread over the peers (a round
         // gives each peer at most one more), from a random peer onward, so that a crowd does
@@ -542,7 +542,7 @@ impl Engine {
                         dry[k] = true;
                         continue;
                     };
-                    missing.remove(blocks.start, blocks.end);
+                    missing.clear(blocks.clone());
                     wanted.clear(blocks.clone());
                     budget -= 1;
                     let request = self.new_request(id);
@@ -582,21 +582,22 @@ impl Engine {
         &mut self,
         now: Instant,
         id: DownloadId,
-        missing: &RangeSet,
+        missing: &BlockBits,
     ) -> Option<RangeSet> {
         let near_wait = self.config.near_wait;
         let d = &self.downloads[&id];
         // Below the minimum speed the origin is asked for anything missing, at once.
         if d.below_qos {
-            return Some(missing.clone());
+            return Some(missing.to_set());
         }
         if self.peering(d) && now < d.started_at + self.config.origin_fallback_delay {
             return None;
         }
-        let mut missing = missing.clone();
-        if let Some(share) = self.origin_share(d) {
-            missing = missing.intersection(share);
-        }
+        // Only this node's share of what is missing is made into runs.
+        let mut missing = match self.origin_share(d) {
+            Some(share) => missing.to_set_within(share),
+            None => missing.to_set(),
+        };
         // Blocks a peer holds come from it, checked at once with a trusted manifest, or
         // checked when it is trusted (peers are asked only with a content id to trust).
         // (`haves` holds usable peers only: a peer that is banned or gone is forgotten.)
@@ -619,7 +620,7 @@ impl Engine {
     /// shrank: a co-fetcher joined and takes them over); their unfetched blocks go back to
     /// `missing`, and what lies inside the share is asked for again. Without this, every node
     /// that started before the others came would fetch its first, larger share to the end.
-    pub(crate) fn cancel_stray_origin_fetches(&mut self, id: DownloadId, missing: &mut RangeSet) {
+    pub(crate) fn cancel_stray_origin_fetches(&mut self, id: DownloadId, missing: &mut BlockBits) {
         let d = self.downloads.get_mut(&id).expect("live");
         // Only when the share may have moved: computing it can sweep every peer's holdings.
         if !d.take_shares_moved() {
@@ -643,7 +644,7 @@ impl Engine {
             let d = self.downloads.get_mut(&id).expect("live");
             if let Some(owed) = d.fetches.get(&request) {
                 for run in owed.runs() {
-                    missing.insert(run.start, run.end);
+                    missing.insert(run);
                 }
             }
             debug!(
