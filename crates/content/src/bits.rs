@@ -200,7 +200,7 @@ impl BlockBits {
             if w == first {
                 word &= !0 << (start % 64);
             }
-            if w == last && end % 64 != 0 {
+            if w == last && !end.is_multiple_of(64) {
                 word &= (1 << (end % 64)) - 1;
             }
             let mut edges = word ^ (word << 1 | carry);
