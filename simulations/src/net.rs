@@ -66,6 +66,10 @@ pub struct Net {
     frozen: Vec<bool>,
     touched_res: Vec<u32>,
     dirty: Vec<u32>,
+    /// Scratch space for progressive filling, kept between re-allocations (one is made at
+    /// every flow start and end: allocating afresh each time cost as much as the filling).
+    heap: BinaryHeap<Reverse<(Share, u32)>>,
+    members: Vec<u32>,
     active: usize,
 }
 
@@ -235,7 +239,9 @@ impl Net {
                 self.count[r] += 1;
             }
         }
-        let mut heap = BinaryHeap::with_capacity(self.touched_res.len());
+        let mut heap = std::mem::take(&mut self.heap);
+        let mut members = std::mem::take(&mut self.members);
+        heap.clear();
         for &r in &self.touched_res {
             let r = r as usize;
             self.base[r] = self.base[r].max(0.0);
@@ -261,12 +267,13 @@ impl Net {
                 continue; // stale entry; a fresher one is in the heap
             }
             let share = share.max(0.0);
-            let members: Vec<u32> = self.at[r]
-                .iter()
-                .copied()
-                .filter(|&fi| self.flow_stamp[fi as usize] == epoch && !self.frozen[fi as usize])
-                .collect();
-            for fi in members {
+            members.clear();
+            members.extend(
+                self.at[r].iter().copied().filter(|&fi| {
+                    self.flow_stamp[fi as usize] == epoch && !self.frozen[fi as usize]
+                }),
+            );
+            for &fi in &members {
                 self.frozen[fi as usize] = true;
                 left -= 1;
                 let f = self.flows[fi as usize].as_mut().expect("live");
@@ -284,6 +291,8 @@ impl Net {
                 }
             }
         }
+        self.heap = heap;
+        self.members = members;
         for &r in &self.touched_res {
             self.alloc[r as usize] = self.base[r as usize];
         }
