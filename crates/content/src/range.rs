@@ -223,24 +223,6 @@ impl RangeSet {
         Self::from_sorted(out)
     }
 
-    /// The values in any of `sets`: their runs sorted once and merged (cheaper than inserting
-    /// them one by one into a set of many runs).
-    pub fn union_of<'a>(sets: impl IntoIterator<Item = &'a Self>) -> Self {
-        let mut all: Vec<(u64, u64)> = sets
-            .into_iter()
-            .flat_map(|s| s.runs.iter().copied())
-            .collect();
-        all.sort_unstable();
-        let mut runs: Vec<(u64, u64)> = Vec::with_capacity(all.len());
-        for (s, e) in all {
-            match runs.last_mut() {
-                Some(last) if s <= last.1 => last.1 = last.1.max(e),
-                _ => runs.push((s, e)),
-            }
-        }
-        Self::from_sorted(runs)
-    }
-
     /// The values in both sets: one merge of both runs, linear in their number.
     pub fn intersection(&self, other: &Self) -> Self {
         let (small, large) = if self.runs.len() <= other.runs.len() {
@@ -405,32 +387,6 @@ mod tests {
                 prop_assert!(pair[0].end < pair[1].start);
             }
             prop_assert_eq!(clipped.iter().collect::<Vec<_>>(), set.iter().filter(|v| (s..s + l).contains(v)).collect::<Vec<_>>());
-        }
-
-        #[test]
-        fn a_union_of_sets_holds_what_any_of_them_holds(
-            sets in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 0..6),
-        ) {
-            let sets: Vec<RangeSet> = sets
-                .into_iter()
-                .map(|ops| {
-                    let mut set = RangeSet::new();
-                    for op in ops {
-                        if let Op::Insert(a, b) = op { set.insert(a, b) } else if let Op::Remove(a, b) = op { set.remove(a, b) }
-                    }
-                    set
-                })
-                .collect();
-            let mut model = RangeSet::new();
-            for set in &sets {
-                for run in set.runs() {
-                    model.insert(run.start, run.end);
-                }
-            }
-            let union = RangeSet::union_of(&sets);
-            prop_assert_eq!(union.count(), model.count());
-            // The same runs: normalised, as inserting builds them.
-            prop_assert_eq!(union.runs().collect::<Vec<_>>(), model.runs().collect::<Vec<_>>());
         }
 
         #[test]
