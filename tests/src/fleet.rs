@@ -152,38 +152,31 @@ impl Fleet {
 
     /// Waits (up to 30 s) until `host`'s daemon is up and connected to at least `peers` peers.
     pub fn wait_for_peers(&self, host: usize, peers: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self.stats(host).and_then(|s| s["NumPeers"].as_u64());
-            if found.is_some_and(|n| n as usize >= peers) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "host {host} did not find its peers: {:?}\n{}",
-                self.stats(host),
-                self.log(host)
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
+        self.wait_for_stats(host, &format!("find {peers} peers"), |s| {
+            s["NumPeers"].as_u64().is_some_and(|n| n as usize >= peers)
+        });
     }
 
-    /// Waits until `host` counts at least `peers` of its peers as LAN peers (found by mDNS: a
-    /// peer that connected first is counted as one once mDNS finds it).
+    /// Waits (up to 30 s) until `host` counts at least `peers` of its peers as LAN peers (found
+    /// by mDNS: a peer that connected first is counted as one once mDNS finds it).
     pub fn wait_for_lan_peers(&self, host: usize, peers: usize) {
+        self.wait_for_stats(host, &format!("count {peers} LAN peers"), |s| {
+            s["Peers"]
+                .as_array()
+                .is_some_and(|all| all.iter().filter(|p| p["Class"] == "lan").count() >= peers)
+        });
+    }
+
+    /// Polls `host`'s stats until `done` holds; fails after 30 s, saying it did not `what`.
+    fn wait_for_stats(&self, host: usize, what: &str, done: impl Fn(&Json) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let lan = self.stats(host).map_or(0, |s| {
-                s["Peers"]
-                    .as_array()
-                    .map_or(0, |all| all.iter().filter(|p| p["Class"] == "lan").count())
-            });
-            if lan >= peers {
+            if self.stats(host).is_some_and(|s| done(&s)) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "host {host} does not count {peers} LAN peers: {:?}\n{}",
+                "host {host} did not {what}: {:?}\n{}",
                 self.stats(host),
                 self.log(host)
             );
