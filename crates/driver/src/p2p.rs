@@ -1642,24 +1642,28 @@ fn write_peer_blocks(
     for b in blocks.clone() {
         let r = block_range(len, BlockIndex(b));
         let bytes = data.get(at..at + r.len() as usize);
-        let Some(bytes) = bytes.filter(|bytes| manifest.verify_block(BlockIndex(b), bytes).is_ok())
-        else {
+        if bytes.is_none_or(|bytes| manifest.verify_block(BlockIndex(b), bytes).is_err()) {
             written.corrupt = Some(b);
-            break;
-        };
-        if let Err(e) = writer.write_at(r.start, bytes) {
-            written.failed = Some(e.hresult());
             break;
         }
         record.push((BlockIndex(b), manifest.blocks()[b as usize]));
         written.good.push((b, r.len()));
         at += r.len() as usize;
     }
-    if written.corrupt.is_none() && written.failed.is_none() && at != data.len() {
+    if written.corrupt.is_none() && at != data.len() {
         // Extra bytes after the last block: the peer does not follow the protocol.
         written.corrupt = Some(blocks.end - 1);
     }
-    if let Err(e) = store.commit_blocks(entry, &record) {
+    // The good blocks are contiguous: one write for all of them (a write per block took the
+    // file's lock once per 64 KiB, and writers of other answers spun on it meanwhile).
+    let written_ok = match record.first() {
+        Some(&(b, _)) => writer.write_at(block_range(len, b).start, &data[..at]),
+        None => Ok(()),
+    };
+    if let Err(e) = written_ok {
+        written.good.clear();
+        written.failed = Some(e.hresult());
+    } else if let Err(e) = store.commit_blocks(entry, &record) {
         written.good.clear();
         written.failed = Some(e.hresult());
     }
