@@ -255,7 +255,6 @@ fn behaviour(
     key: &Keypair,
     config: &Config,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-    let protocol = libp2p::StreamProtocol::new(wire::PROTOCOL);
     let rr_config =
         request_response::Config::default().with_request_timeout(config.request_timeout);
     let mdns = if config.mdns {
@@ -285,7 +284,7 @@ fn behaviour(
     });
     Ok(Behaviour {
         blocks: request_response::Behaviour::new(
-            [(protocol, request_response::ProtocolSupport::Full)],
+            wire::protocols().map(|p| (p, request_response::ProtocolSupport::Full)),
             rr_config,
         ),
         mdns: mdns.into(),
