@@ -22,7 +22,7 @@ use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId
 use do_origin::Validators;
 use do_p2p::{
     BehaviourEvent,
-    wire::{MAX_HASHES, Request, Response},
+    wire::{self, MAX_HASHES, Request, Response},
 };
 use do_store::{EntryId, Store};
 use futures::StreamExt;
@@ -807,7 +807,10 @@ impl P2p {
                 peer_id,
                 info,
                 ..
-            })) => self.learn_addresses(peer_id, info.listen_addrs),
+            })) => {
+                self.learn_protocols(peer_id, &info.protocols, ctx);
+                self.learn_addresses(peer_id, info.listen_addrs);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 result:
                     kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
@@ -824,6 +827,30 @@ impl P2p {
             _ => {}
         }
         None
+    }
+
+    /// A peer told the protocols it speaks: one whose block protocol is the first version is
+    /// asked for no more blocks at once than that version takes.
+    fn learn_protocols(
+        &mut self,
+        peer: libp2p::PeerId,
+        protocols: &[libp2p::StreamProtocol],
+        ctx: &mut Ctx<'_>,
+    ) {
+        let speaks = |name: &str| protocols.iter().any(|p| p.as_ref() == name);
+        let Some(known) = self.peers.get(&peer) else {
+            return;
+        };
+        if speaks(wire::PROTOCOL_V1) && !speaks(wire::PROTOCOL) {
+            info!(%peer, "the peer speaks the first version of the block protocol");
+            ctx.engine.handle_input(
+                ctx.now,
+                Input::PeerRequestLimit {
+                    peer: known.id,
+                    blocks: u64::from(wire::MAX_BLOCKS_PER_REQUEST_V1),
+                },
+            );
+        }
     }
 
     /// A peer told the addresses it listens on: the DHT can route to it (a peer that dialed

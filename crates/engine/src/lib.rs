@@ -326,6 +326,15 @@ pub enum Input {
         /// How near it is.
         class: PeerClass,
     },
+    /// A peer takes at most `blocks` blocks in one request (the limit of the block protocol's
+    /// version it speaks): no request to it is larger from now on. Ignored for a peer not
+    /// added.
+    PeerRequestLimit {
+        /// The peer.
+        peer: PeerId,
+        /// The most blocks per request, at least 1.
+        blocks: u64,
+    },
     /// A peer is gone: its requests are lost.
     PeerRemoved {
         /// The peer.
@@ -459,6 +468,7 @@ impl Input {
         matches!(
             self,
             Self::PeerAdded { .. }
+                | Self::PeerRequestLimit { .. }
                 | Self::PeerRemoved { .. }
                 | Self::PeerHas { .. }
                 | Self::PeerGained { .. }

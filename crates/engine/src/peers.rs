@@ -16,6 +16,8 @@ use crate::{
 pub(crate) struct Peer {
     class: PeerClass,
     banned: bool,
+    /// The most blocks it takes in one request ([`Input::PeerRequestLimit`]).
+    max_blocks: u64,
 }
 
 impl Engine {
@@ -75,6 +77,8 @@ impl Engine {
             | Input::ManifestTrusted { id, .. } => Affects::One(*id),
             // More only keeps the origin from blocks: nothing new to hand out (less is, below).
             Input::PeerNear { .. } => Affects::Nothing,
+            // Smaller requests from now on: nothing new to hand out.
+            Input::PeerRequestLimit { .. } => Affects::Nothing,
             _ => Affects::All,
         };
         match input {
@@ -84,6 +88,7 @@ impl Engine {
                     .or_insert(Peer {
                         class,
                         banned: false,
+                        max_blocks: u64::MAX,
                     })
                     .class = class;
                 // A peer beyond the LAN: the LAN's co-fetchers now split what crosses the WAN.
@@ -91,6 +96,11 @@ impl Engine {
                     for d in self.downloads.values_mut() {
                         d.move_shares();
                     }
+                }
+            }
+            Input::PeerRequestLimit { peer, blocks } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.max_blocks = blocks.max(1);
                 }
             }
             Input::PeerRemoved { peer } => {
@@ -415,6 +425,11 @@ impl Engine {
             if let Some(p) = d.peer_requests.get_mut(&request) {
                 p.copy_sought = true;
             }
+            let (Some(first), Some(last)) = (owed.first(), owed.runs().next_back()) else {
+                continue;
+            };
+            let blocks = first..last.end;
+            let span = blocks.end - blocks.start;
             let holder = d
                 .haves
                 .iter()
@@ -422,7 +437,10 @@ impl Engine {
                     let busy = load.get(&p).copied().unwrap_or(0);
                     p != server
                         && busy < self.config.peer_slots
-                        && self.peers.get(&p).is_some_and(|info| !info.banned)
+                        && self
+                            .peers
+                            .get(&p)
+                            .is_some_and(|info| !info.banned && info.max_blocks >= span)
                         && owed.runs().all(|run| have.contains_run(run))
                 })
                 .map(|(&p, _)| (self.peers[&p].class, load.get(&p).copied().unwrap_or(0), p))
@@ -430,10 +448,6 @@ impl Engine {
             let Some((_, _, peer)) = holder else {
                 continue;
             };
-            let (Some(first), Some(last)) = (owed.first(), owed.runs().next_back()) else {
-                continue;
-            };
-            let blocks = first..last.end;
             *load.entry(peer).or_default() += 1;
             let copy = self.new_request(id);
             let d = self.downloads.get_mut(&id).expect("live");
@@ -538,6 +552,7 @@ impl Engine {
                     if dry[k] {
                         continue;
                     }
+                    let max = max.min(self.peers[&peer].max_blocks);
                     let Some(blocks) = pick(d, &wanted, peer, offset, max) else {
                         dry[k] = true;
                         continue;

@@ -1068,6 +1068,49 @@ fn requests_to_many_peers_are_capped_and_spread_one_per_peer() {
     assert_eq!(distinct.len(), 16, "one request per peer: {asked:?}");
 }
 
+#[test]
+fn a_peer_with_a_request_limit_is_asked_no_more_blocks_at_once() {
+    // Two LAN peers hold the whole file; peer 2 speaks the block protocol's first version (at
+    // most 16 blocks per request), peer 1 the current one.
+    let mut h = Harness::new(Config::default());
+    h.start_whole(Some(root()));
+    for p in [1, 2] {
+        h.input(Input::PeerAdded {
+            peer: PeerId(p),
+            class: PeerClass::Lan,
+        });
+    }
+    h.input(Input::PeerRequestLimit {
+        peer: PeerId(2),
+        blocks: 16,
+    });
+    for p in [1, 2] {
+        h.input(Input::PeerHas {
+            id: ID,
+            peer: PeerId(p),
+            blocks: all(1024),
+        });
+    }
+    h.input(Input::ManifestTrusted {
+        id: ID,
+        refuted: RangeSet::new(),
+        lost: RangeSet::new(),
+    });
+    h.answer_stat(Ok(info(1024 * BLOCK_SIZE)));
+    let mut largest = [0u64; 3];
+    for a in h.take() {
+        if let Action::RequestBlocks { peer, blocks, .. } = a {
+            let n = blocks.end - blocks.start;
+            largest[peer.0 as usize] = largest[peer.0 as usize].max(n);
+        }
+    }
+    assert!(
+        (1..=16).contains(&largest[2]),
+        "peer 2 asked, at most 16 at once: {largest:?}"
+    );
+    assert!(largest[1] > 16, "the limit is peer 2's alone: {largest:?}");
+}
+
 /// `blocks` in increasing order.
 fn sorted(blocks: &[u64]) -> Vec<u64> {
     let mut v = blocks.to_vec();
