@@ -69,8 +69,8 @@ pub struct Config {
     pub peer_slots: usize,
     /// Blocks asked of a LAN peer in one request. Default 64 (4 MiB): every request is a
     /// stream and a round trip, and a 1 GiB file between two nodes took 15 % longer in 1 MiB
-    /// requests (`fleet-bench --pair-only`). (A node of a version whose block protocol took up
-    /// to 16 fails a larger request, and the download then leaves that peer out.)
+    /// requests (`fleet-bench --pair-only`). A peer that takes fewer at once is asked for at
+    /// most that many ([`Input::PeerRequestLimit`]).
     pub peer_request_blocks: u64,
     /// Blocks asked of a peer beyond the LAN (Group, Internet) in one request. Default 1
     /// (64 KiB): a request makes progress only when its answer arrives, and across a site's

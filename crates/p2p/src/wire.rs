@@ -13,9 +13,8 @@ use serde::{Deserialize, Serialize};
 /// [`MAX_BLOCKS_PER_REQUEST`] blocks.
 pub const PROTOCOL: &str = "/donode/blocks/2";
 /// The first version of the protocol, still served and spoken: the same messages, but a
-/// request asks for up to [`MAX_BLOCKS_PER_REQUEST_V1`] blocks. Streams to a peer that speaks
-/// only this one carry every request but a larger one, which fails (the engine then leaves that
-/// peer out of the file).
+/// request asks for up to [`MAX_BLOCKS_PER_REQUEST_V1`] blocks. A larger request is not sent
+/// over it: it fails (a node learns from identify which version a peer speaks and asks no more).
 pub const PROTOCOL_V1: &str = "/donode/blocks/1";
 /// The version byte this build writes and reads.
 pub const VERSION: u8 = 1;
