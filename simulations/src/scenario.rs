@@ -237,6 +237,10 @@ pub struct EngineKnobs {
     /// Requests a node keeps in flight to one peer (the engine's `peer_slots`). Default 4.
     #[serde(default = "four")]
     pub peer_slots: usize,
+    /// Blocks asked of a LAN peer in one request (the engine's `peer_request_blocks`).
+    /// Default: the engine's (64).
+    #[serde(default = "peer_request_blocks")]
+    pub peer_request_blocks: u64,
     /// How peer blocks are verified: `manifest` (the node today: once the hashes of the whole
     /// file are known; blocks that come before wait unchecked) or `proofs` (what-if: each block
     /// carries a proof against the root, so it is checked, held and served at once; not built
@@ -283,6 +287,10 @@ fn min_qos() -> u64 {
     do_engine::Config::default().min_background_qos
 }
 
+fn peer_request_blocks() -> u64 {
+    do_engine::Config::default().peer_request_blocks
+}
+
 fn near_wait_s() -> f64 {
     do_engine::Config::default().near_wait.as_secs_f64()
 }
@@ -311,6 +319,7 @@ impl Default for EngineKnobs {
             origin_fallback_delay_s: 1.0,
             upload_slots: None,
             peer_slots: 4,
+            peer_request_blocks: peer_request_blocks(),
             verify: Verify::Manifest,
             have_interval_s: 0.5,
             min_background_qos: min_qos(),

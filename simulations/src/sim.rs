@@ -1579,6 +1579,7 @@ fn engine_config(sc: &Scenario, key: u64) -> Config {
         node_key: key,
         origin_fallback_delay: Duration::from_secs_f64(sc.engine.origin_fallback_delay_s),
         peer_slots: sc.engine.peer_slots,
+        peer_request_blocks: sc.engine.peer_request_blocks,
         min_background_qos: sc.engine.min_background_qos,
         endgame_after: Duration::from_secs_f64(sc.engine.endgame_after_s),
         near_wait: Duration::from_secs_f64(sc.engine.near_wait_s),
