@@ -521,7 +521,11 @@ impl Engine {
         for (c, mut peers) in classes.into_iter().enumerate() {
             let class = self.peers[&peers[0]].class;
             let max = if class == PeerClass::Lan {
-                self.config.peer_request_blocks
+                if self.peers.values().any(|p| p.class != PeerClass::Lan) {
+                    self.config.mixed_request_blocks
+                } else {
+                    self.config.peer_request_blocks
+                }
             } else {
                 self.config.far_request_blocks
             };

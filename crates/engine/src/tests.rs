@@ -1111,6 +1111,34 @@ fn a_peer_with_a_request_limit_is_asked_no_more_blocks_at_once() {
     assert!(largest[1] > 16, "the limit is peer 2's alone: {largest:?}");
 }
 
+#[test]
+fn lan_requests_are_smaller_while_peers_beyond_the_lan_are_known() {
+    // The largest request to LAN peer 1, alone and with a group peer beside it.
+    let largest_to_lan = |peers: &[(u64, PeerClass, RangeSet)]| {
+        let mut h = with_peers(Config::default(), 1024, peers);
+        h.take()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::RequestBlocks { peer, blocks, .. } if peer == PeerId(1) => {
+                    Some(blocks.end - blocks.start)
+                }
+                _ => None,
+            })
+            .max()
+    };
+    let config = Config::default();
+    let lan = (1, PeerClass::Lan, all(1024));
+    assert_eq!(
+        largest_to_lan(std::slice::from_ref(&lan)),
+        Some(config.peer_request_blocks)
+    );
+    let group = (2, PeerClass::Group, all(1024));
+    assert_eq!(
+        largest_to_lan(&[lan, group]),
+        Some(config.mixed_request_blocks)
+    );
+}
+
 /// `blocks` in increasing order.
 fn sorted(blocks: &[u64]) -> Vec<u64> {
     let mut v = blocks.to_vec();
