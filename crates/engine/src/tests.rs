@@ -1119,9 +1119,11 @@ fn lan_requests_are_smaller_while_peers_beyond_the_lan_are_known() {
         h.take()
             .into_iter()
             .filter_map(|a| match a {
-                Action::RequestBlocks { peer, blocks, .. } if peer == PeerId(1) => {
-                    Some(blocks.end - blocks.start)
-                }
+                Action::RequestBlocks {
+                    peer: PeerId(1),
+                    blocks,
+                    ..
+                } => Some(blocks.end - blocks.start),
                 _ => None,
             })
             .max()
