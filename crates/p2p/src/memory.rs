@@ -1,8 +1,13 @@
 //! Serving one file held in memory: what tests and the probe answer peers with.
 
 use do_content::{BLOCK_SIZE, Manifest, block_count};
+use futures::StreamExt;
+use libp2p::{Swarm, request_response, swarm::SwarmEvent};
 
-use crate::wire::{Request, Response};
+use crate::{
+    Behaviour, BehaviourEvent,
+    wire::{Request, Response},
+};
 
 /// One file in memory, with its manifest.
 pub struct InMemory {
@@ -62,6 +67,26 @@ impl InMemory {
                 Response::Blocks { first, data }
             }
             _ => Response::NotHere,
+        }
+    }
+
+    /// Answers every block-protocol request that reaches `swarm` with [`InMemory::answer`],
+    /// for as long as the future is polled (a serving node of the tests and the probe).
+    pub async fn serve(&self, swarm: &mut Swarm<Behaviour>, corrupt: bool) {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Blocks(
+                request_response::Event::Message {
+                    message:
+                        request_response::Message::Request {
+                            request, channel, ..
+                        },
+                    ..
+                },
+            )) = swarm.select_next_some().await
+            {
+                let answer = self.answer(&request, corrupt);
+                let _ = swarm.behaviour_mut().blocks.send_response(channel, answer);
+            }
         }
     }
 }

@@ -21,25 +21,7 @@ async fn serve(data: Vec<u8>, corrupt: bool) -> (libp2p::PeerId, Multiaddr) {
     let addr = common::listen(&mut swarm).await;
     let peer = *swarm.local_peer_id();
     let file = do_p2p::InMemory::new(data);
-    tokio::spawn(async move {
-        loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Blocks(
-                request_response::Event::Message {
-                    message:
-                        request_response::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                },
-            )) = swarm.select_next_some().await
-            {
-                let _ = swarm
-                    .behaviour_mut()
-                    .blocks
-                    .send_response(channel, file.answer(&request, corrupt));
-            }
-        }
-    });
+    tokio::spawn(async move { file.serve(&mut swarm, corrupt).await });
     (peer, addr)
 }
 

@@ -78,26 +78,7 @@ async fn a_node_of_the_first_version_fetches_from_a_current_one() {
     let addr = common::listen(&mut current).await;
     let current_id = *current.local_peer_id();
     let served = InMemory::new(file.clone());
-    tokio::spawn(async move {
-        loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Blocks(
-                request_response::Event::Message {
-                    message:
-                        request_response::Message::Request {
-                            request, channel, ..
-                        },
-                    ..
-                },
-            )) = current.select_next_some().await
-            {
-                let answer = served.answer(&request, false);
-                let _ = current
-                    .behaviour_mut()
-                    .blocks
-                    .send_response(channel, answer);
-            }
-        }
-    });
+    tokio::spawn(async move { served.serve(&mut current, false).await });
     let mut old = old_node();
     connect(&mut old, addr).await;
     let count = MAX_BLOCKS_PER_REQUEST_V1;

@@ -68,21 +68,8 @@ async fn serve(file: PathBuf, corrupt: bool) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({ "serving": serving, "peer": swarm.local_peer_id().to_string() })
     );
-    loop {
-        if let SwarmEvent::Behaviour(BehaviourEvent::Blocks(request_response::Event::Message {
-            message:
-                request_response::Message::Request {
-                    request, channel, ..
-                },
-            ..
-        })) = swarm.select_next_some().await
-        {
-            let _ = swarm
-                .behaviour_mut()
-                .blocks
-                .send_response(channel, file.answer(&request, corrupt));
-        }
-    }
+    file.serve(&mut swarm, corrupt).await;
+    Ok(())
 }
 
 async fn fetch(content: ContentId, out: PathBuf) -> anyhow::Result<()> {
