@@ -83,9 +83,10 @@ pub struct Config {
     /// shared uplink an answer of 1 MiB outlasts the stall timeout (found with the simulator:
     /// 5 sites behind 20 Mbit/s uplinks took 3.7 origin copies, 1.2 with 64 KiB requests).
     pub far_request_blocks: u64,
-    /// Requests in flight to peers for one download, all peers together. Default 16
-    /// (64 MiB from LAN peers): enough to fill a fast link; more only lengthens every server's queue, and a
-    /// request that waits in one past [`Config::peer_stall_timeout`] drops its peer.
+    /// Requests in flight to peers for one download, all peers together. Default 16 (up to
+    /// 64 MiB from LAN peers): enough to fill a fast link; more only lengthens every server's
+    /// queue, and a request that waits in one past [`Config::peer_stall_timeout`] drops its
+    /// peer.
     pub download_peer_requests: usize,
     /// A peer request that delivers nothing for this long is cancelled and its blocks asked
     /// elsewhere; the peer is no longer asked for this file (what it says it holds of it is

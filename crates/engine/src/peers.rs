@@ -517,15 +517,16 @@ impl Engine {
             }
         }
         let last = classes.len().saturating_sub(1);
+        let lan_request_blocks = if self.knows_far_peers() {
+            self.config.mixed_request_blocks
+        } else {
+            self.config.peer_request_blocks
+        };
         let mut far_applied = false;
         for (c, mut peers) in classes.into_iter().enumerate() {
             let class = self.peers[&peers[0]].class;
             let max = if class == PeerClass::Lan {
-                if self.peers.values().any(|p| p.class != PeerClass::Lan) {
-                    self.config.mixed_request_blocks
-                } else {
-                    self.config.peer_request_blocks
-                }
+                lan_request_blocks
             } else {
                 self.config.far_request_blocks
             };
@@ -775,11 +776,16 @@ impl Engine {
         }
     }
 
+    /// Whether any known peer is beyond the LAN (Group, Internet).
+    fn knows_far_peers(&self) -> bool {
+        self.peers.values().any(|p| p.class != PeerClass::Lan)
+    }
+
     /// With peers beyond the LAN: the blocks this node brings across the WAN for its LAN, its
     /// arcs on the ring of itself and its LAN co-fetchers that still grow (a stalled one's go
     /// to the others). `None`: no peer beyond the LAN, or no LAN co-fetcher to share with.
     fn far_share(&self, d: &Download, blocks: u64) -> Option<BlockBits> {
-        if self.peers.values().all(|p| p.class == PeerClass::Lan) {
+        if !self.knows_far_peers() {
             return None;
         }
         let own = self.config.node_key;
