@@ -1687,10 +1687,7 @@ fn write_peer_blocks(
         Some(&(b, _)) => writer.write_at(block_range(len, b).start, &data[..at]),
         None => Ok(()),
     };
-    if let Err(e) = written_ok {
-        written.good.clear();
-        written.failed = Some(e.hresult());
-    } else if let Err(e) = store.commit_blocks(entry, &record) {
+    if let Err(e) = written_ok.and_then(|()| store.commit_blocks(entry, &record)) {
         written.good.clear();
         written.failed = Some(e.hresult());
     }
