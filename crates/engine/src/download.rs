@@ -73,6 +73,9 @@ pub(crate) struct Download {
     pub(crate) haves: BTreeMap<PeerId, BlockBits>,
     /// How many of `haves` hold each block.
     availability: Vec<u32>,
+    /// What the LAN peers among `haves` hold, all in one: kept up as they gain blocks, and
+    /// computed again when next asked (`None`) after one lost some or left.
+    lan_held: Option<BlockBits>,
     /// What can come through each usable peer: the blocks its own LAN peers hold, as it last
     /// said (`Input::PeerNear`); and all of them in one set, computed again when one changed
     /// (`None`). They are left to come through the peers while peers keep bringing blocks (see
@@ -163,6 +166,7 @@ impl Download {
             endgame: false,
             haves: BTreeMap::new(),
             availability: Vec::new(),
+            lan_held: None,
             near_by: BTreeMap::new(),
             near: None,
             near_grew: now,
@@ -346,11 +350,18 @@ impl Download {
         owed.is_empty().then_some(twin)
     }
 
-    /// Records what `peer` holds now (replacing what it said before).
-    pub(crate) fn set_have(&mut self, peer: PeerId, blocks: &RangeSet) {
+    /// Records what `peer`, a LAN peer if `lan`, holds now (replacing what it said before).
+    pub(crate) fn set_have(&mut self, peer: PeerId, blocks: &RangeSet, lan: bool) {
         let new = BlockBits::from_set(blocks);
-        let old = self.haves.remove(&peer).unwrap_or_default();
-        old.changes_to(&new, |block, gained| self.count(block, gained));
+        let old = self.haves.remove(&peer);
+        match (&mut self.lan_held, &old) {
+            // Nothing said before, or not a LAN peer: the LAN's holdings only grow.
+            (Some(held), None) if lan => held.union_with(&new),
+            (Some(_), _) if lan => self.lan_held = None,
+            _ => {}
+        }
+        old.unwrap_or_default()
+            .changes_to(&new, |block, gained| self.count(block, gained));
         self.haves.insert(peer, new);
     }
 
@@ -370,13 +381,37 @@ impl Download {
         }
     }
 
-    /// Adds `blocks` to what `peer` holds.
-    pub(crate) fn add_have(&mut self, peer: PeerId, blocks: &RangeSet) {
+    /// Adds `blocks` to what `peer`, a LAN peer if `lan`, holds.
+    pub(crate) fn add_have(&mut self, peer: PeerId, blocks: &RangeSet, lan: bool) {
         let availability = &mut self.availability;
         self.haves
             .entry(peer)
             .or_default()
             .add_new(blocks, |b| count_in(availability, b, true));
+        if let (true, Some(held)) = (lan, &mut self.lan_held) {
+            for run in blocks.runs() {
+                held.insert(run);
+            }
+        }
+    }
+
+    /// What the LAN peers among `haves` hold; `is_lan` tells which peers are.
+    pub(crate) fn lan_held(&mut self, is_lan: impl Fn(PeerId) -> bool) -> &BlockBits {
+        let haves = &self.haves;
+        self.lan_held.get_or_insert_with(|| {
+            let mut held = BlockBits::default();
+            for (&peer, bits) in haves {
+                if is_lan(peer) {
+                    held.union_with(bits);
+                }
+            }
+            held
+        })
+    }
+
+    /// Which peers are on the LAN may have changed: what they hold is computed again.
+    pub(crate) fn forget_lan_held(&mut self) {
+        self.lan_held = None;
     }
 
     /// Forgets what `peer` holds, and the co-fetchers it reported.
@@ -385,6 +420,7 @@ impl Download {
             for block in old.iter() {
                 self.count(block, false);
             }
+            self.lan_held = None;
         }
         if self.near_by.remove(&peer).is_some() {
             self.near = None;
@@ -592,6 +628,7 @@ impl Download {
     pub(crate) fn release_peers(&mut self) {
         self.haves = BTreeMap::new();
         self.availability = Vec::new();
+        self.lan_held = None;
         self.co_fetchers = BTreeMap::new();
         self.reported = BTreeMap::new();
         self.near_by = BTreeMap::new();

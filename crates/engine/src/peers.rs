@@ -38,21 +38,13 @@ impl Engine {
 
     /// The blocks of a download's file that this node's usable LAN peers hold: what it tells
     /// a peer that asks what can come through it ([`Input::PeerNear`] there).
-    pub fn held_by_peers(&self, id: DownloadId) -> BlockBits {
-        let mut held = BlockBits::default();
-        let Some(d) = self.downloads.get(&id) else {
-            return held;
-        };
-        for (peer, bits) in &d.haves {
-            if self
-                .peers
-                .get(peer)
-                .is_some_and(|p| p.class == PeerClass::Lan)
-            {
-                held.union_with(bits);
-            }
-        }
-        held
+    pub fn held_by_peers(&mut self, id: DownloadId) -> BlockBits {
+        let peers = &self.peers;
+        let is_lan = |p: PeerId| peers.get(&p).is_some_and(|p| p.class == PeerClass::Lan);
+        self.downloads
+            .get_mut(&id)
+            .map(|d| d.lan_held(is_lan).clone())
+            .unwrap_or_default()
     }
 
     /// Schedules the downloads `affected` names.
@@ -83,14 +75,17 @@ impl Engine {
         };
         match input {
             Input::PeerAdded { peer, class } => {
-                self.peers
-                    .entry(peer)
-                    .or_insert(Peer {
-                        class,
-                        banned: false,
-                        max_blocks: u64::MAX,
-                    })
-                    .class = class;
+                let known = self.peers.entry(peer).or_insert(Peer {
+                    class,
+                    banned: false,
+                    max_blocks: u64::MAX,
+                });
+                if known.class != class {
+                    known.class = class;
+                    for d in self.downloads.values_mut() {
+                        d.forget_lan_held();
+                    }
+                }
                 // A peer beyond the LAN: the LAN's co-fetchers now split what crosses the WAN.
                 if class != PeerClass::Lan {
                     for d in self.downloads.values_mut() {
@@ -112,14 +107,16 @@ impl Engine {
                 }
             }
             Input::PeerHas { id, peer, blocks } => {
+                let lan = self.is_lan(peer);
                 if let Some(d) = self.usable_download(id, peer) {
                     d.note_growth(peer, blocks.count(), now);
-                    d.set_have(peer, &blocks);
+                    d.set_have(peer, &blocks, lan);
                 }
             }
             Input::PeerGained { id, peer, blocks } => {
+                let lan = self.is_lan(peer);
                 if let Some(d) = self.usable_download(id, peer) {
-                    d.add_have(peer, &blocks);
+                    d.add_have(peer, &blocks, lan);
                     let held = d.haves.get(&peer).map_or(0, BlockBits::count);
                     d.note_growth(peer, held, now);
                 }
@@ -127,10 +124,7 @@ impl Engine {
             Input::PeerNear { id, peer, blocks } => {
                 // Only what is near: blocks behind a WAN link are no cheaper through a peer
                 // than from the origin.
-                let lan = self
-                    .peers
-                    .get(&peer)
-                    .is_some_and(|p| p.class == PeerClass::Lan);
+                let lan = self.is_lan(peer);
                 if let (true, Some(d)) = (lan, self.usable_download(id, peer))
                     && d.set_near(peer, blocks, now)
                 {
@@ -774,6 +768,13 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Whether `peer` is a known LAN peer.
+    fn is_lan(&self, peer: PeerId) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.class == PeerClass::Lan)
     }
 
     /// Whether any known peer is beyond the LAN (Group, Internet).

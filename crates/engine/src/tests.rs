@@ -1259,6 +1259,62 @@ fn a_node_tells_what_its_lan_peers_hold() {
 }
 
 #[test]
+fn what_a_node_tells_of_its_lan_peers_follows_their_news() {
+    let set = |runs: &[(u64, u64)]| runs.iter().map(|&(a, b)| a..b).collect::<RangeSet>();
+    let mut h = with_peers(
+        Config::default(),
+        100,
+        &[
+            (1, PeerClass::Lan, set(&[(0, 10)])),
+            (2, PeerClass::Internet, set(&[(60, 70)])),
+        ],
+    );
+    assert_eq!(h.engine.held_by_peers(ID).to_set(), set(&[(0, 10)]));
+    // What a LAN peer gains is told; what a peer beyond the LAN gains is not.
+    for (peer, blocks) in [(1, set(&[(20, 25)])), (2, set(&[(80, 90)]))] {
+        h.input(Input::PeerGained {
+            id: ID,
+            peer: PeerId(peer),
+            blocks,
+        });
+    }
+    assert_eq!(
+        h.engine.held_by_peers(ID).to_set(),
+        set(&[(0, 10), (20, 25)])
+    );
+    // A LAN peer that now says it holds less: only what it holds now is told.
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: set(&[(5, 10)]),
+    });
+    assert_eq!(h.engine.held_by_peers(ID).to_set(), set(&[(5, 10)]));
+    // A peer found to be on the LAN after all: what it holds is told.
+    h.input(Input::PeerAdded {
+        peer: PeerId(2),
+        class: PeerClass::Lan,
+    });
+    assert_eq!(
+        h.engine.held_by_peers(ID).to_set(),
+        set(&[(5, 10), (60, 70), (80, 90)])
+    );
+    // A new LAN peer's first report adds to it.
+    h.input(Input::PeerAdded {
+        peer: PeerId(3),
+        class: PeerClass::Lan,
+    });
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(3),
+        blocks: set(&[(95, 100)]),
+    });
+    assert_eq!(
+        h.engine.held_by_peers(ID).to_set(),
+        set(&[(5, 10), (60, 70), (80, 90), (95, 100)])
+    );
+}
+
+#[test]
 fn a_stalled_peer_stays_dropped_when_it_says_again_what_it_holds() {
     // A peer that answers have-polls but never sends blocks must not hold the download
     // hostage: after one stall its holdings are ignored, and the origin brings its blocks.
