@@ -100,6 +100,8 @@ pub(crate) struct Download {
     /// How the origin's work is split, as last computed (see `Engine::split`); `None` when
     /// the shares may have moved since.
     pub(crate) split: Option<Option<Split>>,
+    /// Which computation `split` is (`Engine::split_version`).
+    pub(crate) split_version: u64,
     /// Peers whose requests for this file stalled: what they say they hold is ignored until
     /// they reconnect, so their blocks come from elsewhere (the origin if need be).
     pub(crate) dropped: BTreeSet<PeerId>,
@@ -176,6 +178,7 @@ impl Download {
             reported: BTreeMap::new(),
             shares_moved: false,
             split: None,
+            split_version: 0,
             dropped: BTreeSet::new(),
             manifest_trusted: false,
             unchecked: BTreeMap::new(),

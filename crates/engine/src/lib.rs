@@ -577,6 +577,8 @@ pub struct Engine {
     /// Which download each outstanding request belongs to.
     requests: BTreeMap<RequestId, DownloadId>,
     next_request: u64,
+    /// Counts the splits computed (see [`Engine::split_version`]).
+    splits_made: u64,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
 }
@@ -591,6 +593,7 @@ impl Engine {
             peers: BTreeMap::new(),
             requests: BTreeMap::new(),
             next_request: 1,
+            splits_made: 0,
             actions: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -820,6 +823,14 @@ impl Engine {
             return Vec::new();
         };
         peers::successors(&split.told, asker, do_content::block_count(info.len))
+    }
+
+    /// Which computation of a download's split is current: it changes whenever the split is
+    /// computed again (and never repeats), so what [`Engine::co_fetchers_for`] tells an asker
+    /// can have changed only if this did. `None`: no such download.
+    pub fn split_version(&mut self, id: DownloadId) -> Option<u64> {
+        self.refresh_split(id);
+        self.downloads.get(&id).map(|d| d.split_version)
     }
 
     /// Forgets a download in a final state (Finalized or Aborted); returns true if it did.

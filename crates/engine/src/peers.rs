@@ -686,7 +686,10 @@ impl Engine {
         };
         if d.split.is_none() {
             let split = self.split(d);
-            self.downloads.get_mut(&id).expect("live").split = Some(split);
+            self.splits_made += 1;
+            let d = self.downloads.get_mut(&id).expect("live");
+            d.split = Some(split);
+            d.split_version = self.splits_made;
         }
     }
 

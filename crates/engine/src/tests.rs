@@ -1641,6 +1641,11 @@ fn co_fetchers_that_peers_report_join_the_split() {
     expected.sort_unstable();
     expected.dedup();
     assert_eq!(h.engine.co_fetchers_for(ID, 9), expected);
+    // Nothing moved since: the same split, so the same answer to any asker.
+    let version = h.engine.split_version(ID);
+    assert!(version.is_some());
+    assert_eq!(h.engine.split_version(ID), version);
+    assert_eq!(h.engine.split_version(DownloadId(9)), None);
     h.advance(Duration::from_secs(1));
     // The file is split among keys 1, 3, 5 and 7.
     let four = parts(&[1, 3, 5, 7], SPLIT_BLOCKS);
@@ -1652,6 +1657,7 @@ fn co_fetchers_that_peers_report_join_the_split() {
         peer: PeerId(1),
         keys: vec![(1, 0), (7, 1)],
     });
+    assert_ne!(h.engine.split_version(ID), version, "the split moved");
     let three = parts(&[1, 5, 7], SPLIT_BLOCKS);
     let gained = three[&5].difference(&four[&5]);
     assert!(
