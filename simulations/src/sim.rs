@@ -113,8 +113,9 @@ struct Node {
     /// Per file: neighbors already told that this node is fetching it.
     told_fetching: Vec<BTreeSet<u32>>,
     /// Per file: what each neighbor last told this node of whom it splits the origin's work
-    /// with (its engine's `co_fetchers_for` this node).
-    told_fetchers: Vec<BTreeMap<u32, Vec<(u64, u8)>>>,
+    /// with (its engine's `co_fetchers_for` this node), and from which version of its split
+    /// (`split_version`: the same version tells the same).
+    told_fetchers: Vec<BTreeMap<u32, (Option<u64>, Vec<(u64, u8)>)>>,
     /// The next poll reports every neighbor's holdings, changed or not (a download started,
     /// or the node reconnected).
     refresh_all: bool,
@@ -839,12 +840,20 @@ impl Sim {
                 // And whom it splits the origin's work with (again after a refresh: the
                 // engine forgets it with the peer's holdings).
                 if matches!(self.nodes[ju].jobs[f], Job::Active(_)) {
-                    let asker = self.nodes[iu].key;
-                    let keys = self.nodes[ju].engine.co_fetchers_for(id, asker);
-                    let told = self.nodes[iu].told_fetchers[f].get(&j);
-                    if refresh || told != Some(&keys) {
-                        self.nodes[iu].told_fetchers[f].insert(j, keys.clone());
-                        batch.push(Input::PeerCoFetchers { id, peer, keys });
+                    let version = self.nodes[ju].engine.split_version(id);
+                    let told_version = self.nodes[iu].told_fetchers[f].get(&j).map(|t| t.0);
+                    if refresh || version.is_none() || told_version != Some(version) {
+                        let asker = self.nodes[iu].key;
+                        let keys = self.nodes[ju].engine.co_fetchers_for(id, asker);
+                        let told = self.nodes[iu].told_fetchers[f].get(&j).map(|t| &t.1);
+                        if refresh || told != Some(&keys) {
+                            batch.push(Input::PeerCoFetchers {
+                                id,
+                                peer,
+                                keys: keys.clone(),
+                            });
+                        }
+                        self.nodes[iu].told_fetchers[f].insert(j, (version, keys));
                     }
                 }
                 // Every peer answers with the hashes of what it verified and of what it
