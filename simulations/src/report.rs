@@ -87,6 +87,12 @@ pub struct Summary {
     pub corrupt_bytes_received: u64,
     /// Bytes moved and not kept (corrupt, cancelled, duplicate).
     pub wasted_bytes: u64,
+    /// Files evicted from nodes' caches under the scenario's quota (`cache_mib`).
+    pub evictions: u64,
+    /// Bytes of the files evicted.
+    pub evicted_bytes: u64,
+    /// Most bytes one node's cache held at once (finished files and files under way).
+    pub peak_cache_bytes: u64,
     /// Peers banned (by some node).
     pub bans: u64,
     /// When the first ban happened, seconds.
@@ -206,6 +212,9 @@ pub fn summarise(sc: &Scenario, seed: u64, o: &Outcome, wall_s: f64) -> Summary 
         corrupt_bytes_committed: o.corrupt_bytes_committed,
         corrupt_bytes_received: o.corrupt_bytes_received,
         wasted_bytes: o.wasted_bytes,
+        evictions: o.evictions,
+        evicted_bytes: o.evicted_bytes,
+        peak_cache_bytes: o.peak_cache_bytes,
         bans: o.bans,
         first_ban_s: o.first_ban_s,
         requests_to_banned: o.requests_to_banned,
@@ -272,6 +281,15 @@ impl fmt::Display for Summary {
                 .unwrap_or_default(),
             self.requests_to_banned
         )?;
+        if self.evictions > 0 {
+            writeln!(
+                f,
+                "  cache: {} files evicted ({:.3} GiB); a node held at most {:.1} MiB",
+                self.evictions,
+                gib(self.evicted_bytes),
+                self.peak_cache_bytes as f64 / 1_048_576.0
+            )?;
+        }
         write!(
             f,
             "  simulated in {:.2} s wall: {} events ({:.0}/s), peak {} flows, trace {}",

@@ -64,6 +64,11 @@ pub struct Scenario {
     /// Engine and driver knobs.
     #[serde(default)]
     pub engine: EngineKnobs,
+    /// Each node's cache quota, MiB (the store's `quota_bytes`). Before a download starts,
+    /// finished files are evicted whole, least recently used first, until the new file fits;
+    /// an evicted file is no longer served. Default: no quota.
+    #[serde(default)]
+    pub cache_mib: Option<f64>,
     /// Stop the run at this simulated time (seconds), finished or not. Default 86,400.
     #[serde(default = "day")]
     pub max_time_s: f64,

@@ -83,6 +83,9 @@ struct Node {
     held: Vec<RangeSet>,
     /// Per file: `held` as bits (what a poll merges into the hashes a node can learn).
     held_bits: Vec<BlockBits>,
+    /// Per file: when it was last used (finished, or served to a peer), ns; evicted whole
+    /// (its holdings dropped) least recently used first under the cache quota.
+    used_at: Vec<u64>,
     /// Holdings changed since the last have poll, per file.
     changed: Vec<bool>,
     /// Per file: the blocks gained since the last have poll (what a poll reports of a peer
@@ -115,7 +118,7 @@ struct Node {
     /// Per file: what each neighbor last told this node of whom it splits the origin's work
     /// with (its engine's `co_fetchers_for` this node), and from which version of its split
     /// (`split_version`: the same version tells the same).
-    told_fetchers: Vec<BTreeMap<u32, (Option<u64>, Vec<(u64, u8)>)>>,
+    told_fetchers: Vec<BTreeMap<u32, ToldFetchers>>,
     /// The next poll reports every neighbor's holdings, changed or not (a download started,
     /// or the node reconnected).
     refresh_all: bool,
@@ -189,6 +192,9 @@ enum Ev {
     OutageEnd,
 }
 
+/// A neighbor's split version and the co-fetcher keys it told from it.
+type ToldFetchers = (Option<u64>, Vec<(u64, u8)>);
+
 /// What a node's holdings did between two have polls (taken at the start of a poll).
 struct Changes {
     changed: Vec<bool>,
@@ -243,6 +249,12 @@ pub struct Outcome {
     pub corrupt_bytes_committed: u64,
     /// Bytes moved and not kept: corrupt, cancelled mid-chunk, or duplicates.
     pub wasted_bytes: u64,
+    /// Files evicted from nodes' caches under the quota, and their bytes.
+    pub evictions: u64,
+    /// Bytes of the files evicted.
+    pub evicted_bytes: u64,
+    /// Most bytes a node's cache held at once (files finished or under way).
+    pub peak_cache_bytes: u64,
     /// Bans, and the time of the first (s).
     pub bans: u64,
     /// Time of the first ban, s.
@@ -381,6 +393,7 @@ impl Sim {
                     banned: BTreeSet::new(),
                     held: vec![RangeSet::new(); files],
                     held_bits: vec![BlockBits::default(); files],
+                    used_at: vec![0; files],
                     changed: vec![false; files],
                     gained: vec![RangeSet::new(); files],
                     near: vec![(BlockBits::default(), 0); files],
@@ -684,6 +697,7 @@ impl Sim {
         }
         node.jobs[f] = Job::Active(self.now);
         node.refresh_all = true;
+        self.make_room(i, f);
         let id = DownloadId(f as u64 + 1);
         let spec = Spec {
             url: format!("http://origin/file{f}"),
@@ -932,6 +946,39 @@ impl Sim {
         }
     }
 
+    /// Under the cache quota, evicts node `i`'s finished files, least recently used first,
+    /// until file `f` fits beside what it holds (the store's rule: files under way are
+    /// pinned; a file too big for the quota is taken anyway, over it).
+    fn make_room(&mut self, i: u32, f: usize) {
+        let file_len = &self.file_len;
+        let node = &mut self.nodes[i as usize];
+        let in_cache = |node: &Node, g: usize| {
+            g == f || matches!(node.jobs[g], Job::Active(_)) || !node.held[g].is_empty()
+        };
+        let used = |node: &Node| -> u64 {
+            (0..file_len.len())
+                .filter(|&g| in_cache(node, g))
+                .map(|g| file_len[g])
+                .sum()
+        };
+        if let Some(quota) = self.sc.cache_mib.map(|m| (m * 1_048_576.0) as u64) {
+            while used(node) > quota {
+                let Some(g) = (0..file_len.len())
+                    .filter(|&g| matches!(node.jobs[g], Job::Done(..)) && !node.held[g].is_empty())
+                    .min_by_key(|&g| (node.used_at[g], g))
+                else {
+                    break;
+                };
+                node.held[g] = RangeSet::new();
+                node.held_bits[g] = BlockBits::default();
+                node.gained[g] = RangeSet::new();
+                self.out.evictions += 1;
+                self.out.evicted_bytes += file_len[g];
+            }
+        }
+        self.out.peak_cache_bytes = self.out.peak_cache_bytes.max(used(node));
+    }
+
     fn origin_rtt(&self, i: u32) -> u64 {
         let site = &self.sc.sites[self.nodes[i as usize].site];
         ns(2.0 * (self.sc.origin.latency_ms + site.wan_latency_ms) / 1e3)
@@ -1060,6 +1107,7 @@ impl Sim {
                 {
                     let node = &mut self.nodes[i as usize];
                     node.jobs[f] = Job::Done(started, self.now);
+                    node.used_at[f] = self.now;
                     // What it collected to get there is of no more use (its holdings tell
                     // every hash now).
                     node.told_fetchers[f] = BTreeMap::new();
@@ -1143,6 +1191,7 @@ impl Sim {
 
     fn begin_upload(&mut self, i: u32, request: RequestId) {
         let Some(&Open {
+            file,
             server: Some(server),
             ..
         }) = self.nodes[i as usize].open.get(&request)
@@ -1150,6 +1199,7 @@ impl Sim {
             return;
         };
         self.nodes[server as usize].uploads += 1;
+        self.nodes[server as usize].used_at[file] = self.now;
         let (si, ri) = (
             self.nodes[server as usize].site,
             self.nodes[i as usize].site,
@@ -1273,10 +1323,15 @@ impl Sim {
         let s = &mut self.nodes[server as usize];
         s.uploads = s.uploads.saturating_sub(1);
         while let Some((i, request)) = self.nodes[server as usize].queue.pop_front() {
-            if self.nodes[i as usize].open.contains_key(&request) {
+            let Some(open) = self.nodes[i as usize].open.get(&request) else {
+                continue;
+            };
+            // (What it was asked for may have been evicted while the request waited.)
+            if self.nodes[server as usize].held[open.file].contains_range(open.next, open.end) {
                 self.begin_upload(i, request);
                 break;
             }
+            self.fail_peer_request(i, request, server);
         }
     }
 
