@@ -3,6 +3,10 @@
 /// (name, TOML) of every shipped scenario.
 pub const SCENARIOS: &[(&str, &str)] = &[
     (
+        "cache-pressure",
+        include_str!("../scenarios/cache-pressure.toml"),
+    ),
+    (
         "calibration-5",
         include_str!("../scenarios/calibration-5.toml"),
     ),

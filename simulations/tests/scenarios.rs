@@ -105,6 +105,27 @@ fn a_flash_crowd_takes_most_bytes_from_peers() {
 }
 
 #[test]
+fn a_cache_quota_evicts_old_files_and_late_nodes_take_them_from_the_origin_again() {
+    let sc = small("cache-pressure", 30, 4.0);
+    let quota = (sc.cache_mib.expect("a quota") * 1_048_576.0) as u64;
+    let with = run(&sc, 1);
+    check_healthy(&with);
+    assert!(with.evictions > 0, "{with}");
+    assert!(with.peak_cache_bytes <= quota, "over the quota: {with}");
+    let mut unbounded = sc.clone();
+    unbounded.cache_mib = None;
+    let without = run(&unbounded, 1);
+    check_healthy(&without);
+    assert_eq!(without.evictions, 0);
+    assert!(without.peak_cache_bytes > quota, "{without}");
+    // What was evicted is no longer served: the origin sends it again.
+    assert!(
+        with.origin_copies > 2.0 * without.origin_copies,
+        "{with}\n{without}"
+    );
+}
+
+#[test]
 fn http_mode_takes_every_byte_from_the_origin() {
     let mut sc = small("flash-crowd-small", 10, 4.0);
     sc.mode = do_sim::scenario::Mode::Http;
