@@ -2,7 +2,10 @@
 //! each other, the one with the lower peer id dials at once and the other only if no connection
 //! came within a grace period: two simultaneous TCP dials between the same nodes both fail. A failed dial is retried with a
 //! growing delay, and a lost connection is dialed again, for as long as mDNS sees the peer (a
-//! bootstrap peer or a holder the DHT named: for the node's lifetime).
+//! bootstrap peer or a holder the DHT named: for the node's lifetime). A node that prefers a
+//! transport (QUIC) waits a moment for a peer's address of it: an mDNS answer tells the listen
+//! addresses its sender knew when it sent it, and a node that just started may not know its
+//! QUIC one yet.
 
 use std::{
     collections::HashMap,
@@ -11,30 +14,41 @@ use std::{
 
 use libp2p::{Multiaddr, PeerId};
 
+use crate::Transport;
+
 /// How long the node with the higher peer id waits for the other's dial.
 const GRACE: Duration = Duration::from_secs(2);
 /// The first retry delay after a failed dial; it doubles per failure.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest retry delay.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long a peer found without an address of the preferred transport waits for one before
+/// it is dialed over what it has.
+const PREFERRED_WAIT: Duration = Duration::from_secs(1);
 
 /// The peers found on the LAN and when each is next dialed.
 pub(crate) struct Dialer {
     me: PeerId,
+    /// The transport waited for (see [`PREFERRED_WAIT`]); `None`: dial whatever is known.
+    prefer: Option<Transport>,
     found: HashMap<PeerId, Found>,
 }
 
 struct Found {
     addrs: Vec<Multiaddr>,
+    /// When the peer was first found.
+    found_at: Instant,
     /// `None` while connected or being dialed.
     due: Option<Instant>,
     retry: Duration,
 }
 
 impl Dialer {
-    pub(crate) fn new(me: PeerId) -> Self {
+    /// A dialer for node `me` that waits for addresses of `prefer` (see [`PREFERRED_WAIT`]).
+    pub(crate) fn new(me: PeerId, prefer: Option<Transport>) -> Self {
         Self {
             me,
+            prefer,
             found: HashMap::new(),
         }
     }
@@ -50,6 +64,7 @@ impl Dialer {
         let first = self.first_dial(now, peer);
         let entry = self.found.entry(peer).or_insert_with(|| Found {
             addrs: Vec::new(),
+            found_at: now,
             due: (!connected).then_some(first),
             retry: FIRST_RETRY,
         });
@@ -94,7 +109,11 @@ impl Dialer {
     pub(crate) fn due(&mut self, now: Instant) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let mut dials = Vec::new();
         for (peer, f) in &mut self.found {
-            if f.due.is_some_and(|t| t <= now) {
+            let addressed = self
+                .prefer
+                .is_none_or(|t| f.addrs.iter().any(|a| Transport::of(a) == t))
+                || now >= f.found_at + PREFERRED_WAIT;
+            if addressed && f.due.is_some_and(|t| t <= now) {
                 f.due = None;
                 dials.push((*peer, f.addrs.clone()));
             }
@@ -124,11 +143,11 @@ mod tests {
     fn the_lower_id_dials_at_once_and_the_higher_after_the_grace() {
         let (low, high) = pair();
         let now = Instant::now();
-        let mut at_low = Dialer::new(low);
+        let mut at_low = Dialer::new(low, None);
         at_low.found(now, high, addr(), false);
         assert_eq!(at_low.due(now).len(), 1);
         assert!(at_low.due(now).is_empty(), "one dial at a time");
-        let mut at_high = Dialer::new(high);
+        let mut at_high = Dialer::new(high, None);
         at_high.found(now, low, addr(), false);
         assert!(at_high.due(now).is_empty());
         assert_eq!(at_high.due(now + GRACE).len(), 1);
@@ -138,7 +157,7 @@ mod tests {
     fn failed_dials_back_off_and_lost_connections_are_dialed_again() {
         let (low, high) = pair();
         let now = Instant::now();
-        let mut d = Dialer::new(low);
+        let mut d = Dialer::new(low, None);
         d.found(now, high, addr(), false);
         assert_eq!(d.due(now).len(), 1);
         d.failed(now, &high);
@@ -163,10 +182,34 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_without_an_address_of_the_preferred_transport_is_dialed_once_it_has_one() {
+        let (low, high) = pair();
+        let now = Instant::now();
+        let quic: Multiaddr = "/ip4/10.0.0.2/udp/4000/quic-v1".parse().unwrap();
+        let mut d = Dialer::new(low, Some(Transport::Quic));
+        d.found(now, high, addr(), false);
+        assert!(d.due(now).is_empty(), "no QUIC address yet: it waits");
+        d.found(now + PREFERRED_WAIT / 2, high, vec![quic.clone()], false);
+        let dials = d.due(now + PREFERRED_WAIT / 2);
+        assert_eq!(dials.len(), 1);
+        assert!(dials[0].1.contains(&quic));
+        // A peer that never tells one is dialed over what it has, after the wait.
+        let (low, high) = pair();
+        let mut d = Dialer::new(low, Some(Transport::Quic));
+        d.found(now, high, addr(), false);
+        assert!(d.due(now + PREFERRED_WAIT / 2).is_empty());
+        assert_eq!(d.due(now + PREFERRED_WAIT).len(), 1);
+        // Without a preference, at once.
+        let mut d = Dialer::new(low, None);
+        d.found(now, high, addr(), false);
+        assert_eq!(d.due(now).len(), 1);
+    }
+
+    #[test]
     fn a_peer_found_while_connected_is_not_dialed() {
         let (low, high) = pair();
         let now = Instant::now();
-        let mut d = Dialer::new(low);
+        let mut d = Dialer::new(low, None);
         d.found(now, high, addr(), true);
         assert!(d.due(now + MAX_RETRY).is_empty());
     }

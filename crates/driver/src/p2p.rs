@@ -281,7 +281,11 @@ impl P2p {
             }
             None => info!(peer = %me, "p2p layer up"),
         }
-        let mut dialer = Dialer::new(me);
+        // With QUIC first, a peer is dialed once its QUIC address is known (or a moment later).
+        let quic = config.layer.quic && config.layer.group.is_none();
+        let prefer =
+            (quic && config.dial_first == crate::Transport::Quic).then_some(crate::Transport::Quic);
+        let mut dialer = Dialer::new(me, prefer);
         for addr in &config.bootstrap {
             let Some(Protocol::P2p(peer)) = addr.iter().last() else {
                 return Err(do_p2p::Error::Transport(format!(
