@@ -62,6 +62,19 @@ impl Harness {
         self.collect();
     }
 
+    /// A peer of `class` comes and says it holds `blocks` of the download.
+    fn add_peer(&mut self, peer: u64, class: PeerClass, blocks: RangeSet) {
+        self.input(Input::PeerAdded {
+            peer: PeerId(peer),
+            class,
+        });
+        self.input(Input::PeerHas {
+            id: ID,
+            peer: PeerId(peer),
+            blocks,
+        });
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
         if self.engine.poll_timeout().is_some_and(|t| t <= self.now) {
@@ -583,15 +596,7 @@ fn with_peers_untrusted(blocks: u64, peers: &[(u64, PeerClass, RangeSet)]) -> Ha
     let mut h = Harness::new(Config::default());
     h.start_whole(Some(root()));
     for (p, class, have) in peers {
-        h.input(Input::PeerAdded {
-            peer: PeerId(*p),
-            class: *class,
-        });
-        h.input(Input::PeerHas {
-            id: ID,
-            peer: PeerId(*p),
-            blocks: have.clone(),
-        });
+        h.add_peer(*p, *class, have.clone());
     }
     h.answer_stat(Ok(info(blocks * BLOCK_SIZE)));
     h
@@ -712,15 +717,7 @@ fn the_origin_fetches_only_what_no_peer_holds() {
 fn without_a_trusted_manifest_peers_are_not_asked() {
     let mut h = Harness::new(Config::default());
     h.start_whole(None);
-    h.input(Input::PeerAdded {
-        peer: PeerId(1),
-        class: PeerClass::Lan,
-    });
-    h.input(Input::PeerHas {
-        id: ID,
-        peer: PeerId(1),
-        blocks: all(20),
-    });
+    h.add_peer(1, PeerClass::Lan, all(20));
     h.answer_stat(Ok(info(20 * BLOCK_SIZE)));
     let got = serve_sources(&mut h, &[]);
     assert_eq!(got.keys().collect::<Vec<_>>(), vec![&None], "origin only");
@@ -1299,15 +1296,7 @@ fn what_a_node_tells_of_its_lan_peers_follows_their_news() {
         set(&[(5, 10), (60, 70), (80, 90)])
     );
     // A new LAN peer's first report adds to it.
-    h.input(Input::PeerAdded {
-        peer: PeerId(3),
-        class: PeerClass::Lan,
-    });
-    h.input(Input::PeerHas {
-        id: ID,
-        peer: PeerId(3),
-        blocks: set(&[(95, 100)]),
-    });
+    h.add_peer(3, PeerClass::Lan, set(&[(95, 100)]));
     assert_eq!(
         h.engine.held_by_peers(ID).to_set(),
         set(&[(5, 10), (60, 70), (80, 90), (95, 100)])
