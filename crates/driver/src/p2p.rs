@@ -268,7 +268,9 @@ impl P2p {
         swarm
             .listen_on(config.listen.clone())
             .map_err(|e| do_p2p::Error::Transport(e.to_string()))?;
-        if config.layer.quic && config.layer.group.is_none() {
+        // QUIC beside TCP, except in Group mode (the private network is TCP only).
+        let quic = config.layer.quic && config.layer.group.is_none();
+        if quic {
             swarm
                 .listen_on(config.quic_listen.clone())
                 .map_err(|e| do_p2p::Error::Transport(e.to_string()))?;
@@ -282,7 +284,6 @@ impl P2p {
             None => info!(peer = %me, "p2p layer up"),
         }
         // With QUIC first, a peer is dialed once its QUIC address is known (or a moment later).
-        let quic = config.layer.quic && config.layer.group.is_none();
         let prefer =
             (quic && config.dial_first == crate::Transport::Quic).then_some(crate::Transport::Quic);
         let mut dialer = Dialer::new(me, prefer);
