@@ -40,10 +40,9 @@ impl Engine {
     /// a peer that asks what can come through it ([`Input::PeerNear`] there).
     pub fn held_by_peers(&mut self, id: DownloadId) -> BlockBits {
         let peers = &self.peers;
-        let is_lan = |p: PeerId| peers.get(&p).is_some_and(|p| p.class == PeerClass::Lan);
         self.downloads
             .get_mut(&id)
-            .map(|d| d.lan_held(is_lan).clone())
+            .map(|d| d.lan_held(|p| is_lan(peers, p)).clone())
             .unwrap_or_default()
     }
 
@@ -107,14 +106,14 @@ impl Engine {
                 }
             }
             Input::PeerHas { id, peer, blocks } => {
-                let lan = self.is_lan(peer);
+                let lan = is_lan(&self.peers, peer);
                 if let Some(d) = self.usable_download(id, peer) {
                     d.note_growth(peer, blocks.count(), now);
                     d.set_have(peer, &blocks, lan);
                 }
             }
             Input::PeerGained { id, peer, blocks } => {
-                let lan = self.is_lan(peer);
+                let lan = is_lan(&self.peers, peer);
                 if let Some(d) = self.usable_download(id, peer) {
                     d.add_have(peer, &blocks, lan);
                     let held = d.haves.get(&peer).map_or(0, BlockBits::count);
@@ -124,7 +123,7 @@ impl Engine {
             Input::PeerNear { id, peer, blocks } => {
                 // Only what is near: blocks behind a WAN link are no cheaper through a peer
                 // than from the origin.
-                let lan = self.is_lan(peer);
+                let lan = is_lan(&self.peers, peer);
                 if let (true, Some(d)) = (lan, self.usable_download(id, peer))
                     && d.set_near(peer, blocks, now)
                 {
@@ -773,13 +772,6 @@ impl Engine {
         }
     }
 
-    /// Whether `peer` is a known LAN peer.
-    fn is_lan(&self, peer: PeerId) -> bool {
-        self.peers
-            .get(&peer)
-            .is_some_and(|p| p.class == PeerClass::Lan)
-    }
-
     /// Whether any known peer is beyond the LAN (Group, Internet).
     fn knows_far_peers(&self) -> bool {
         self.peers.values().any(|p| p.class != PeerClass::Lan)
@@ -863,6 +855,11 @@ pub(crate) const TOLD_HOPS: u8 = 2;
 /// arcs' lengths vary less (one point each: the longest of 1,000 arcs is about 7 times the
 /// mean; four: about 3 times), and each node fetches that many runs.
 pub(crate) const SPLIT_POINTS: u64 = 4;
+
+/// Whether `peer` is a known LAN peer.
+fn is_lan(peers: &BTreeMap<PeerId, Peer>, peer: PeerId) -> bool {
+    peers.get(&peer).is_some_and(|p| p.class == PeerClass::Lan)
+}
 
 /// The arcs of `key` on a ring of `points` ([`ring`]) over `blocks` blocks: from each of its
 /// points up to the next point.
