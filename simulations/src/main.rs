@@ -30,6 +30,10 @@ enum Cmd {
         /// Scale the fleet to this many nodes (sites keep their proportions).
         #[arg(long)]
         nodes: Option<usize>,
+        /// Simulate in blocks of this many KiB (a multiple of 64), a coarser model for large
+        /// fleets (default: the scenario's `block_kib`, 64 unless it says otherwise).
+        #[arg(long)]
+        block_kib: Option<u64>,
         /// Write the summary as JSON to this file (`-` for standard output).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -72,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             scenario,
             seed,
             nodes,
+            block_kib,
             json,
             plot: plot_dir,
         } => {
@@ -79,6 +84,10 @@ fn main() -> anyhow::Result<()> {
             if let Some(n) = nodes {
                 anyhow::ensure!(n > 0, "--nodes must be positive");
                 sc.scale_nodes(n);
+            }
+            if let Some(kib) = block_kib {
+                sc.block_kib = kib;
+                sc.check().context("--block-kib")?;
             }
             let seed = seed.unwrap_or(sc.seed);
             let (summary, outcome) = do_sim::run(&sc, seed);

@@ -35,6 +35,9 @@ pub struct Summary {
     pub mode: Mode,
     /// Nodes.
     pub nodes: usize,
+    /// The simulated block, KiB (64, the node's, unless the scenario or `--block-kib` chose a
+    /// coarser model).
+    pub block_kib: u64,
     /// Bytes each node downloads (all files).
     pub file_bytes: u64,
     /// The lower bound on the makespan, seconds.
@@ -178,6 +181,7 @@ pub fn summarise(sc: &Scenario, seed: u64, o: &Outcome, wall_s: f64) -> Summary 
         scenario: sc.name.clone(),
         seed,
         mode: sc.mode,
+        block_kib: sc.block_kib,
         nodes: o.nodes.len(),
         file_bytes: bytes,
         t_min_s: b.t_min_s,
@@ -230,12 +234,13 @@ impl fmt::Display for Summary {
         let gib = |b: u64| b as f64 / f64::from(1 << 30);
         writeln!(
             f,
-            "{} (seed {}, {:?} mode): {} nodes × {:.3} GiB",
+            "{} (seed {}, {:?} mode): {} nodes × {:.3} GiB, in {} KiB blocks",
             self.scenario,
             self.seed,
             self.mode,
             self.nodes,
-            gib(self.file_bytes)
+            gib(self.file_bytes),
+            self.block_kib
         )?;
         writeln!(
             f,

@@ -72,6 +72,17 @@ pub struct Scenario {
     /// Stop the run at this simulated time (seconds), finished or not. Default 86,400.
     #[serde(default = "day")]
     pub max_time_s: f64,
+    /// The simulated block, KiB: a multiple of the node's 64 KiB block. Default 64, the
+    /// node's. A larger block is a coarser model of the same engine, for fleets too large to
+    /// simulate block by block: each engine block stands for `block_kib` KiB on the wire, and
+    /// the engine's request and span sizes, given in blocks, are divided by the same factor so
+    /// that they keep their sizes in bytes (`dosim run --block-kib` overrides it).
+    #[serde(default = "node_block_kib")]
+    pub block_kib: u64,
+}
+
+fn node_block_kib() -> u64 {
+    do_content::BLOCK_SIZE / 1024
 }
 
 fn one() -> u64 {
@@ -371,8 +382,19 @@ impl Scenario {
         }
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// How many of the node's blocks one simulated block stands for (`block_kib` / 64).
+    pub fn grain(&self) -> u64 {
+        self.block_kib / node_block_kib()
+    }
+
+    /// Checks a scenario: the parser calls it, and so should whoever changes one.
+    pub fn check(&self) -> anyhow::Result<()> {
         ensure!(!self.files.is_empty(), "a scenario needs at least one file");
+        ensure!(
+            self.block_kib >= node_block_kib() && self.block_kib.is_multiple_of(node_block_kib()),
+            "block_kib must be a multiple of the node's block, {} KiB",
+            node_block_kib()
+        );
         for f in &self.files {
             ensure!(
                 f.size_mib > 0.0 && f.bytes() > 0,
@@ -450,6 +472,17 @@ mod tests {
         assert_eq!(s.files[0].bytes(), 4 << 20);
         assert_eq!(s.sites[0].hosts[0].up_mbit, 100.0);
         assert_eq!(s.engine.peers_per_node, 0);
+        assert_eq!((s.block_kib, s.grain()), (64, 1));
+    }
+
+    #[test]
+    fn a_simulated_block_is_a_multiple_of_the_node_block() {
+        let coarse = Scenario::parse(&format!("block_kib = 4096\n{MINIMAL}")).unwrap();
+        assert_eq!(coarse.grain(), 64);
+        for bad in [0, 32, 100] {
+            let err = Scenario::parse(&format!("block_kib = {bad}\n{MINIMAL}")).unwrap_err();
+            assert!(format!("{err:#}").contains("block_kib"), "{err:#}");
+        }
     }
 
     #[test]

@@ -11,10 +11,11 @@
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque},
+    ops::Range,
     time::{Duration, Instant},
 };
 
-use do_content::{BLOCK_SIZE, BlockBits, BlockIndex, ContentId, RangeSet, block_count};
+use do_content::{BlockBits, BlockIndex, ContentId, RangeSet, block_count};
 use do_engine::{
     Action, Command, Config, DownloadId, Engine, Event, Failure, FileInfo, Input, PeerClass,
     PeerId, RequestId, Spec, State,
@@ -26,8 +27,8 @@ use crate::{
     scenario::{Mode, Scenario, Verify},
 };
 
-/// Blocks reported per milestone of a peer flow (1 MiB, a whole peer request): the unit in
-/// which its bytes arrive.
+/// Node blocks reported per milestone of a peer flow (1 MiB, a whole peer request): the unit
+/// in which its bytes arrive.
 const CHUNK_BLOCKS: u64 = 16;
 /// Blocks reported per milestone of an origin flow (one, as the driver reports them): an
 /// origin shared by a crowd can be slow per connection, and the engine judges co-fetchers by
@@ -304,7 +305,13 @@ pub struct Sim {
     site_out: Vec<Option<ResId>>,
     origin_up: bool,
     base: Instant,
+    /// Each file's length on the wire.
     file_len: Vec<u64>,
+    /// Each file's length as the engines see it: the wire length over the scenario's grain,
+    /// so that an engine block stands for one simulated block.
+    engine_len: Vec<u64>,
+    /// Bytes on the wire of one engine block (the scenario's `block_kib`).
+    block_bytes: u64,
     file_id: Vec<ContentId>,
     out: Outcome,
     etas: Vec<Eta>,
@@ -342,6 +349,8 @@ impl Sim {
         }
         let files = sc.files.len();
         let file_len: Vec<u64> = sc.files.iter().map(|f| f.bytes()).collect();
+        let engine_len: Vec<u64> = file_len.iter().map(|l| l.div_ceil(sc.grain())).collect();
+        let block_bytes = sc.block_kib * 1024;
         let file_id: Vec<ContentId> = (0..files)
             .map(|i| {
                 let mut b = [0u8; 32];
@@ -445,6 +454,8 @@ impl Sim {
             origin_up: true,
             base: Instant::now(),
             file_len,
+            engine_len,
+            block_bytes,
             file_id,
             out: Outcome {
                 wan_ingress: vec![0; sc.sites.len()],
@@ -786,7 +797,7 @@ impl Sim {
             }
             any_active = true;
             let id = DownloadId(f as u64 + 1);
-            let blocks = block_count(self.file_len[f]);
+            let blocks = block_count(self.engine_len[f]);
             // What the node could learn hashes of, while it does not trust a manifest yet.
             // (As bits: the neighbors' holdings are fragmented, and merging thousands of
             // runs one by one costs more than the rest of the poll.)
@@ -1001,7 +1012,7 @@ impl Sim {
                 let f = file_of(id);
                 let result = if self.origin_up {
                     Ok(FileInfo {
-                        len: self.file_len[f],
+                        len: self.engine_len[f],
                         accepts_ranges: true,
                         cached: self.nodes[i as usize].held[f].clone(),
                         content_id: Some(self.file_id[f]),
@@ -1064,8 +1075,12 @@ impl Sim {
                 // that have no verified copy (never received, or only from a corrupt peer)
                 // would fail the content id. Any such byte is a broken safety invariant.
                 let f = file_of(id);
-                let unverified =
-                    unverified_bytes(self.file_len[f], &self.nodes[i as usize].held[f]);
+                let unverified = unverified_bytes(
+                    self.engine_len[f],
+                    self.file_len[f],
+                    self.block_bytes,
+                    &self.nodes[i as usize].held[f],
+                );
                 self.out.corrupt_bytes_committed += unverified;
                 let result = if unverified == 0 {
                     Ok(Some(self.file_id[f]))
@@ -1215,14 +1230,13 @@ impl Sim {
     }
 
     fn chunk_bytes(&self, f: usize, chunk: (u64, u64)) -> u64 {
-        let len = self.file_len[f];
-        (chunk.1 * BLOCK_SIZE).min(len) - (chunk.0 * BLOCK_SIZE).min(len)
+        wire_bytes(self.file_len[f], self.block_bytes, chunk.0..chunk.1)
     }
 
     /// Starts the flow of `i`'s open `request` across `path`.
     fn start_flow(&mut self, i: u32, request: RequestId, path: &[ResId], wan: bool) {
         let open = self.nodes[i as usize].open[&request];
-        let chunk = next_chunk(&open);
+        let chunk = next_chunk(&open, self.sc.grain());
         let bytes = self.chunk_bytes(open.file, chunk);
         let mut etas = std::mem::take(&mut self.etas);
         let flow = self.net.start(self.now, path, bytes as f64, &mut etas);
@@ -1356,7 +1370,7 @@ impl Sim {
             self.end_flow(flow);
             self.nodes[i as usize].open.remove(&request);
         } else {
-            let next = next_chunk(&Open { next: last, ..open });
+            let next = next_chunk(&Open { next: last, ..open }, self.sc.grain());
             let next_bytes = self.chunk_bytes(file, next);
             self.count_wire(&info, bytes);
             let eta = self.net.next_milestone(self.now, flow, next_bytes as f64);
@@ -1612,13 +1626,18 @@ impl Sim {
 }
 
 /// Bytes of a `len`-byte file outside the verified blocks `held`.
-fn unverified_bytes(len: u64, held: &RangeSet) -> u64 {
-    std::iter::once(0..block_count(len))
+fn unverified_bytes(engine_len: u64, len: u64, block_bytes: u64, held: &RangeSet) -> u64 {
+    std::iter::once(0..block_count(engine_len))
         .collect::<RangeSet>()
         .difference(held)
         .runs()
-        .map(|r| (r.end * BLOCK_SIZE).min(len) - (r.start * BLOCK_SIZE).min(len))
+        .map(|r| wire_bytes(len, block_bytes, r))
         .sum()
+}
+
+/// The bytes on the wire of `blocks` of a file of `len` bytes cut into `block_bytes` blocks.
+fn wire_bytes(len: u64, block_bytes: u64, blocks: Range<u64>) -> u64 {
+    (blocks.end * block_bytes).min(len) - (blocks.start * block_bytes).min(len)
 }
 
 /// The file of a download (the simulator numbers downloads from 1, files from 0).
@@ -1627,10 +1646,10 @@ fn file_of(id: DownloadId) -> usize {
 }
 
 /// The blocks an open request's next milestone brings: a whole peer request at once, the
-/// origin's bytes block by block.
-fn next_chunk(open: &Open) -> (u64, u64) {
+/// origin's bytes block by block (engine blocks of `grain` node blocks each).
+fn next_chunk(open: &Open, grain: u64) -> (u64, u64) {
     let step = if open.server.is_some() {
-        CHUNK_BLOCKS
+        (CHUNK_BLOCKS / grain).max(1)
     } else {
         ORIGIN_CHUNK_BLOCKS
     };
@@ -1638,16 +1657,25 @@ fn next_chunk(open: &Open) -> (u64, u64) {
 }
 
 /// Node `key`'s engine configuration under the scenario's knobs.
+/// Sizes in blocks are divided by the scenario's grain, so that they keep their sizes in bytes
+/// (at least one block), and so is the minimum speed, since the engine counts its bytes.
 fn engine_config(sc: &Scenario, key: u64) -> Config {
+    let node = Config::default();
+    let grain = sc.grain();
+    let blocks = |n: u64| (n / grain).max(1);
     Config {
         node_key: key,
         origin_fallback_delay: Duration::from_secs_f64(sc.engine.origin_fallback_delay_s),
         peer_slots: sc.engine.peer_slots,
-        peer_request_blocks: sc.engine.peer_request_blocks,
-        min_background_qos: sc.engine.min_background_qos,
+        peer_request_blocks: blocks(sc.engine.peer_request_blocks),
+        mixed_request_blocks: blocks(node.mixed_request_blocks),
+        far_request_blocks: blocks(node.far_request_blocks),
+        min_span_blocks: blocks(node.min_span_blocks),
+        max_span_blocks: blocks(node.max_span_blocks),
+        min_background_qos: sc.engine.min_background_qos / grain,
         endgame_after: Duration::from_secs_f64(sc.engine.endgame_after_s),
         near_wait: Duration::from_secs_f64(sc.engine.near_wait_s),
-        ..Config::default()
+        ..node
     }
 }
 
@@ -1683,21 +1711,33 @@ fn ev_tag(ev: &Ev) -> u64 {
 mod tests {
     use super::*;
 
+    use do_content::BLOCK_SIZE;
+
     #[test]
     fn unverified_bytes_count_every_block_without_a_verified_copy() {
         let len = 3 * BLOCK_SIZE + 100; // four blocks, the last one short
-        assert_eq!(unverified_bytes(len, &RangeSet::new()), len);
-        assert_eq!(
-            unverified_bytes(len, &std::iter::once(0..4).collect::<RangeSet>()),
-            0
-        );
-        assert_eq!(
-            unverified_bytes(len, &std::iter::once(0..3).collect::<RangeSet>()),
-            100
-        );
-        assert_eq!(
-            unverified_bytes(len, &std::iter::once(1..4).collect::<RangeSet>()),
-            BLOCK_SIZE
-        );
+        let unverified = |held: Range<u64>| {
+            let held: RangeSet = std::iter::once(held).filter(|r| !r.is_empty()).collect();
+            unverified_bytes(len, len, BLOCK_SIZE, &held)
+        };
+        assert_eq!(unverified(0..0), len);
+        assert_eq!(unverified(0..4), 0);
+        assert_eq!(unverified(0..3), 100);
+        assert_eq!(unverified(1..4), BLOCK_SIZE);
+    }
+
+    #[test]
+    fn a_coarse_block_stands_for_its_bytes_on_the_wire() {
+        // 16 node blocks a block: a file of 2.5 such blocks is three engine blocks, the
+        // engine's file a sixteenth of its length.
+        let block = 16 * BLOCK_SIZE;
+        let len = 2 * block + block / 2;
+        let engine_len = len.div_ceil(16);
+        assert_eq!(block_count(engine_len), 3);
+        assert_eq!(wire_bytes(len, block, 0..1), block);
+        assert_eq!(wire_bytes(len, block, 2..3), block / 2);
+        assert_eq!(wire_bytes(len, block, 0..3), len);
+        let held: RangeSet = std::iter::once(0..2).collect();
+        assert_eq!(unverified_bytes(engine_len, len, block, &held), block / 2);
     }
 }

@@ -230,3 +230,27 @@ fn a_crowd_arriving_over_time_in_a_partial_mesh_takes_the_file_about_once_from_t
     let without = run(&sc, 1);
     assert!(without.origin_copies > s.origin_copies + 0.2, "{without}");
 }
+
+#[test]
+fn a_coarse_block_model_moves_the_same_bytes_in_fewer_events() {
+    // 1 MiB blocks: each engine block stands for 16 of the node's. The same crowd moves the
+    // same bytes with the same sizes of requests in bytes, in far fewer events, and ends at
+    // about the same time.
+    let mut sc = small("flash-crowd-lan", 60, 64.0);
+    let fine = run(&sc, 1);
+    sc.block_kib = 1024;
+    let coarse = run(&sc, 1);
+    check_healthy(&fine);
+    check_healthy(&coarse);
+    assert_eq!((fine.block_kib, coarse.block_kib), (64, 1024));
+    assert_eq!(coarse.file_bytes, fine.file_bytes);
+    for s in [&fine, &coarse] {
+        // Every node took the whole file, from the origin or from peers, counted in bytes.
+        let moved = (s.origin_bytes + s.bytes_from_peers) as f64;
+        let needed = (s.nodes as u64 * s.file_bytes) as f64;
+        assert!(moved >= needed && moved < 1.1 * needed, "{s}");
+    }
+    assert!(coarse.events * 2 < fine.events, "{fine}\n{coarse}");
+    let ratio = coarse.makespan_s / fine.makespan_s;
+    assert!((0.8..1.25).contains(&ratio), "{fine}\n{coarse}");
+}
