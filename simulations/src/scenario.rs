@@ -32,6 +32,19 @@ pub enum Verify {
     Proofs,
 }
 
+/// How a node's peers are sampled when `peers_per_node` is set (see
+/// [`EngineKnobs::peer_sample`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerSample {
+    /// Among every node of the site.
+    #[default]
+    Uniform,
+    /// Among the nodes of the site that arrived before it (for one file: the nodes already
+    /// fetching or holding it, as a full mesh would show them).
+    Swarm,
+}
+
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -195,6 +208,12 @@ pub struct Arrivals {
     pub window_s: f64,
     /// Instead, a Poisson process with this mean gap between arrivals, seconds.
     pub poisson_mean_gap_s: Option<f64>,
+    /// `true`: every node is up and connected to its peers from the start, and what arrives
+    /// is its download (hosts that run the node all the time, asked for a file at different
+    /// moments). Default `false`: a node comes up when it arrives (hosts booting into the
+    /// crowd), so the first ones find no peer and go to the origin at once.
+    #[serde(default)]
+    pub hosts_up_first: bool,
 }
 
 /// Churn.
@@ -238,6 +257,13 @@ pub struct EngineKnobs {
     /// (cheaper to simulate, but the engine's co-fetching assumes it sees every co-fetcher).
     #[serde(default)]
     pub peers_per_node: usize,
+    /// With `peers_per_node` set, whom a node's `peers_per_node / 2` picks are drawn from:
+    /// `uniform` (the default), every node of its site; `swarm`, the nodes of its site that
+    /// arrived before it. The node itself connects to every LAN peer, so a full mesh is the
+    /// model of it; a sample is cheaper, and a uniform one leaves an early node's view of the
+    /// crowd to peers that mostly have not started yet (see the docs).
+    #[serde(default)]
+    pub peer_sample: PeerSample,
     /// Peers a node is connected to on other sites (Group and Internet mode: peers a WAN
     /// discovery would find). Default 4.
     #[serde(default = "four")]
@@ -331,6 +357,7 @@ impl Default for EngineKnobs {
     fn default() -> Self {
         Self {
             peers_per_node: 0,
+            peer_sample: PeerSample::Uniform,
             wan_peers_per_node: 4,
             origin_fallback_delay_s: 1.0,
             upload_slots: None,

@@ -24,7 +24,7 @@ use do_engine::{
 use crate::{
     net::{Eta, FlowId, Net, ResId},
     rng::Rng,
-    scenario::{Mode, Scenario, Verify},
+    scenario::{Mode, PeerSample, Scenario, Verify},
 };
 
 /// Node blocks reported per milestone of a peer flow (1 MiB, a whole peer request): the unit
@@ -471,7 +471,11 @@ impl Sim {
         sim.build_neighbors(&mut topo);
         sim.plan_churn(&mut fault_rng);
         for i in 0..n {
-            let at = sim.nodes[i].arrival;
+            let at = if sim.sc.arrivals.hosts_up_first {
+                0
+            } else {
+                sim.nodes[i].arrival
+            };
             sim.push(at, Ev::Arrive(i as u32));
         }
         for o in sim.sc.origin.outages.clone() {
@@ -508,6 +512,22 @@ impl Sim {
             if k == 0 || local.len() <= k + 1 {
                 for (x, &a) in local.iter().enumerate() {
                     for &b in &local[x + 1..] {
+                        link(&mut edges, a, b);
+                    }
+                }
+            } else if self.sc.engine.peer_sample == PeerSample::Swarm {
+                // In order of arrival, each node picks among those that came before it.
+                let mut order = local.clone();
+                order.sort_by_key(|&a| (self.nodes[a as usize].arrival, a));
+                for (x, &a) in order.iter().enumerate().skip(1) {
+                    if x <= k.div_ceil(2) {
+                        for &b in &order[..x] {
+                            link(&mut edges, a, b);
+                        }
+                        continue;
+                    }
+                    for _ in 0..k.div_ceil(2) {
+                        let b = order[rng.below(x as u64) as usize];
                         link(&mut edges, a, b);
                     }
                 }
@@ -650,9 +670,11 @@ impl Sim {
             .enumerate()
             .map(|(f, spec)| (f, spec.start_s))
             .collect();
+        // (A host up from the start is asked for its files from its arrival on.)
+        let from = now.max(self.nodes[i as usize].arrival);
         for (f, start) in starts {
             if matches!(self.nodes[i as usize].jobs[f], Job::Waiting) {
-                self.push(now + ns(start), Ev::StartFile(i, f));
+                self.push(from + ns(start), Ev::StartFile(i, f));
             }
         }
         self.ensure_poll();

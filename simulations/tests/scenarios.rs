@@ -254,3 +254,57 @@ fn a_coarse_block_model_moves_the_same_bytes_in_fewer_events() {
     let ratio = coarse.makespan_s / fine.makespan_s;
     assert!((0.8..1.25).contains(&ratio), "{fine}\n{coarse}");
 }
+
+#[test]
+fn a_crowd_whose_peers_are_sampled_from_the_swarm_takes_the_file_about_once_from_the_origin() {
+    // 150 nodes seeing 16 each arrive over 10 s. Sampled among all nodes, a node's peers
+    // have mostly not started when it does, and pass on neither the holdings nor the
+    // co-fetchers of the nodes beyond them (3.1 copies). Sampled among those that came before
+    // it, as a full mesh would show the crowd, 1.08.
+    let mut sc = small("flash-crowd-lan", 150, 64.0);
+    sc.engine.peers_per_node = 16;
+    let uniform = run(&sc, 1);
+    sc.engine.peer_sample = do_sim::scenario::PeerSample::Swarm;
+    let swarm = run(&sc, 1);
+    check_healthy(&uniform);
+    check_healthy(&swarm);
+    assert!(uniform.origin_copies > 2.0, "{uniform}");
+    assert!(swarm.origin_copies < 1.2, "{swarm}");
+}
+
+#[test]
+fn a_host_up_from_the_start_waits_for_its_peers_before_going_to_the_origin() {
+    // Two nodes, arriving about 30 s apart. Booting at its arrival, the first finds no peer
+    // and takes its file from the origin at once; up from the start, it knows the other and
+    // waits the fallback delay (1 s) first.
+    let text = r#"
+        name = "two"
+        mode = "lan"
+        files = [{ size_mib = 4 }]
+        origin = { up_mbit = 1000, latency_ms = 10 }
+        arrivals = { poisson_mean_gap_s = 30 }
+        sites = [{ name = "lan", nodes = 2, hosts = [{ share = 1, up_mbit = 100, down_mbit = 100 }] }]
+    "#;
+    let mut sc = Scenario::parse(text).unwrap();
+    // The first node's download time, and the gap to the second's arrival.
+    let first_download_s = |sc: &Scenario, seed: u64| {
+        let (_, outcome) = do_sim::run(sc, seed);
+        let (a, b) = (&outcome.nodes[0], &outcome.nodes[1]);
+        let first = if a.arrival_s <= b.arrival_s { 0 } else { 1 };
+        let &(_, _, start, end) = outcome
+            .completions
+            .iter()
+            .find(|c| c.0 == first)
+            .expect("finished");
+        (end - start, (a.arrival_s - b.arrival_s).abs())
+    };
+    // A seed whose second node comes well after the first one's download.
+    let seed = (1..100)
+        .find(|&seed| first_download_s(&sc, seed).1 > 3.0)
+        .expect("a seed with a gap");
+    let (booting, _) = first_download_s(&sc, seed);
+    sc.arrivals.hosts_up_first = true;
+    let (up, _) = first_download_s(&sc, seed);
+    assert!(booting < 0.6, "{booting}");
+    assert!(up > booting + 0.9, "{up} against {booting}");
+}
