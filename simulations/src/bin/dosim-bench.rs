@@ -26,6 +26,10 @@ struct Args {
     /// Skip the 10,000-node flash crowd.
     #[arg(long)]
     no_10k: bool,
+    /// Also run the 10,000-node flash crowd in 1 MiB blocks (a coarser model, 16 of the
+    /// node's blocks per simulated block).
+    #[arg(long)]
+    coarse: bool,
     /// The `dosim` binary (default: beside this one).
     #[arg(long)]
     dosim: Option<PathBuf>,
@@ -35,6 +39,8 @@ struct Args {
 struct Case {
     scenario: &'static str,
     nodes: usize,
+    /// The simulated block, KiB (64: the node's).
+    block_kib: u64,
     /// Most origin copies allowed.
     max_copies: f64,
     /// Least efficiency wanted (0: no target).
@@ -51,6 +57,8 @@ fn run(dosim: &PathBuf, case: &Case, timeout: Duration) -> anyhow::Result<Option
             case.scenario,
             "--nodes",
             &case.nodes.to_string(),
+            "--block-kib",
+            &case.block_kib.to_string(),
             "--json",
             "-",
         ])
@@ -103,6 +111,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "flash-crowd-lan",
             nodes: 1_000,
+            block_kib: 64,
             max_copies: 1.05,
             min_efficiency: 0.85,
             max_wall_s: 0.0,
@@ -111,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "sites-lan",
             nodes: 1_000,
+            block_kib: 64,
             max_copies: 5.0 * 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -119,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "sites-group",
             nodes: 1_000,
+            block_kib: 64,
             max_copies: 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -127,6 +138,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "sites-internet",
             nodes: 1_000,
+            block_kib: 64,
             max_copies: 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -137,6 +149,18 @@ fn main() -> anyhow::Result<()> {
         cases.push(Case {
             scenario: "flash-crowd-lan",
             nodes: 10_000,
+            block_kib: 64,
+            max_copies: 1.05,
+            min_efficiency: 0.85,
+            max_wall_s: 60.0,
+            max_rss_mib: 2048.0,
+        });
+    }
+    if args.coarse {
+        cases.push(Case {
+            scenario: "flash-crowd-lan",
+            nodes: 10_000,
+            block_kib: 1024,
             max_copies: 1.05,
             min_efficiency: 0.85,
             max_wall_s: 60.0,
@@ -147,6 +171,7 @@ fn main() -> anyhow::Result<()> {
         cases.push(Case {
             scenario: "flash-crowd-lan",
             nodes: 100_000,
+            block_kib: 64,
             max_copies: 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -155,7 +180,11 @@ fn main() -> anyhow::Result<()> {
     }
     let timeout = Duration::from_secs(args.timeout_s);
     for case in &cases {
-        print!("{} × {} nodes: ", case.scenario, case.nodes);
+        print!("{} × {} nodes", case.scenario, case.nodes);
+        if case.block_kib != 64 {
+            print!(" in {} KiB blocks (a coarser model)", case.block_kib);
+        }
+        print!(": ");
         let Some(v) = run(&dosim, case, timeout)? else {
             println!("did not finish within {} s wall (MISSED)", args.timeout_s);
             continue;
