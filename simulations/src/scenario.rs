@@ -41,7 +41,8 @@ pub enum PeerSample {
     #[default]
     Uniform,
     /// Among the nodes of the site that arrived before it (for one file: the nodes already
-    /// fetching or holding it, as a full mesh would show them).
+    /// fetching or holding it, as a full mesh would show them), each pick the less connected
+    /// of two drawn at random.
     Swarm,
 }
 

@@ -527,7 +527,15 @@ impl Sim {
                         continue;
                     }
                     for _ in 0..k.div_ceil(2) {
+                        // The less connected of two (else the first nodes would be hubs that
+                        // every later one asks, and the crowd's last nodes would wait on them).
                         let b = order[rng.below(x as u64) as usize];
+                        let c = order[rng.below(x as u64) as usize];
+                        let b = if edges[c as usize].len() < edges[b as usize].len() {
+                            c
+                        } else {
+                            b
+                        };
                         link(&mut edges, a, b);
                     }
                 }

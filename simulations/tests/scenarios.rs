@@ -260,7 +260,7 @@ fn a_crowd_whose_peers_are_sampled_from_the_swarm_takes_the_file_about_once_from
     // 150 nodes seeing 16 each arrive over 10 s. Sampled among all nodes, a node's peers
     // have mostly not started when it does, and pass on neither the holdings nor the
     // co-fetchers of the nodes beyond them (3.1 copies). Sampled among those that came before
-    // it, as a full mesh would show the crowd, 1.08.
+    // it, as a full mesh would show the crowd, 1.06.
     let mut sc = small("flash-crowd-lan", 150, 64.0);
     sc.engine.peers_per_node = 16;
     let uniform = run(&sc, 1);
