@@ -754,6 +754,9 @@ impl Sim {
             .handle_command(now, Command::Start { id, ranges: None })
             .expect("a created download starts");
         self.drain(i);
+        // The poll stops while no node downloads: a download that starts later (a host up
+        // from the start, a file that starts after the others finished) starts it again.
+        self.ensure_poll();
     }
 
     fn ensure_poll(&mut self) {
