@@ -1109,7 +1109,6 @@ impl Sim {
                 // would fail the content id. Any such byte is a broken safety invariant.
                 let f = file_of(id);
                 let unverified = unverified_bytes(
-                    self.engine_len[f],
                     self.file_len[f],
                     self.block_bytes,
                     &self.nodes[i as usize].held[f],
@@ -1658,9 +1657,10 @@ impl Sim {
     }
 }
 
-/// Bytes of a `len`-byte file outside the verified blocks `held`.
-fn unverified_bytes(engine_len: u64, len: u64, block_bytes: u64, held: &RangeSet) -> u64 {
-    std::iter::once(0..block_count(engine_len))
+/// Bytes of a `len`-byte file cut into `block_bytes` blocks outside the verified blocks
+/// `held` (an empty file is one empty block, as `block_count` counts it).
+fn unverified_bytes(len: u64, block_bytes: u64, held: &RangeSet) -> u64 {
+    std::iter::once(0..len.div_ceil(block_bytes).max(1))
         .collect::<RangeSet>()
         .difference(held)
         .runs()
@@ -1751,7 +1751,7 @@ mod tests {
         let len = 3 * BLOCK_SIZE + 100; // four blocks, the last one short
         let unverified = |held: Range<u64>| {
             let held: RangeSet = std::iter::once(held).filter(|r| !r.is_empty()).collect();
-            unverified_bytes(len, len, BLOCK_SIZE, &held)
+            unverified_bytes(len, BLOCK_SIZE, &held)
         };
         assert_eq!(unverified(0..0), len);
         assert_eq!(unverified(0..4), 0);
@@ -1771,6 +1771,6 @@ mod tests {
         assert_eq!(wire_bytes(len, block, 2..3), block / 2);
         assert_eq!(wire_bytes(len, block, 0..3), len);
         let held: RangeSet = std::iter::once(0..2).collect();
-        assert_eq!(unverified_bytes(engine_len, len, block, &held), block / 2);
+        assert_eq!(unverified_bytes(len, block, &held), block / 2);
     }
 }

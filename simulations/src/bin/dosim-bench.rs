@@ -35,11 +35,14 @@ struct Args {
     dosim: Option<PathBuf>,
 }
 
+/// The node's block, KiB: the simulator's default.
+const NODE_BLOCK_KIB: u64 = do_content::BLOCK_SIZE / 1024;
+
 /// One run and its targets.
 struct Case {
     scenario: &'static str,
     nodes: usize,
-    /// The simulated block, KiB (64: the node's).
+    /// The simulated block, KiB ([`NODE_BLOCK_KIB`]: the node's).
     block_kib: u64,
     /// Most origin copies allowed.
     max_copies: f64,
@@ -111,7 +114,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "flash-crowd-lan",
             nodes: 1_000,
-            block_kib: 64,
+            block_kib: NODE_BLOCK_KIB,
             max_copies: 1.05,
             min_efficiency: 0.85,
             max_wall_s: 0.0,
@@ -120,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "sites-lan",
             nodes: 1_000,
-            block_kib: 64,
+            block_kib: NODE_BLOCK_KIB,
             max_copies: 5.0 * 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -129,7 +132,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "sites-group",
             nodes: 1_000,
-            block_kib: 64,
+            block_kib: NODE_BLOCK_KIB,
             max_copies: 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -138,7 +141,7 @@ fn main() -> anyhow::Result<()> {
         Case {
             scenario: "sites-internet",
             nodes: 1_000,
-            block_kib: 64,
+            block_kib: NODE_BLOCK_KIB,
             max_copies: 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -149,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         cases.push(Case {
             scenario: "flash-crowd-lan",
             nodes: 10_000,
-            block_kib: 64,
+            block_kib: NODE_BLOCK_KIB,
             max_copies: 1.05,
             min_efficiency: 0.85,
             max_wall_s: 60.0,
@@ -171,7 +174,7 @@ fn main() -> anyhow::Result<()> {
         cases.push(Case {
             scenario: "flash-crowd-lan",
             nodes: 100_000,
-            block_kib: 64,
+            block_kib: NODE_BLOCK_KIB,
             max_copies: 1.05,
             min_efficiency: 0.0,
             max_wall_s: 0.0,
@@ -181,7 +184,7 @@ fn main() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.timeout_s);
     for case in &cases {
         print!("{} × {} nodes", case.scenario, case.nodes);
-        if case.block_kib != 64 {
+        if case.block_kib != NODE_BLOCK_KIB {
             print!(" in {} KiB blocks (a coarser model)", case.block_kib);
         }
         print!(": ");
