@@ -9,6 +9,7 @@
 //! anything uses it. The driver (`do-driver`) uses it for downloads and serving.
 #![warn(missing_docs)]
 
+pub mod lane;
 mod memory;
 pub mod wire;
 

@@ -111,6 +111,13 @@ pub enum Request {
         /// The content id.
         content: [u8; 32],
     },
+    /// Open a data lane ([`crate::lane`]): a direct TCP connection for block requests, sealed
+    /// under keys derived from this secret. A peer that does not know this request, or offers
+    /// no lanes, fails it or answers `NotHere`: blocks then go over libp2p.
+    Lane {
+        /// The asker's secret, drawn fresh for this lane.
+        secret: [u8; crate::lane::SECRET_LEN],
+    },
 }
 
 /// Most block hashes one [`Response::Hashes`] carries.
@@ -160,6 +167,14 @@ pub enum Response {
     CoFetchers(Vec<(u64, u8)>),
     /// Answer to [`Request::Near`]: blocks as half-open runs `[start, end)`.
     Near(Vec<(u64, u64)>),
+    /// Answer to [`Request::Lane`]: connect to this port at the peer's address and send the
+    /// ticket (valid for one connection, for a short while).
+    Lane {
+        /// The server's lane port.
+        port: u16,
+        /// The ticket that names the asker's secret.
+        ticket: [u8; crate::lane::TICKET_LEN],
+    },
 }
 
 /// Most rank keys one [`Response::CoFetchers`] carries.
@@ -409,6 +424,7 @@ mod tests {
             any::<[u8; 32]>().prop_map(|content| Request::Status { content }),
             any::<[u8; 32]>().prop_map(|content| Request::CoFetchers { content }),
             any::<[u8; 32]>().prop_map(|content| Request::Near { content }),
+            any::<[u8; 32]>().prop_map(|secret| Request::Lane { secret }),
             (any::<[u8; 32]>(), any::<u64>())
                 .prop_map(|(content, first)| Request::Hashes { content, first }),
             (
@@ -448,6 +464,8 @@ mod tests {
             proptest::collection::vec((any::<u64>(), any::<u8>()), 0..40)
                 .prop_map(Response::CoFetchers),
             proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20).prop_map(Response::Near),
+            (any::<u16>(), any::<[u8; 16]>())
+                .prop_map(|(port, ticket)| Response::Lane { port, ticket }),
         ]
     }
 
