@@ -23,6 +23,8 @@ pub(crate) struct File {
     pub(crate) p2p_port: Option<u16>,
     pub(crate) bootstrap: Option<Vec<String>>,
     pub(crate) transport: Option<Transport>,
+    pub(crate) data_lanes: Option<bool>,
+    pub(crate) data_lane_port: Option<u16>,
     #[serde(default)]
     pub(crate) group: Group,
     #[serde(default)]
@@ -171,6 +173,8 @@ mod tests {
         );
         assert_eq!(file.bootstrap, Some(Vec::new()));
         assert_eq!(file.p2p_port, Some(0));
+        assert_eq!(file.data_lanes, Some(p2p.data_lanes));
+        assert_eq!(file.data_lane_port, Some(p2p.data_lane_listen.port()));
     }
 
     #[test]

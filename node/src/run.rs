@@ -72,6 +72,13 @@ pub(crate) struct Args {
     /// The port peers connect to, TCP and UDP (QUIC); 0: any free port [default: 0].
     #[arg(long, value_name = "PORT")]
     p2p_port: Option<u16>,
+    /// Ask peers for blocks over libp2p only, and offer them no data lanes (direct TCP
+    /// connections sealed with AES-256-GCM) [default: lanes on].
+    #[arg(long)]
+    no_data_lanes: bool,
+    /// The TCP port the node's data lanes are opened at; 0: any free port [default: 0].
+    #[arg(long, value_name = "PORT")]
+    data_lane_port: Option<u16>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -170,6 +177,10 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
             config::Transport::Quic => do_driver::Transport::Quic,
         };
         p2p.upload_slots = file.upload.slots_in(mode);
+        p2p.data_lanes = !args.no_data_lanes && file.data_lanes.unwrap_or(true);
+        if let Some(port) = args.data_lane_port.or(file.data_lane_port) {
+            p2p.data_lane_listen.set_port(port);
+        }
         p2p.upload_max_rate = args
             .upload_max_rate
             .or(file.upload.max_rate)

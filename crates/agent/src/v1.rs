@@ -173,6 +173,11 @@ async fn route(
                 "BytesToGroupPeers": s.bytes_to_group_peers,
                 "BytesToInternetPeers": s.bytes_to_internet_peers,
                 "PeersBanned": s.peers_banned,
+                "DataLanes": {
+                    "Opened": s.data_lanes_opened,
+                    "BytesIn": s.data_lane_bytes_in,
+                    "BytesOut": s.data_lane_bytes_out,
+                },
             }))
         }
         ("GET", ["downloads", id, "status"]) => ok(json!(manager.status(id)?)),

@@ -176,6 +176,7 @@ impl Actor {
             Some(p2p_config) => {
                 let mut p2p = P2p::start(p2p_config, &config.cache_dir)?;
                 p2p.announce_cached(&store);
+                p2p.serve_lanes(&store);
                 config.engine.node_key = p2p.key();
                 // Internet mode: long enough to ask the DHT and dial the holders it names.
                 let internet = if p2p_config.internet {
@@ -660,6 +661,10 @@ impl Actor {
             stats.bytes_to_internet_peers = c.bytes_to_internet_peers.load(Ordering::Relaxed);
             stats.mode = Some(p2p.mode());
             stats.peers_banned = c.peers_banned.load(Ordering::Relaxed);
+            let lanes = &p2p.lane_counters;
+            stats.data_lanes_opened = lanes.opened.load(Ordering::Relaxed);
+            stats.data_lane_bytes_in = lanes.bytes_in.load(Ordering::Relaxed);
+            stats.data_lane_bytes_out = lanes.bytes_out.load(Ordering::Relaxed);
         }
         stats
     }

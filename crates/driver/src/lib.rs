@@ -16,6 +16,7 @@
 mod actor;
 mod dialer;
 mod fetch;
+mod lane;
 mod p2p;
 mod shaper;
 
@@ -94,6 +95,13 @@ pub struct P2pConfig {
     /// Peers to join the DHT through (`/ip4/…/tcp/…/p2p/<peer id>`), dialed at start; used
     /// in Internet mode and in Group mode (where they must be members). Default none.
     pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Carry block requests to peers on data lanes (direct TCP connections sealed with
+    /// AES-256-GCM under keys agreed over libp2p; see `do_p2p::lane`), and offer lanes to
+    /// peers; libp2p carries them when a peer offers none. Default true.
+    pub data_lanes: bool,
+    /// Where the lane server listens. Default all IPv4 addresses, a free TCP port (told to
+    /// each peer in its ticket).
+    pub data_lane_listen: std::net::SocketAddr,
 }
 
 /// The least origin fallback delay in Internet mode: a download asks the DHT who holds its
@@ -150,6 +158,8 @@ impl Default for P2pConfig {
             origin_fallback_delay: Duration::from_secs(1),
             internet: false,
             bootstrap: Vec::new(),
+            data_lanes: true,
+            data_lane_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
         }
     }
 }
@@ -269,6 +279,13 @@ pub struct NodeStats {
     pub bytes_to_internet_peers: u64,
     /// Peers banned for sending bytes that failed verification.
     pub peers_banned: u64,
+    /// Data lanes this node opened to peers.
+    pub data_lanes_opened: u64,
+    /// Block bytes received over data lanes (before verification; what passed is counted in
+    /// the `bytes_from_*` fields).
+    pub data_lane_bytes_in: u64,
+    /// Block bytes served over data lanes (counted in the `bytes_to_*` fields too).
+    pub data_lane_bytes_out: u64,
 }
 
 /// A started download: its id and a live view of its progress.

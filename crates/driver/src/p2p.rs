@@ -32,12 +32,16 @@ use libp2p::{
     request_response::{self, OutboundRequestId, ResponseChannel},
     swarm::{ConnectionId, NetworkBehaviour as _, SwarmEvent, dial_opts::DialOpts},
 };
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc},
+    task::JoinSet,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
     actor::{Found, IoEvent},
     dialer::Dialer,
+    lane::{self, LaneCounters, LaneEvent, Tickets},
     shaper::Shaper,
 };
 
@@ -51,8 +55,20 @@ const UPLOAD_QUEUE: usize = 256;
 /// the LAN announce themselves as they start.
 const PROVIDER_QUERY_POLLS: u64 = 10;
 
-/// Answers computed off the actor, waiting to be sent, with the class of the peer asking.
-type Answer = (ResponseChannel<Response>, Response, PeerClass);
+/// How long a peer whose lane failed (or that offers none) is asked over libp2p only.
+const LANE_RETRY: Duration = Duration::from_secs(30);
+/// How long block requests wait for a lane being opened (on a LAN it takes a round trip and a
+/// TCP connection) before they go over libp2p.
+const LANE_WAIT: Duration = Duration::from_secs(1);
+
+/// Answers computed off the actor, waiting to be sent, with the class of the peer asking and
+/// the upload slot the answer holds until it is handed to the swarm.
+type Answer = (
+    ResponseChannel<Response>,
+    Response,
+    PeerClass,
+    OwnedSemaphorePermit,
+);
 
 /// Byte and peer counters, node-wide (DO's `Get-DeliveryOptimizationPerfSnap` fields).
 #[derive(Debug, Default)]
@@ -75,7 +91,7 @@ impl Counters {
         }
     }
 
-    fn served_to(&self, class: PeerClass) -> &AtomicU64 {
+    pub(crate) fn served_to(&self, class: PeerClass) -> &AtomicU64 {
         match class {
             PeerClass::Lan => &self.bytes_to_lan_peers,
             PeerClass::Group => &self.bytes_to_group_peers,
@@ -163,7 +179,7 @@ struct Claiming {
 }
 
 /// What a request sent to a peer was for.
-enum Pending {
+pub(crate) enum Pending {
     Manifest {
         download: DownloadId,
     },
@@ -188,22 +204,45 @@ enum Pending {
         first: u64,
         count: u64,
     },
+    Lane {
+        secret: [u8; do_p2p::lane::SECRET_LEN],
+    },
+}
+
+/// A peer's data lane (see [`lane`]).
+enum Lane {
+    /// Asked for a ticket over libp2p (at `since`); block requests wait for the lane, for
+    /// [`LANE_WAIT`] at most, then go over libp2p.
+    Opening {
+        since: Instant,
+        waiting: Vec<Pending>,
+    },
+    /// Carrying block requests (`id` tells this lane from a later one to the same peer).
+    Up {
+        id: u64,
+        jobs: mpsc::Sender<lane::Job>,
+    },
+    /// None (the peer offers none, or its lane failed): libp2p only, until then.
+    Off { until: Instant },
 }
 
 /// What the serving side knows of downloads in progress (read by answering threads).
 #[derive(Clone, Copy)]
-struct Active {
+pub(crate) struct Active {
     entry: EntryId,
     len: u64,
     fetching: bool,
 }
 
-type ActiveMap = Arc<Mutex<HashMap<ContentId, Active>>>;
+pub(crate) type ActiveMap = Arc<Mutex<HashMap<ContentId, Active>>>;
 
 /// What woke the p2p side.
 pub(crate) enum P2pEvent {
     Swarm(Box<SwarmEvent<BehaviourEvent>>),
     Answer(Answer),
+    Lane(LaneEvent),
+    /// A lane's answer freed an upload slot.
+    SlotFree,
     Tick,
 }
 
@@ -231,9 +270,23 @@ pub(crate) struct P2p {
     polls: u64,
     answers_tx: mpsc::Sender<Answer>,
     answers_rx: mpsc::Receiver<Answer>,
-    /// Answers being computed, and requests waiting for a slot (DO's upload slots).
-    busy: usize,
-    slots: usize,
+    /// DO's upload slots: each answer being computed or sent holds one, on libp2p or on a
+    /// lane; requests over libp2p wait for one in `queue`.
+    slots: Arc<Semaphore>,
+    /// Told when a lane frees a slot.
+    slot_freed: Arc<Notify>,
+    /// Data lanes: offered to peers (when on), and to each peer.
+    lanes_on: bool,
+    lane_listen: std::net::SocketAddr,
+    lane_server: Option<lane::Server>,
+    tickets: Arc<Tickets>,
+    lanes: HashMap<libp2p::PeerId, Lane>,
+    next_lane: u64,
+    lane_tx: mpsc::Sender<LaneEvent>,
+    lane_rx: mpsc::Receiver<LaneEvent>,
+    pub(crate) lane_counters: Arc<LaneCounters>,
+    /// `banned`, for the lane server's tasks.
+    banned_shared: Arc<Mutex<HashSet<libp2p::PeerId>>>,
     /// The upload rate cap, shared by the tasks answering requests (each locks it for one
     /// computation, never across an await).
     shaper: Option<Arc<Mutex<Shaper>>>,
@@ -306,6 +359,7 @@ impl P2p {
             let _ = kad.bootstrap();
         }
         let (answers_tx, answers_rx) = mpsc::channel(64);
+        let (lane_tx, lane_rx) = mpsc::channel(64);
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
@@ -322,8 +376,18 @@ impl P2p {
             polls: 0,
             answers_tx,
             answers_rx,
-            busy: 0,
-            slots: config.upload_slots.max(1),
+            slots: Arc::new(Semaphore::new(config.upload_slots.max(1))),
+            slot_freed: Arc::default(),
+            lanes_on: config.data_lanes,
+            lane_listen: config.data_lane_listen,
+            lane_server: None,
+            tickets: Arc::default(),
+            lanes: HashMap::new(),
+            next_lane: 1,
+            lane_tx,
+            lane_rx,
+            lane_counters: Arc::default(),
+            banned_shared: Arc::default(),
             shaper: config
                 .upload_max_rate
                 .map(|rate| Arc::new(Mutex::new(Shaper::new(rate)))),
@@ -450,8 +514,41 @@ impl P2p {
             if self.banned.insert(target) {
                 self.counters.peers_banned.fetch_add(1, Ordering::Relaxed);
             }
+            self.banned_shared.lock().expect("banned").insert(target);
+            // Its lane stops (what it had not answered fails); one being opened is settled
+            // when the connection closes.
+            if let Some(Lane::Up { .. }) = self.lanes.get(&target) {
+                self.lanes.remove(&target);
+            }
             self.dialer.expired(&target);
             let _ = self.swarm.disconnect_peer_id(target);
+        }
+    }
+
+    /// Starts the lane server (when data lanes are on): peers that ask get a ticket for it.
+    /// A node whose lane port cannot be bound offers none and says so; its peers then ask it
+    /// over libp2p.
+    pub(crate) fn serve_lanes(&mut self, store: &Arc<Store>) {
+        if !self.lanes_on {
+            return;
+        }
+        let serving = lane::Serving {
+            store: Arc::clone(store),
+            active: Arc::clone(&self.active),
+            slots: Arc::clone(&self.slots),
+            slot_freed: Arc::clone(&self.slot_freed),
+            shaper: self.shaper.clone(),
+            counters: Arc::clone(&self.counters),
+            lanes: Arc::clone(&self.lane_counters),
+            banned: Arc::clone(&self.banned_shared),
+            tickets: Arc::clone(&self.tickets),
+        };
+        match lane::Server::start(self.lane_listen, serving) {
+            Ok(server) => {
+                info!(port = server.port, "data lanes served");
+                self.lane_server = Some(server);
+            }
+            Err(e) => warn!(addr = %self.lane_listen, error = %e, "no data lanes: cannot listen"),
         }
     }
 
@@ -460,6 +557,8 @@ impl P2p {
         tokio::select! {
             event = self.swarm.select_next_some() => P2pEvent::Swarm(Box::new(event)),
             Some(answer) = self.answers_rx.recv() => P2pEvent::Answer(answer),
+            Some(event) = self.lane_rx.recv() => P2pEvent::Lane(event),
+            () = self.slot_freed.notified() => P2pEvent::SlotFree,
             _ = self.tick.tick() => P2pEvent::Tick,
         }
     }
@@ -625,24 +724,198 @@ impl P2p {
             });
             return;
         };
-        let count = blocks.end - blocks.start;
+        let pending = Pending::Blocks {
+            request,
+            download,
+            first: blocks.start,
+            count: blocks.end - blocks.start,
+        };
+        self.ensure_lane(target, ctx.now);
+        let pending = match self.lanes.get_mut(&target) {
+            Some(Lane::Up { jobs, .. }) => {
+                let job = lane::Job {
+                    request: lane_request(content, &pending),
+                    pending,
+                };
+                match jobs.try_send(job) {
+                    Ok(()) => return,
+                    // The lane is full, or just ended (its end is on its way to the actor):
+                    // libp2p.
+                    Err(
+                        mpsc::error::TrySendError::Full(job)
+                        | mpsc::error::TrySendError::Closed(job),
+                    ) => job.pending,
+                }
+            }
+            Some(Lane::Opening { since, waiting }) if ctx.now < *since + LANE_WAIT => {
+                waiting.push(pending);
+                return;
+            }
+            _ => pending,
+        };
+        self.send_blocks_request(ctx, target, pending);
+    }
+
+    /// Sends a block request over libp2p (the download gone: the request fails).
+    fn send_blocks_request(&mut self, ctx: &mut Ctx<'_>, target: libp2p::PeerId, pending: Pending) {
+        let Pending::Blocks {
+            request,
+            download,
+            first,
+            count,
+        } = pending
+        else {
+            return;
+        };
+        let Some(content) = self.swarms.get(&download).map(|s| s.content) else {
+            fail_request(ctx, request);
+            return;
+        };
         let sent = self.swarm.behaviour_mut().blocks.send_request(
             &target,
             Request::Blocks {
                 content: *content.as_bytes(),
-                first: blocks.start,
+                first,
                 count: count as u32,
             },
         );
-        self.pending.insert(
-            sent,
-            Pending::Blocks {
-                request,
-                download,
-                first: blocks.start,
-                count,
+        self.pending.insert(sent, pending);
+    }
+
+    /// Block requests that waited for `peer`'s lane, or were sent on one that went down
+    /// unanswered, go over libp2p while the peer is connected; else they fail.
+    fn resend(&mut self, ctx: &mut Ctx<'_>, peer: libp2p::PeerId, requests: Vec<Pending>) {
+        let connected = self.peers.contains_key(&peer) && !self.banned.contains(&peer);
+        for pending in requests {
+            match pending {
+                Pending::Blocks { .. } if connected => self.send_blocks_request(ctx, peer, pending),
+                Pending::Blocks { request, .. } => fail_request(ctx, request),
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks `peer` for a data lane unless lanes are off, it has one or is opening one, or its
+    /// last one failed a short while ago.
+    fn ensure_lane(&mut self, peer: libp2p::PeerId, now: Instant) {
+        let due = match self.lanes.get(&peer) {
+            None => true,
+            Some(Lane::Off { until }) => *until <= now,
+            Some(Lane::Opening { .. } | Lane::Up { .. }) => false,
+        };
+        if self.lanes_on && due {
+            self.open_lane(peer, now);
+        }
+    }
+
+    /// Asks `peer` for a data lane: a fresh secret, over libp2p.
+    fn open_lane(&mut self, peer: libp2p::PeerId, now: Instant) {
+        let secret: [u8; do_p2p::lane::SECRET_LEN] = rand::random();
+        let sent = self
+            .swarm
+            .behaviour_mut()
+            .blocks
+            .send_request(&peer, Request::Lane { secret });
+        self.pending.insert(sent, Pending::Lane { secret });
+        self.lanes.insert(
+            peer,
+            Lane::Opening {
+                since: now,
+                waiting: Vec::new(),
             },
         );
+    }
+
+    /// A peer answered a lane request: the lane is opened to its address at the port it
+    /// named; without a ticket, or without an IP address to reach it at, it has none.
+    fn on_lane(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: libp2p::PeerId,
+        secret: [u8; 32],
+        response: Response,
+    ) {
+        let waiting = match self.lanes.remove(&from) {
+            Some(Lane::Opening { waiting, .. }) => waiting,
+            // Not asked (or the peer is gone): nothing to open.
+            other => {
+                if let Some(lane) = other {
+                    self.lanes.insert(from, lane);
+                }
+                return;
+            }
+        };
+        let ip = self.peers.get(&from).and_then(|k| {
+            k.addr.iter().find_map(|p| match p {
+                Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+                Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+                _ => None,
+            })
+        });
+        match (response, ip) {
+            (Response::Lane { port, ticket }, Some(ip)) if !self.banned.contains(&from) => {
+                let id = self.next_lane;
+                self.next_lane += 1;
+                let addr = std::net::SocketAddr::new(ip, port);
+                let (jobs, _task) = lane::open(
+                    from,
+                    id,
+                    addr,
+                    secret,
+                    ticket,
+                    self.lane_tx.clone(),
+                    Arc::clone(&self.lane_counters),
+                );
+                let mut unsent = Vec::new();
+                for pending in waiting {
+                    let Pending::Blocks { download, .. } = &pending else {
+                        continue;
+                    };
+                    match self.swarms.get(download).map(|s| s.content) {
+                        Some(content) => {
+                            let request = lane_request(content, &pending);
+                            if let Err(
+                                mpsc::error::TrySendError::Full(job)
+                                | mpsc::error::TrySendError::Closed(job),
+                            ) = jobs.try_send(lane::Job { request, pending })
+                            {
+                                unsent.push(job.pending);
+                            }
+                        }
+                        None => unsent.push(pending),
+                    }
+                }
+                self.lanes.insert(from, Lane::Up { id, jobs });
+                self.resend(ctx, from, unsent);
+            }
+            _ => {
+                debug!(peer = %from, "no data lane to this peer");
+                if self.peers.contains_key(&from) {
+                    let until = ctx.now + LANE_RETRY;
+                    self.lanes.insert(from, Lane::Off { until });
+                }
+                self.resend(ctx, from, waiting);
+            }
+        }
+    }
+
+    /// Block requests that waited too long for a lane being opened go over libp2p.
+    fn lanes_waited_out(&mut self, ctx: &mut Ctx<'_>) {
+        let late: Vec<(libp2p::PeerId, Vec<Pending>)> = self
+            .lanes
+            .iter_mut()
+            .filter_map(|(peer, lane)| match lane {
+                Lane::Opening { since, waiting }
+                    if ctx.now >= *since + LANE_WAIT && !waiting.is_empty() =>
+                {
+                    Some((*peer, std::mem::take(waiting)))
+                }
+                _ => None,
+            })
+            .collect();
+        for (peer, waiting) in late {
+            self.resend(ctx, peer, waiting);
+        }
     }
 
     /// Handles one event.
@@ -665,10 +938,35 @@ impl P2p {
                     }
                     self.poll_peers(id);
                 }
+                self.serve_queued(ctx);
+                self.lanes_waited_out(ctx);
                 None
             }
-            P2pEvent::Answer((channel, response, class)) => {
-                self.busy -= 1;
+            P2pEvent::SlotFree => {
+                self.serve_queued(ctx);
+                None
+            }
+            P2pEvent::Lane(LaneEvent::Answer {
+                peer,
+                pending,
+                response,
+            }) => self.on_response(peer, pending, response, ctx),
+            P2pEvent::Lane(LaneEvent::Down { peer, lane, lost }) => {
+                if let Some(Lane::Up { id, .. }) = self.lanes.get(&peer)
+                    && *id == lane
+                {
+                    self.lanes.insert(
+                        peer,
+                        Lane::Off {
+                            until: ctx.now + LANE_RETRY,
+                        },
+                    );
+                }
+                self.resend(ctx, peer, lost);
+                None
+            }
+            P2pEvent::Answer((channel, response, class, permit)) => {
+                drop(permit);
                 if let Response::Blocks { data, .. } = &response {
                     self.counters
                         .served_to(class)
@@ -791,6 +1089,7 @@ impl P2p {
                 ..
             } => {
                 self.dialer.disconnected(ctx.now, &peer_id);
+                let lane = self.lanes.remove(&peer_id);
                 if let Some(Known { id, .. }) = self.peers.remove(&peer_id) {
                     info!(peer = %peer_id, "peer gone");
                     self.by_engine.remove(&id);
@@ -803,6 +1102,11 @@ impl P2p {
                     }
                     ctx.engine
                         .handle_input(ctx.now, Input::PeerRemoved { peer: id });
+                }
+                // Its lane, if any, stops (what it had not answered fails), and requests that
+                // waited for one being opened fail.
+                if let Some(Lane::Opening { waiting, .. }) = lane {
+                    self.resend(ctx, peer_id, waiting);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Blocks(event)) => {
@@ -916,6 +1220,25 @@ impl P2p {
                     },
                 ..
             } => {
+                // A lane is offered at once: a ticket for the asker's secret.
+                if let Request::Lane { secret } = request {
+                    let response = match (&self.lane_server, self.peers.get(&peer)) {
+                        (Some(server), Some(known)) if !self.banned.contains(&peer) => {
+                            let ticket = self.tickets.issue(secret, peer, known.class);
+                            Response::Lane {
+                                port: server.port,
+                                ticket,
+                            }
+                        }
+                        _ => Response::NotHere,
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .blocks
+                        .send_response(channel, response);
+                    return None;
+                }
                 // What a download in progress collected is in memory: answered here, at once.
                 if let Some(response) = self.answer_swarming(ctx.engine, &peer, &request) {
                     let _ = self
@@ -1068,12 +1391,14 @@ impl P2p {
 
     /// Starts answering queued requests while upload slots are free.
     fn serve_queued(&mut self, ctx: &mut Ctx<'_>) {
-        while self.busy < self.slots {
+        while !self.queue.is_empty() {
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                return;
+            };
             let Some((peer, request, channel)) = self.queue.pop_front() else {
                 return;
             };
             debug!(%peer, ?request, "peer request");
-            self.busy += 1;
             let class = self.peers.get(&peer).map_or(self.class, |k| k.class);
             let (store, tx, active, shaper) = (
                 Arc::clone(ctx.store),
@@ -1095,7 +1420,7 @@ impl P2p {
                         .delay(Instant::now(), data.len() as u64);
                     tokio::time::sleep(wait).await;
                 }
-                let _ = tx.send((channel, response, class)).await;
+                let _ = tx.send((channel, response, class, permit)).await;
             });
         }
     }
@@ -1110,6 +1435,10 @@ impl P2p {
         match pending {
             Pending::Manifest { download } => return self.on_manifest(download, response),
             Pending::Claim { download } => return self.on_claim(download, response),
+            Pending::Lane { secret } => {
+                self.on_lane(ctx, from, secret, response);
+                return None;
+            }
             _ => {}
         }
         let Some((peer, class)) = self.peers.get(&from).map(|k| (k.id, k.class)) else {
@@ -1119,7 +1448,9 @@ impl P2p {
             return None;
         };
         match pending {
-            Pending::Manifest { .. } | Pending::Claim { .. } => unreachable!("handled above"),
+            Pending::Manifest { .. } | Pending::Claim { .. } | Pending::Lane { .. } => {
+                unreachable!("handled above")
+            }
             Pending::Status { download } => {
                 let s = self.swarms.get_mut(&download)?;
                 s.polling.remove(&from);
@@ -1127,6 +1458,8 @@ impl P2p {
                     return None;
                 };
                 let blocks = runs_to_set(&have, block_count(s.len));
+                // A peer that may serve this download gets a lane before it is asked for blocks.
+                let source = fetching || !have.is_empty();
                 // Until the manifest is trusted, every peer is asked for the hashes it can
                 // tell: of what it verified, and of what it collected from its own peers.
                 let first_lacking = s
@@ -1155,6 +1488,9 @@ impl P2p {
                         blocks,
                     },
                 );
+                if source {
+                    self.ensure_lane(from, ctx.now);
+                }
                 if let Some(first) = first_lacking
                     && !self.swarms[&download].hashing.contains(&from)
                 {
@@ -1543,6 +1879,19 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+/// The lane request for a block request about `content`.
+fn lane_request(content: ContentId, pending: &Pending) -> do_p2p::lane::LaneRequest {
+    let (first, count) = match pending {
+        Pending::Blocks { first, count, .. } => (*first, *count),
+        _ => (0, 0),
+    };
+    do_p2p::lane::LaneRequest {
+        content: *content.as_bytes(),
+        first,
+        count: count as u32,
+    }
+}
+
 fn fail_request(ctx: &mut Ctx<'_>, request: RequestId) {
     let _ = ctx.io_tx.try_send(IoEvent::FetchEnded {
         request,
@@ -1746,7 +2095,12 @@ fn hash_unchecked(
 
 /// Answers one request from the cache: verified bytes only, of complete files or of downloads
 /// in progress.
-fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> Response {
+pub(crate) fn answer(
+    store: &Store,
+    active: &ActiveMap,
+    request: Request,
+    claims: bool,
+) -> Response {
     let content = match &request {
         Request::Manifest { content }
         | Request::Have { content }
@@ -1755,6 +2109,8 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
         | Request::Hashes { content, .. }
         | Request::CoFetchers { content }
         | Request::Near { content } => ContentId::from_bytes(*content),
+        // (The actor answers lane requests at once.)
+        Request::Lane { .. } => return Response::NotHere,
         Request::Claim { .. } if !claims => return Response::NotHere,
         Request::Claim {
             url,
@@ -1788,7 +2144,8 @@ fn answer(store: &Store, active: &ActiveMap, request: Request, claims: bool) -> 
         Request::Manifest { .. }
         | Request::Claim { .. }
         | Request::CoFetchers { .. }
-        | Request::Near { .. } => Ok(Response::NotHere),
+        | Request::Near { .. }
+        | Request::Lane { .. } => Ok(Response::NotHere),
         Request::Have { .. } => store.verified(id).map(|set| Response::Have(runs(set))),
         Request::Status { .. } => store.verified(id).map(|set| Response::Status {
             have: runs(set),
