@@ -106,6 +106,52 @@ fn nodes_fetching_one_after_another_take_the_file_from_each_other() {
         received >= 4 * FILE && received - 4 * FILE <= 4 * FILE / 100,
         "peers received {received} bytes for four copies of {FILE}"
     );
+    // The blocks travelled on data lanes (a peer's lane opens when it first says it holds
+    // something; a request sent before that goes over libp2p).
+    let lanes = |field: &str| -> u64 {
+        (2..=6)
+            .map(|h| {
+                fleet
+                    .stats(h)
+                    .and_then(|s| s["DataLanes"][field].as_u64())
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let (lane_in, lane_out) = (lanes("BytesIn"), lanes("BytesOut"));
+    eprintln!(
+        "sequential: data lanes carried {:.4} × the file",
+        ratio(lane_in)
+    );
+    assert_eq!(
+        lane_in, lane_out,
+        "what lanes served is what they delivered"
+    );
+    assert!(
+        lane_in >= received * 9 / 10 && lane_in <= received,
+        "data lanes carried {lane_in} of the {received} bytes peers received"
+    );
+}
+
+#[test]
+fn a_node_without_data_lanes_exchanges_with_one_that_has_them_over_libp2p() {
+    let _alone = one_at_a_time();
+    let mut fleet = Fleet::without_daemons(options(2, 0));
+    fleet.start_daemon(2);
+    fleet.start_daemon_with(3, &["--no-data-lanes"]);
+    fleet.wait_for_mesh();
+    // Host 3 (no lanes) takes the file from host 2, which offers them.
+    relay(&fleet);
+    for host in 2..=3 {
+        let stats = fleet.stats(host).unwrap();
+        assert_eq!(stats["DataLanes"]["Opened"].as_u64(), Some(0), "{stats}");
+        assert_eq!(stats["DataLanes"]["BytesOut"].as_u64(), Some(0), "{stats}");
+    }
+    assert_eq!(
+        fleet.stats(2).unwrap()["BytesToLanPeers"].as_u64(),
+        Some(FILE),
+        "host 2 served the file over libp2p"
+    );
 }
 
 #[test]

@@ -51,6 +51,10 @@ struct Args {
     /// machine into DIR/run-R-TRANSPORT-all.data).
     #[arg(long, value_name = "DIR")]
     perf: Option<std::path::PathBuf>,
+    /// Run the daemons with `--no-data-lanes`: blocks travel over libp2p (the transport's
+    /// noise or TLS and its multiplexer) instead of data lanes.
+    #[arg(long)]
+    no_data_lanes: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,7 +116,11 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
             });
             let mut daemons = Vec::new();
             for host in 2..=3 {
-                fleet.start_daemon_with(host, &["--transport", transport]);
+                let mut flags = vec!["--transport", transport];
+                if args.no_data_lanes {
+                    flags.push("--no-data-lanes");
+                }
+                fleet.start_daemon_with(host, &flags);
                 daemons.push((host, fleet.lan.children.last().expect("daemon").id()));
             }
             fleet.wait_for_mesh();
@@ -195,6 +203,16 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
                 summary["BytesFromLanPeers"].as_u64() == Some(bytes),
                 "host 3 did not take the whole file from its peer: {summary}"
             );
+            // Which path the blocks took: data lanes, or libp2p.
+            let lanes = fleet
+                .stats(3)
+                .map(|s| s["DataLanes"]["BytesIn"].as_u64().unwrap_or(0))
+                .unwrap_or(0);
+            eprintln!("  bytes over data lanes: {lanes} of {bytes}");
+            ensure!(
+                (lanes >= bytes) != args.no_data_lanes,
+                "the blocks did not take the path asked for: {lanes} bytes over data lanes"
+            );
             best_p2p[t] = best_p2p[t].min(elapsed);
         }
     }
@@ -208,7 +226,12 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
             continue;
         }
         println!(
-            "  donode from a peer over {transport}: {:.2} s ({:.0} MiB/s); p2p/curl throughput {:.2}",
+            "  donode from a peer ({}) over {transport}: {:.2} s ({:.0} MiB/s); p2p/curl throughput {:.2}",
+            if args.no_data_lanes {
+                "libp2p"
+            } else {
+                "data lanes beside libp2p"
+            },
             best_p2p[t],
             mib_s(bytes, best_p2p[t]),
             best_curl / best_p2p[t]
