@@ -257,13 +257,22 @@ fn crowd(args: &Args, lan_bytes_per_s: f64) -> anyhow::Result<()> {
         .fold(("", 0.0), |best, t| if t.1 > best.1 { t } else { best });
     let mut best: Option<(f64, u64)> = None;
     for run in 0..args.runs {
-        let fleet = Fleet::start(FleetOptions {
+        let mut fleet = Fleet::without_daemons(FleetOptions {
             nodes: args.nodes,
             spare_hosts: 0,
             file_bytes: bytes,
             origin_mbit: Some(args.origin_mbit),
             remote_hosts: 0,
         });
+        let flags: &[&str] = if args.no_data_lanes {
+            &["--no-data-lanes"]
+        } else {
+            &[]
+        };
+        for host in 2..=args.nodes + 1 {
+            fleet.start_daemon_with(host, flags);
+        }
+        fleet.wait_for_mesh();
         let started = Instant::now();
         let gets: Vec<_> = (2..=args.nodes + 1)
             .map(|h| (h, fleet.spawn_get(h)))
