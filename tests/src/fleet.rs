@@ -47,6 +47,9 @@ pub struct Fleet {
     pub work: tempfile::TempDir,
     /// Number of daemons.
     pub nodes: usize,
+    /// Every daemon (and its commands) runs in host 2's namespace, each with its own
+    /// directories: the daemons reach each other over loopback. Set before starting them.
+    pub colocated: bool,
     /// The namespaces (last: they go after everything running in them).
     pub lan: Lan,
 }
@@ -93,6 +96,7 @@ impl Fleet {
             file_bytes,
             work,
             nodes,
+            colocated: false,
             lan,
         }
     }
@@ -100,6 +104,11 @@ impl Fleet {
     /// Host `host`'s file or directory `what`.
     pub fn dir(&self, host: usize, what: &str) -> PathBuf {
         self.work.path().join(format!("h{host}")).join(what)
+    }
+
+    /// The namespace `host`'s daemon and commands run in.
+    fn namespace(&self, host: usize) -> usize {
+        if self.colocated && host >= 2 { 2 } else { host }
     }
 
     /// Starts the daemon of `host` (`donode run --p2p`).
@@ -114,7 +123,7 @@ impl Fleet {
         let log = std::fs::File::create(self.dir(host, "daemon.log")).unwrap();
         let child = self
             .lan
-            .command(host, donode_bin())
+            .command(self.namespace(host), donode_bin())
             .args(["run", "--p2p", "--cache-dir"])
             .arg(self.dir(host, "cache"))
             .arg("--run-dir")
@@ -132,7 +141,7 @@ impl Fleet {
 
     /// `donode ARGS --run-dir RUN` on `host`, against its daemon.
     pub fn cli(&self, host: usize, args: &[&str]) -> Command {
-        let mut c = self.lan.command(host, donode_bin());
+        let mut c = self.lan.command(self.namespace(host), donode_bin());
         c.args(args).arg("--run-dir").arg(self.dir(host, "run"));
         c
     }

@@ -55,6 +55,10 @@ struct Args {
     /// noise or TLS and its multiplexer) instead of data lanes.
     #[arg(long)]
     no_data_lanes: bool,
+    /// The two-node run on loopback: both daemons in one namespace (they reach each other over
+    /// loopback), and curl from nginx inside the origin's namespace. With `--pair-only`.
+    #[arg(long, requires = "pair_only")]
+    loopback: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -114,6 +118,7 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
                 origin_mbit: None,
                 remote_hosts: 0,
             });
+            fleet.colocated = args.loopback;
             let mut daemons = Vec::new();
             for host in 2..=3 {
                 let mut flags = vec!["--transport", transport];
@@ -125,13 +130,14 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
             }
             fleet.wait_for_mesh();
             if t == first {
-                // curl on host 3 from the origin on host 1, writing a file as donode does.
+                // curl on host 3 from the origin on host 1 (on loopback: on host 1), writing a
+                // file as donode does.
                 let out = fleet.dir(3, "curl.bin");
                 let url = format!("http://{}:8080/files/f.bin", do_tests::Lan::addr(1));
                 let started = Instant::now();
                 let status = fleet
                     .lan
-                    .command(3, "curl")
+                    .command(if args.loopback { 1 } else { 3 }, "curl")
                     .args(["-s", "-o"])
                     .arg(&out)
                     .arg(&url)
@@ -217,8 +223,13 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
         }
     }
     println!(
-        "two nodes, {} MiB across the bridge: curl from nginx {best_curl:.2} s ({:.0} MiB/s)",
+        "two nodes, {} MiB {}: curl from nginx {best_curl:.2} s ({:.0} MiB/s)",
         args.pair_mib,
+        if args.loopback {
+            "on loopback"
+        } else {
+            "across the bridge"
+        },
         mib_s(bytes, best_curl),
     );
     for (t, transport) in ["TCP", "QUIC"].into_iter().enumerate() {
