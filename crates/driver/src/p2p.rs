@@ -57,6 +57,8 @@ const PROVIDER_QUERY_POLLS: u64 = 10;
 
 /// How long a peer whose lane failed (or that offers none) is asked over libp2p only.
 const LANE_RETRY: Duration = Duration::from_secs(30);
+/// Failures in a row after which the wait for another lane stops doubling (30 s × 2^4: 8 min).
+const LANE_BACKOFF_STEPS: u32 = 4;
 /// How long block requests wait for a lane being opened (on a LAN it takes a round trip and a
 /// TCP connection) before they go over libp2p.
 const LANE_WAIT: Duration = Duration::from_secs(1);
@@ -285,6 +287,9 @@ pub(crate) struct P2p {
     lane_server: Option<lane::Server>,
     tickets: Arc<Tickets>,
     lanes: HashMap<libp2p::PeerId, Lane>,
+    /// Lanes to a peer that failed in a row (none answered a request since): each doubles the
+    /// wait for the next (a peer behind a NAT offers a port nobody can reach).
+    lane_failures: HashMap<libp2p::PeerId, u32>,
     next_lane: u64,
     lane_tx: mpsc::Sender<LaneEvent>,
     lane_rx: mpsc::Receiver<LaneEvent>,
@@ -387,6 +392,7 @@ impl P2p {
             lane_server: None,
             tickets: Arc::default(),
             lanes: HashMap::new(),
+            lane_failures: HashMap::new(),
             next_lane: 1,
             lane_tx,
             lane_rx,
@@ -813,6 +819,15 @@ impl P2p {
         }
     }
 
+    /// `peer` has no lane for a while: 30 s after a first failure, twice as long after each
+    /// one in a row, up to [`LANE_BACKOFF_STEPS`] doublings.
+    fn lane_failed(&mut self, peer: libp2p::PeerId, now: Instant) {
+        let failures = self.lane_failures.entry(peer).or_default();
+        let until = now + lane_wait(*failures);
+        *failures += 1;
+        self.lanes.insert(peer, Lane::Off { until });
+    }
+
     /// Asks `peer` for a data lane: a fresh secret, over libp2p.
     fn open_lane(&mut self, peer: libp2p::PeerId, now: Instant) {
         let secret: [u8; do_p2p::lane::SECRET_LEN] = rand::random();
@@ -896,8 +911,7 @@ impl P2p {
             _ => {
                 debug!(peer = %from, "no data lane to this peer");
                 if self.peers.contains_key(&from) {
-                    let until = ctx.now + LANE_RETRY;
-                    self.lanes.insert(from, Lane::Off { until });
+                    self.lane_failed(from, ctx.now);
                 }
                 self.resend(ctx, from, waiting);
             }
@@ -955,17 +969,15 @@ impl P2p {
                 peer,
                 pending,
                 response,
-            }) => self.on_response(peer, pending, response, ctx),
+            }) => {
+                self.lane_failures.remove(&peer);
+                self.on_response(peer, pending, response, ctx)
+            }
             P2pEvent::Lane(LaneEvent::Down { peer, lane, lost }) => {
                 if let Some(Lane::Up { id, .. }) = self.lanes.get(&peer)
                     && *id == lane
                 {
-                    self.lanes.insert(
-                        peer,
-                        Lane::Off {
-                            until: ctx.now + LANE_RETRY,
-                        },
-                    );
+                    self.lane_failed(peer, ctx.now);
                 }
                 self.resend(ctx, peer, lost);
                 None
@@ -1095,6 +1107,7 @@ impl P2p {
             } => {
                 self.dialer.disconnected(ctx.now, &peer_id);
                 let lane = self.lanes.remove(&peer_id);
+                self.lane_failures.remove(&peer_id);
                 if let Some(Known { id, .. }) = self.peers.remove(&peer_id) {
                     info!(peer = %peer_id, "peer gone");
                     self.by_engine.remove(&id);
@@ -1893,6 +1906,12 @@ fn is_loopback(addr: &Multiaddr) -> bool {
     })
 }
 
+/// How long a peer goes without a lane after `failures` lanes to it failed in a row and one
+/// more did.
+fn lane_wait(failures: u32) -> Duration {
+    LANE_RETRY * 2u32.pow(failures.min(LANE_BACKOFF_STEPS))
+}
+
 /// The lane request for a block request about `content`.
 fn lane_request(content: ContentId, pending: &Pending) -> do_p2p::lane::LaneRequest {
     let (first, count) = match pending {
@@ -2266,6 +2285,15 @@ mod tests {
             store.finish(id, &manifest).unwrap();
         }
         (id, manifest.root())
+    }
+
+    #[test]
+    fn a_peer_whose_lanes_keep_failing_waits_longer_for_the_next_one() {
+        let waits: Vec<u64> = [0, 1, 2, 3, 4, 5, 40]
+            .into_iter()
+            .map(|f| lane_wait(f).as_secs())
+            .collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 480, 480]);
     }
 
     #[test]
