@@ -411,10 +411,7 @@ impl Store {
         let start = do_content::block_range(meta.len, BlockIndex(first)).start;
         let stop = do_content::block_range(meta.len, BlockIndex(end - 1)).end;
         let path = self.data_path(id);
-        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let mut data = vec![0u8; (stop - start) as usize];
-        file.read_exact_at(&mut data, start)
-            .map_err(|e| Error::io(&path, e))?;
+        let data = read_at(&path, start, stop - start).map_err(|e| Error::io(&path, e))?;
         let bad: Vec<BlockIndex> = hashes
             .iter()
             .filter(|(index, hash)| {
@@ -693,5 +690,19 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Reads `len` bytes of the file at `path` from `offset`, into a buffer that is not zeroed
+/// first (a 4 MiB answer is read over at once). A file that ends sooner is an error.
+fn read_at(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let want = usize::try_from(len).map_err(std::io::Error::other)?;
+    let mut data = Vec::with_capacity(want);
+    file.take(len).read_to_end(&mut data)?;
+    if data.len() != want {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(data)
+}
 #[cfg(test)]
 mod tests;

@@ -294,3 +294,24 @@ fn read_verified_hands_out_only_bytes_that_check() {
     );
     assert_eq!(store.read_verified(id, 9, 1).unwrap(), None, "past the end");
 }
+
+#[test]
+fn read_verified_of_a_data_file_cut_short_is_an_error_not_short_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let data = sample(3 * BLOCK_SIZE as usize + 10);
+    let id = fill(&store, "http://x/r", &data);
+    let path = store.data_path(id);
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(2 * BLOCK_SIZE + 100).unwrap();
+    let err = store.read_verified(id, 1, 3).unwrap_err();
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "the error names the file: {err}"
+    );
+    assert_eq!(
+        store.read_verified(id, 0, 2).unwrap().unwrap(),
+        &data[..2 * BLOCK_SIZE as usize],
+        "what is still there is served"
+    );
+}
