@@ -302,7 +302,7 @@ fn read_verified_of_a_data_file_cut_short_is_an_error_not_short_bytes() {
     let data = sample(3 * BLOCK_SIZE as usize + 10);
     let id = fill(&store, "http://x/r", &data);
     let path = store.data_path(id);
-    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
     file.set_len(2 * BLOCK_SIZE + 100).unwrap();
     let err = store.read_verified(id, 1, 3).unwrap_err();
     assert!(
