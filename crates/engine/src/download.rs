@@ -370,16 +370,21 @@ impl Download {
 
     /// `peer` says it holds `held` blocks: a co-fetcher that grew is not stalled. With a
     /// stalled co-fetcher, whether it keeps its part depends on what the others hold: the
-    /// shares may move.
+    /// shares may move. (Only if the split left one out: what peers hold only grows here, and
+    /// a stalled co-fetcher keeps its part while its arcs hold no block that no peer holds, so
+    /// one kept stays kept.)
     pub(crate) fn note_growth(&mut self, peer: PeerId, held: u64, now: Instant) {
+        let mut revived = false;
         if let Some(co) = self.co_fetchers.get_mut(&peer)
             && held > co.held
         {
             co.held = held;
             co.last_grew = now;
+            revived = co.stalled;
             co.stalled = false;
         }
-        if self.co_fetchers.values().any(|co| co.stalled) {
+        let kept_all = matches!(&self.split, Some(Some(split)) if !split.left_out);
+        if (revived || !kept_all) && self.co_fetchers.values().any(|co| co.stalled) {
             self.move_shares();
         }
     }

@@ -766,6 +766,7 @@ impl Engine {
                         mine: part(own),
                         told,
                         far: self.far_share(d, blocks),
+                        left_out: !out.is_empty(),
                     });
                 }
             }
@@ -840,6 +841,8 @@ pub(crate) struct Split {
     /// reported ones at most [`TOLD_HOPS`] away, as `(point, key, distance)`: what
     /// [`Engine::co_fetchers_for`] answers from.
     pub(crate) told: Vec<(u64, u64, u8)>,
+    /// Some stalled co-fetcher was left out because its arcs held blocks no peer holds.
+    pub(crate) left_out: bool,
 }
 
 /// Longest pause, in rate windows, before a download whose origin top-ups did not help is
