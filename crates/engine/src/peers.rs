@@ -484,6 +484,20 @@ impl Engine {
         if !d.manifest_trusted && d.trusted_id().is_none() {
             return;
         }
+        let limit = self.config.download_peer_requests;
+        let mut budget = limit.saturating_sub(d.peer_requests.len());
+        if (budget == 0 || missing.is_empty()) && self.config.peer_slots > 0 {
+            // Nothing can be asked (every request slot is taken, or nothing is missing): the
+            // pass below would stop at its first peer, after drawing where its first class
+            // starts. The same draw, without sorting the peers first.
+            if d.haves
+                .keys()
+                .any(|p| self.peers.get(p).is_some_and(|info| !info.banned))
+            {
+                self.rng.next_u64();
+            }
+            return;
+        }
         let mut order: Vec<(PeerClass, PeerId)> = self.downloads[&id]
             .haves
             .keys()
@@ -495,10 +509,8 @@ impl Engine {
             })
             .collect();
         order.sort();
-        let limit = self.config.download_peer_requests;
         // `missing`, as bits, kept in step with it below.
         let mut wanted = missing.clone();
-        let mut budget = limit.saturating_sub(self.downloads[&id].peer_requests.len());
         // Nearest class first. Within a class, requests are spread over the peers (a round
         // gives each peer at most one more), from a random peer onward, so that a crowd does
         // not queue at the same few servers.
