@@ -862,13 +862,19 @@ impl Sim {
                     } else {
                         // (Blocks gained during this poll, after the changes were taken, are
                         // told with them: a report tells what the peer holds when it answers.)
-                        let mut gained = node.gained[f].clone();
-                        if let Some(c) = changed {
-                            for run in c[ju].gained[f].runs() {
-                                gained.insert(run.start, run.end);
+                        // (Usually none: the merge is made only if there are, once per
+                        // neighbor it is told to.)
+                        match changed {
+                            Some(c) if node.gained[f].is_empty() => c[ju].gained[f].clone(),
+                            Some(c) => {
+                                let mut gained = node.gained[f].clone();
+                                for run in c[ju].gained[f].runs() {
+                                    gained.insert(run.start, run.end);
+                                }
+                                gained
                             }
+                            None => node.gained[f].clone(),
                         }
-                        gained
                     };
                     batch.push(if whole {
                         Input::PeerHas { id, peer, blocks }
