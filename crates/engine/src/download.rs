@@ -1,6 +1,7 @@
 //! One download's bookkeeping: what is wanted, held and in flight.
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, BTreeSet},
     ops::Range,
     time::{Duration, Instant},
@@ -90,6 +91,10 @@ pub(crate) struct Download {
     pub(crate) near_until: Option<Instant>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
     pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
+    /// When the first co-fetcher still growing would be judged stalled, as last computed from
+    /// `co_fetchers` (`None`: to compute again; every change to them clears it: see
+    /// [`Download::co_fetchers_changed`]). The driver asks for timers after every input.
+    co_stall_due: Cell<Option<Option<Instant>>>,
     /// The co-fetchers' keys each peer reports (`Input::PeerCoFetchers`), each with its
     /// distance from the reporter (0: the reporter itself).
     pub(crate) reported: BTreeMap<PeerId, Vec<(u64, u8)>>,
@@ -175,6 +180,7 @@ impl Download {
             peer_block_at: now,
             near_until: None,
             co_fetchers: BTreeMap::new(),
+            co_stall_due: Cell::new(None),
             reported: BTreeMap::new(),
             shares_moved: false,
             split: None,
@@ -368,6 +374,27 @@ impl Download {
         self.haves.insert(peer, new);
     }
 
+    /// `co_fetchers` changed (one came, went, grew or stalled): when the next one stalls is
+    /// computed again.
+    pub(crate) fn co_fetchers_changed(&self) {
+        self.co_stall_due.set(None);
+    }
+
+    /// When the first co-fetcher still growing is judged stalled, `timeout` after it last grew.
+    pub(crate) fn co_stall_due(&self, timeout: Duration) -> Option<Instant> {
+        if let Some(due) = self.co_stall_due.get() {
+            return due;
+        }
+        let due = self
+            .co_fetchers
+            .values()
+            .filter(|co| !co.stalled)
+            .map(|co| co.last_grew + timeout)
+            .min();
+        self.co_stall_due.set(Some(due));
+        due
+    }
+
     /// `peer` says it holds `held` blocks: a co-fetcher that grew is not stalled. With a
     /// stalled co-fetcher, whether it keeps its part depends on what the others hold: the
     /// shares may move. (Only if the split left one out: what peers hold only grows here, and
@@ -378,6 +405,7 @@ impl Download {
         if let Some(co) = self.co_fetchers.get_mut(&peer)
             && held > co.held
         {
+            self.co_stall_due.set(None);
             co.held = held;
             co.last_grew = now;
             revived = co.stalled;
@@ -638,6 +666,7 @@ impl Download {
         self.availability = Vec::new();
         self.lan_held = None;
         self.co_fetchers = BTreeMap::new();
+        self.co_fetchers_changed();
         self.reported = BTreeMap::new();
         self.near_by = BTreeMap::new();
         self.near = None;

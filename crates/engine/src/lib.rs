@@ -941,6 +941,7 @@ impl Engine {
                 for co in d.co_fetchers.values_mut() {
                     co.last_grew = now;
                 }
+                d.co_fetchers_changed();
             }
             d.failures = 0;
             if d.state == State::Paused && !d.user_paused && d.error == 0 {

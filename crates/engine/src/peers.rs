@@ -142,6 +142,7 @@ impl Engine {
                         last_grew: now,
                         stalled: false,
                     });
+                    d.co_fetchers_changed();
                     d.move_shares();
                 }
             }
@@ -215,6 +216,7 @@ impl Engine {
         for d in self.downloads.values_mut() {
             d.remove_have(peer);
             if d.co_fetchers.remove(&peer).is_some() {
+                d.co_fetchers_changed();
                 d.move_shares();
             }
             let mine: Vec<RequestId> = d
@@ -257,6 +259,7 @@ impl Engine {
                 }
             }
             if moved {
+                d.co_fetchers_changed();
                 d.move_shares();
             }
             let late: Vec<(RequestId, PeerId)> = d
@@ -274,6 +277,7 @@ impl Engine {
                 d.end_fetch(request);
                 d.remove_have(peer);
                 if d.co_fetchers.remove(&peer).is_some() {
+                    d.co_fetchers_changed();
                     d.move_shares();
                 }
                 d.dropped.insert(peer);
@@ -299,12 +303,11 @@ impl Engine {
             .then(|| d.started_at + self.config.origin_fallback_delay);
         // Co-fetchers are not judged while the origin fails this node (see
         // `drop_stalled_peer_requests`), so their deadlines are no timers then.
-        let co_stall = d
-            .co_fetchers
-            .values()
-            .filter(|co| !co.stalled && d.failures == 0)
-            .map(|co| co.last_grew + self.config.peer_stall_timeout)
-            .min();
+        let co_stall = if d.failures == 0 {
+            d.co_stall_due(self.config.peer_stall_timeout)
+        } else {
+            None
+        };
         [
             stall,
             fallback,
