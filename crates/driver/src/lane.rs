@@ -422,29 +422,16 @@ async fn carry(
 
 #[cfg(test)]
 mod tests {
-    use do_content::{BLOCK_SIZE, BlockIndex, ContentId, Manifest};
+    use do_content::{BLOCK_SIZE, ContentId};
     use do_engine::{DownloadId, RequestId};
-    use do_store::EntryMeta;
 
     use super::*;
 
     /// A store holding `data` complete; its content id.
     fn store_with(dir: &std::path::Path, data: &[u8]) -> (Arc<Store>, ContentId) {
         let store = Store::open(dir, do_store::Config::default()).unwrap();
-        let id = store
-            .create_entry(EntryMeta::new("http://o/f", data.len() as u64, None, None))
-            .unwrap();
-        let manifest = Manifest::from_bytes(data);
-        store.writer(id).unwrap().write_at(0, data).unwrap();
-        let blocks: Vec<_> = manifest
-            .blocks()
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (BlockIndex(i as u64), *h))
-            .collect();
-        store.commit_blocks(id, &blocks).unwrap();
-        store.finish(id, &manifest).unwrap();
-        (Arc::new(store), manifest.root())
+        let (_, content) = crate::p2p::tests::entry(&store, "http://o/f", data, true);
+        (Arc::new(store), content)
     }
 
     fn serving(store: Arc<Store>, slots: usize) -> (Serving, Arc<Tickets>, Arc<Counters>) {

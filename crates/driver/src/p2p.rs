@@ -587,13 +587,13 @@ impl P2p {
             return false;
         }
         for peer in &peers {
-            let sent = self.swarm.behaviour_mut().blocks.send_request(
+            self.ask(
                 peer,
                 Request::Manifest {
                     content: *content.as_bytes(),
                 },
+                Pending::Manifest { download },
             );
-            self.pending.insert(sent, Pending::Manifest { download });
         }
         info!(
             download = download.0,
@@ -626,7 +626,7 @@ impl P2p {
             return Err(found);
         }
         for peer in &peers {
-            let sent = self.swarm.behaviour_mut().blocks.send_request(
+            self.ask(
                 peer,
                 Request::Claim {
                     url: url.to_owned(),
@@ -634,8 +634,8 @@ impl P2p {
                     etag: validators.etag.clone(),
                     last_modified: validators.last_modified.clone(),
                 },
+                Pending::Claim { download },
             );
-            self.pending.insert(sent, Pending::Claim { download });
         }
         debug!(download = download.0, "asking the group for the content id");
         self.claims.insert(
@@ -782,15 +782,15 @@ impl P2p {
             fail_request(ctx, request);
             return;
         };
-        let sent = self.swarm.behaviour_mut().blocks.send_request(
+        self.ask(
             &target,
             Request::Blocks {
                 content: *content.as_bytes(),
                 first,
                 count: count as u32,
             },
+            pending,
         );
-        self.pending.insert(sent, pending);
     }
 
     /// Block requests that waited for `peer`'s lane, or were sent on one that went down
@@ -828,15 +828,20 @@ impl P2p {
         self.lanes.insert(peer, Lane::Off { until });
     }
 
-    /// Asks `peer` for a data lane: a fresh secret, over libp2p.
-    fn open_lane(&mut self, peer: libp2p::PeerId, now: Instant) {
-        let secret: [u8; do_p2p::lane::SECRET_LEN] = rand::random();
+    /// Sends `request` to `peer` over libp2p; its answer is handled as `pending` says.
+    fn ask(&mut self, peer: &libp2p::PeerId, request: Request, pending: Pending) {
         let sent = self
             .swarm
             .behaviour_mut()
             .blocks
-            .send_request(&peer, Request::Lane { secret });
-        self.pending.insert(sent, Pending::Lane { secret });
+            .send_request(peer, request);
+        self.pending.insert(sent, pending);
+    }
+
+    /// Asks `peer` for a data lane: a fresh secret, over libp2p.
+    fn open_lane(&mut self, peer: libp2p::PeerId, now: Instant) {
+        let secret: [u8; do_p2p::lane::SECRET_LEN] = rand::random();
+        self.ask(&peer, Request::Lane { secret }, Pending::Lane { secret });
         self.lanes.insert(
             peer,
             Lane::Opening {
@@ -1398,12 +1403,7 @@ impl P2p {
             .get_mut(&download)
             .is_some_and(|s| asking(s).insert(peer))
         {
-            let sent = self
-                .swarm
-                .behaviour_mut()
-                .blocks
-                .send_request(&peer, request);
-            self.pending.insert(sent, pending);
+            self.ask(&peer, request, pending);
         }
     }
 
@@ -1759,14 +1759,14 @@ impl P2p {
         content: ContentId,
         first: u64,
     ) {
-        let sent = self.swarm.behaviour_mut().blocks.send_request(
+        self.ask(
             &peer,
             Request::Hashes {
                 content: *content.as_bytes(),
                 first,
             },
+            Pending::Hashes { download },
         );
-        self.pending.insert(sent, Pending::Hashes { download });
         if let Some(s) = self.swarms.get_mut(&download) {
             s.hashing.insert(peer);
         }
@@ -1785,12 +1785,11 @@ impl P2p {
             .copied()
             .collect();
         for peer in targets {
-            let sent = self
-                .swarm
-                .behaviour_mut()
-                .blocks
-                .send_request(&peer, Request::Status { content });
-            self.pending.insert(sent, Pending::Status { download });
+            self.ask(
+                &peer,
+                Request::Status { content },
+                Pending::Status { download },
+            );
             self.swarms
                 .get_mut(&download)
                 .expect("checked above")
@@ -2252,7 +2251,7 @@ fn claim(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use do_content::{BLOCK_SIZE, BlockIndex, Manifest};
     use do_store::EntryMeta;
 
@@ -2269,7 +2268,12 @@ mod tests {
     }
 
     /// A cache entry for `url` holding `data`, complete if `finish`; its content id.
-    fn entry(store: &Store, url: &str, data: &[u8], finish: bool) -> (EntryId, ContentId) {
+    pub(crate) fn entry(
+        store: &Store,
+        url: &str,
+        data: &[u8],
+        finish: bool,
+    ) -> (EntryId, ContentId) {
         let meta = EntryMeta::new(url, data.len() as u64, None, None);
         let id = store.create_entry(meta).unwrap();
         let manifest = Manifest::from_bytes(data);
