@@ -828,6 +828,15 @@ impl P2p {
         self.lanes.insert(peer, Lane::Off { until });
     }
 
+    /// Answers a peer's libp2p request (a peer that went away meanwhile gets nothing).
+    fn respond(&mut self, channel: ResponseChannel<Response>, response: Response) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .blocks
+            .send_response(channel, response);
+    }
+
     /// Sends `request` to `peer` over libp2p; its answer is handled as `pending` says.
     fn ask(&mut self, peer: &libp2p::PeerId, request: Request, pending: Pending) {
         let sent = self
@@ -994,11 +1003,7 @@ impl P2p {
                         .served_to(class)
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .blocks
-                    .send_response(channel, response);
+                self.respond(channel, response);
                 self.serve_queued(ctx);
                 None
             }
@@ -1255,28 +1260,16 @@ impl P2p {
                         }
                         _ => Response::NotHere,
                     };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .blocks
-                        .send_response(channel, response);
+                    self.respond(channel, response);
                     return None;
                 }
                 // What a download in progress collected is in memory: answered here, at once.
                 if let Some(response) = self.answer_swarming(ctx.engine, &peer, &request) {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .blocks
-                        .send_response(channel, response);
+                    self.respond(channel, response);
                     return None;
                 }
                 if self.queue.len() >= UPLOAD_QUEUE {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .blocks
-                        .send_response(channel, Response::Busy);
+                    self.respond(channel, Response::Busy);
                     return None;
                 }
                 self.queue.push_back((peer, request, channel));
