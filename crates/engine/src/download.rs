@@ -399,7 +399,7 @@ impl Download {
     /// stalled co-fetcher, whether it keeps its part depends on what the others hold: the
     /// shares may move. (Only if the split left one out: what peers hold only grows here, and
     /// a stalled co-fetcher keeps its part while its arcs hold no block that no peer holds, so
-    /// one kept stays kept.)
+    /// one kept stays kept.) A stalled co-fetcher that grows again is back in the split.
     pub(crate) fn note_growth(&mut self, peer: PeerId, held: u64, now: Instant) {
         let mut revived = false;
         if let Some(co) = self.co_fetchers.get_mut(&peer)
@@ -412,7 +412,7 @@ impl Download {
             co.stalled = false;
         }
         let kept_all = matches!(&self.split, Some(Some(split)) if !split.left_out);
-        if (revived || !kept_all) && self.co_fetchers.values().any(|co| co.stalled) {
+        if revived || (!kept_all && self.co_fetchers.values().any(|co| co.stalled)) {
             self.move_shares();
         }
     }

@@ -1763,6 +1763,42 @@ fn a_co_fetcher_that_stops_growing_loses_its_part() {
 }
 
 #[test]
+fn a_co_fetcher_left_out_that_grows_again_is_back_in_the_split() {
+    let mut h = co_fetching();
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+    serve_origin_all(&mut h);
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: p[&1].clone(),
+    });
+    serve_unchecked(&mut h);
+    // Peer 1 (key 1) keeps growing; peer 2 (key 9) brings nothing for the stall timeout and
+    // is left out: it is no longer told to peer 1 as the end of its arcs.
+    h.advance(Duration::from_secs(5));
+    let mut more = p[&1].clone();
+    let extra = p[&5].runs().next().expect("a part").start;
+    more.insert(extra, extra + 1);
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(1),
+        blocks: more,
+    });
+    h.advance(Duration::from_secs(5));
+    let told = |h: &mut Harness| h.engine.co_fetchers_for(ID, 1);
+    let keys = told(&mut h);
+    assert!(keys.iter().all(|&(k, _)| k != 9), "{keys:?}");
+    // Peer 2 grows again, the only co-fetcher that had stalled: it is back in the split.
+    h.input(Input::PeerHas {
+        id: ID,
+        peer: PeerId(2),
+        blocks: p[&9].clone(),
+    });
+    let keys = told(&mut h);
+    assert!(keys.iter().any(|&(k, _)| k == 9), "{keys:?}");
+}
+
+#[test]
 fn while_the_origin_fails_co_fetchers_are_not_cut_out() {
     // The origin fails this node's fetches: its co-fetchers stand still too, so none loses its
     // part (else the whole crowd would ask the origin for everything when it returns), and
