@@ -405,11 +405,11 @@ impl Download {
         if let Some(co) = self.co_fetchers.get_mut(&peer)
             && held > co.held
         {
-            self.co_stall_due.set(None);
             co.held = held;
             co.last_grew = now;
             revived = co.stalled;
             co.stalled = false;
+            self.co_fetchers_changed();
         }
         let kept_all = matches!(&self.split, Some(Some(split)) if !split.left_out);
         if revived || (!kept_all && self.co_fetchers.values().any(|co| co.stalled)) {

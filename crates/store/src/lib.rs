@@ -704,5 +704,6 @@ fn read_at(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     }
     Ok(data)
 }
+
 #[cfg(test)]
 mod tests;
