@@ -18,8 +18,8 @@ use std::{
 use do_engine::PeerClass;
 use do_p2p::{
     lane::{
-        Direction, HEADER_LEN, LaneAnswer, LaneError, LaneRequest, Opener, SECRET_LEN, Sealer,
-        TICKET_LEN, frame_len,
+        Cipher, Direction, HEADER_LEN, LaneAnswer, LaneError, LaneRequest, Opener, SECRET_LEN,
+        Sealer, TICKET_LEN, frame_len,
     },
     wire::{Request, Response},
 };
@@ -50,6 +50,7 @@ pub(crate) const LANE_QUEUE: usize = 64;
 /// A lane's secret and who it was issued to.
 struct Ticket {
     secret: [u8; SECRET_LEN],
+    cipher: Cipher,
     peer: libp2p::PeerId,
     class: PeerClass,
     issued: Instant,
@@ -60,10 +61,12 @@ struct Ticket {
 pub(crate) struct Tickets(Mutex<HashMap<[u8; TICKET_LEN], Ticket>>);
 
 impl Tickets {
-    /// Issues a ticket for `peer`'s secret (tickets older than their lifetime are dropped).
+    /// Issues a ticket for `peer`'s secret, for a lane sealed with `cipher` (tickets older
+    /// than their lifetime are dropped).
     pub(crate) fn issue(
         &self,
         secret: [u8; SECRET_LEN],
+        cipher: Cipher,
         peer: libp2p::PeerId,
         class: PeerClass,
     ) -> [u8; TICKET_LEN] {
@@ -75,6 +78,7 @@ impl Tickets {
             ticket,
             Ticket {
                 secret,
+                cipher,
                 peer,
                 class,
                 issued: now,
@@ -209,8 +213,8 @@ async fn serve(serving: &Serving, mut stream: TcpStream) -> std::io::Result<()> 
     };
     let (peer, class) = (t.peer, t.class);
     debug!(%peer, "data lane opened by a peer");
-    let mut opener = Opener::new(&t.secret, &ticket, Direction::ToServer);
-    let mut sealer = Sealer::new(&t.secret, &ticket, Direction::ToAsker);
+    let mut opener = Opener::new(t.cipher, &t.secret, &ticket, Direction::ToServer);
+    let mut sealer = Sealer::new(t.cipher, &t.secret, &ticket, Direction::ToAsker);
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::channel(READ_AHEAD);
     let banned = |peer| serving.banned.lock().expect("banned").contains(&peer);
@@ -321,12 +325,15 @@ pub(crate) enum LaneEvent {
     },
 }
 
-/// Opens a lane to `peer` at `addr` with the ticket it issued for `secret`, and carries the
-/// jobs sent on the returned channel until the channel is dropped or the lane fails.
+/// Opens a lane to `peer` at `addr` with the ticket it issued for `secret` and `cipher`, and
+/// carries the jobs sent on the returned channel until the channel is dropped or the lane
+/// fails.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn open(
     peer: libp2p::PeerId,
     lane: u64,
     addr: SocketAddr,
+    cipher: Cipher,
     secret: [u8; SECRET_LEN],
     ticket: [u8; TICKET_LEN],
     events: mpsc::Sender<LaneEvent>,
@@ -336,10 +343,8 @@ pub(crate) fn open(
     let task = tokio::spawn(async move {
         // Sent and not yet answered, oldest first (answers come in order).
         let asked: Mutex<VecDeque<Pending>> = Mutex::default();
-        let result = carry(
-            peer, addr, &secret, &ticket, &mut jobs, &asked, &events, &counters,
-        )
-        .await;
+        let keys = (cipher, &secret, &ticket);
+        let result = carry(peer, addr, keys, &mut jobs, &asked, &events, &counters).await;
         if let Err(e) = &result {
             debug!(%peer, %addr, error = %e, "data lane down");
         }
@@ -357,8 +362,7 @@ pub(crate) fn open(
 async fn carry(
     peer: libp2p::PeerId,
     addr: SocketAddr,
-    secret: &[u8; SECRET_LEN],
-    ticket: &[u8; TICKET_LEN],
+    (cipher, secret, ticket): (Cipher, &[u8; SECRET_LEN], &[u8; TICKET_LEN]),
     jobs: &mut mpsc::Receiver<Job>,
     asked: &Mutex<VecDeque<Pending>>,
     events: &mpsc::Sender<LaneEvent>,
@@ -371,8 +375,8 @@ async fn carry(
     stream.write_all(ticket).await?;
     counters.opened.fetch_add(1, Ordering::Relaxed);
     debug!(%peer, %addr, "data lane up");
-    let mut sealer = Sealer::new(secret, ticket, Direction::ToServer);
-    let mut opener = Opener::new(secret, ticket, Direction::ToAsker);
+    let mut sealer = Sealer::new(cipher, secret, ticket, Direction::ToServer);
+    let mut opener = Opener::new(cipher, secret, ticket, Direction::ToAsker);
     let (mut rd, mut wr) = stream.into_split();
     let writer = async {
         while let Some(job) = jobs.recv().await {
@@ -480,6 +484,49 @@ mod tests {
 
     #[tokio::test]
     async fn a_lane_carries_block_requests_in_order_and_counts_what_it_served() {
+        carries_in_order(Cipher::Aegis128L).await;
+    }
+
+    #[tokio::test]
+    async fn a_lane_sealed_with_aes_gcm_for_older_peers_carries_the_same() {
+        carries_in_order(Cipher::Aes256Gcm).await;
+    }
+
+    #[tokio::test]
+    async fn a_lane_whose_two_ends_use_different_ciphers_goes_down_with_nothing_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = file(8 * BLOCK_SIZE);
+        let (store, content) = store_with(dir.path(), &data);
+        let (serving, tickets, _) = serving(store, 2);
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
+        let peer = libp2p::PeerId::random();
+        let secret = [42u8; SECRET_LEN];
+        let ticket = tickets.issue(secret, Cipher::Aes256Gcm, peer, PeerClass::Lan);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+        let counters = Arc::new(LaneCounters::default());
+        let (jobs, _task) = open(
+            peer,
+            3,
+            addr,
+            Cipher::Aegis128L,
+            secret,
+            ticket,
+            events_tx,
+            counters,
+        );
+        jobs.try_send(blocks_job(content, 1, 0, 8)).ok().unwrap();
+        match events.recv().await {
+            Some(LaneEvent::Down { lane, lost, .. }) => {
+                assert_eq!(lane, 3);
+                assert_eq!(lost.iter().map(request_of).collect::<Vec<_>>(), [1]);
+            }
+            _ => panic!("the lane is down, its request lost"),
+        }
+    }
+
+    /// A lane sealed with `cipher` carries requests in order and counts what it served.
+    async fn carries_in_order(cipher: Cipher) {
         let dir = tempfile::tempdir().unwrap();
         let data = file(70 * BLOCK_SIZE + 123);
         let (store, content) = store_with(dir.path(), &data);
@@ -487,7 +534,7 @@ mod tests {
         let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
         let peer = libp2p::PeerId::random();
         let secret = [42u8; SECRET_LEN];
-        let ticket = tickets.issue(secret, peer, PeerClass::Lan);
+        let ticket = tickets.issue(secret, cipher, peer, PeerClass::Lan);
         let (events_tx, mut events) = mpsc::channel(16);
         let lane_counters = Arc::new(LaneCounters::default());
         let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
@@ -495,6 +542,7 @@ mod tests {
             peer,
             7,
             addr,
+            cipher,
             secret,
             ticket,
             events_tx,
@@ -539,7 +587,16 @@ mod tests {
         // A ticket opens one lane: a second connection with it is refused, and its requests
         // come back as lost.
         let (events_tx, mut events) = mpsc::channel(16);
-        let (jobs, _task) = open(peer, 8, addr, secret, ticket, events_tx, lane_counters);
+        let (jobs, _task) = open(
+            peer,
+            8,
+            addr,
+            cipher,
+            secret,
+            ticket,
+            events_tx,
+            lane_counters,
+        );
         jobs.try_send(blocks_job(content, 5, 0, 1)).ok().unwrap();
         match events.recv().await {
             Some(LaneEvent::Down { lane, lost, .. }) => {
@@ -587,12 +644,13 @@ mod tests {
         });
         let peer = libp2p::PeerId::random();
         let secret = [1u8; SECRET_LEN];
-        let ticket = tickets.issue(secret, peer, PeerClass::Lan);
+        let ticket = tickets.issue(secret, Cipher::Aegis128L, peer, PeerClass::Lan);
         let (events_tx, mut events) = mpsc::channel(16);
         let (jobs, _task) = open(
             peer,
             1,
             proxy_addr,
+            Cipher::Aegis128L,
             secret,
             ticket,
             events_tx,
@@ -626,6 +684,7 @@ mod tests {
             peer,
             1,
             addr,
+            Cipher::Aegis128L,
             secret,
             [0; TICKET_LEN],
             events_tx,
@@ -635,9 +694,18 @@ mod tests {
         assert!(matches!(events.recv().await, Some(LaneEvent::Down { .. })));
 
         // A lane whose peer is banned after it opened.
-        let ticket = tickets.issue(secret, peer, PeerClass::Lan);
+        let ticket = tickets.issue(secret, Cipher::Aegis128L, peer, PeerClass::Lan);
         let (events_tx, mut events) = mpsc::channel(16);
-        let (jobs, _t) = open(peer, 2, addr, secret, ticket, events_tx, Arc::default());
+        let (jobs, _t) = open(
+            peer,
+            2,
+            addr,
+            Cipher::Aegis128L,
+            secret,
+            ticket,
+            events_tx,
+            Arc::default(),
+        );
         jobs.try_send(blocks_job(content, 2, 0, 1)).ok().unwrap();
         assert!(matches!(
             events.recv().await,

@@ -22,6 +22,7 @@ use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId
 use do_origin::Validators;
 use do_p2p::{
     BehaviourEvent,
+    lane::Cipher,
     wire::{self, MAX_HASHES, Request, Response},
 };
 use do_store::{EntryId, Store};
@@ -212,6 +213,7 @@ pub(crate) enum Pending {
     },
     Lane {
         secret: [u8; do_p2p::lane::SECRET_LEN],
+        cipher: Cipher,
     },
 }
 
@@ -290,6 +292,9 @@ pub(crate) struct P2p {
     /// Lanes to a peer that failed in a row (none answered a request since): each doubles the
     /// wait for the next (a peer behind a NAT offers a port nobody can reach).
     lane_failures: HashMap<libp2p::PeerId, u32>,
+    /// Peers that failed an AEGIS-128L lane request (they predate it): asked for AES-256-GCM
+    /// lanes until they reconnect.
+    lane_aes: HashSet<libp2p::PeerId>,
     next_lane: u64,
     lane_tx: mpsc::Sender<LaneEvent>,
     lane_rx: mpsc::Receiver<LaneEvent>,
@@ -393,6 +398,7 @@ impl P2p {
             tickets: Arc::default(),
             lanes: HashMap::new(),
             lane_failures: HashMap::new(),
+            lane_aes: HashSet::new(),
             next_lane: 1,
             lane_tx,
             lane_rx,
@@ -849,8 +855,12 @@ impl P2p {
 
     /// Asks `peer` for a data lane: a fresh secret, over libp2p.
     fn open_lane(&mut self, peer: libp2p::PeerId, now: Instant) {
-        let secret: [u8; do_p2p::lane::SECRET_LEN] = rand::random();
-        self.ask(&peer, Request::Lane { secret }, Pending::Lane { secret });
+        let cipher = if self.lane_aes.contains(&peer) {
+            Cipher::Aes256Gcm
+        } else {
+            Cipher::Aegis128L
+        };
+        self.ask_lane(peer, cipher);
         self.lanes.insert(
             peer,
             Lane::Opening {
@@ -860,13 +870,23 @@ impl P2p {
         );
     }
 
+    /// Sends `peer` a lane request for `cipher`, with a fresh secret.
+    fn ask_lane(&mut self, peer: libp2p::PeerId, cipher: Cipher) {
+        let secret: [u8; do_p2p::lane::SECRET_LEN] = rand::random();
+        let request = match cipher {
+            Cipher::Aegis128L => Request::AegisLane { secret },
+            Cipher::Aes256Gcm => Request::Lane { secret },
+        };
+        self.ask(&peer, request, Pending::Lane { secret, cipher });
+    }
+
     /// A peer answered a lane request: the lane is opened to its address at the port it
     /// named; without a ticket, or without an IP address to reach it at, it has none.
     fn on_lane(
         &mut self,
         ctx: &mut Ctx<'_>,
         from: libp2p::PeerId,
-        secret: [u8; 32],
+        (secret, cipher): ([u8; 32], Cipher),
         response: Response,
     ) {
         let waiting = match self.lanes.remove(&from) {
@@ -895,6 +915,7 @@ impl P2p {
                     from,
                     id,
                     addr,
+                    cipher,
                     secret,
                     ticket,
                     self.lane_tx.clone(),
@@ -1118,6 +1139,7 @@ impl P2p {
                 self.dialer.disconnected(ctx.now, &peer_id);
                 let lane = self.lanes.remove(&peer_id);
                 self.lane_failures.remove(&peer_id);
+                self.lane_aes.remove(&peer_id);
                 if let Some(Known { id, .. }) = self.peers.remove(&peer_id) {
                     info!(peer = %peer_id, "peer gone");
                     self.by_engine.remove(&id);
@@ -1249,10 +1271,15 @@ impl P2p {
                 ..
             } => {
                 // A lane is offered at once: a ticket for the asker's secret.
-                if let Request::Lane { secret } = request {
+                let lane = match request {
+                    Request::AegisLane { secret } => Some((secret, Cipher::Aegis128L)),
+                    Request::Lane { secret } => Some((secret, Cipher::Aes256Gcm)),
+                    _ => None,
+                };
+                if let Some((secret, cipher)) = lane {
                     let response = match (&self.lane_server, self.peers.get(&peer)) {
                         (Some(server), Some(known)) if !self.banned.contains(&peer) => {
-                            let ticket = self.tickets.issue(secret, peer, known.class);
+                            let ticket = self.tickets.issue(secret, cipher, peer, known.class);
                             Response::Lane {
                                 port: server.port,
                                 ticket,
@@ -1295,7 +1322,21 @@ impl P2p {
                 ..
             } => {
                 debug!(%peer, %error, "peer request failed");
-                if let Some(pending) = self.pending.remove(&request_id) {
+                let pending = self.pending.remove(&request_id);
+                if let Some(Pending::Lane {
+                    cipher: Cipher::Aegis128L,
+                    ..
+                }) = pending
+                    && matches!(self.lanes.get(&peer), Some(Lane::Opening { .. }))
+                {
+                    // A peer that predates AEGIS-128L lanes fails the request: it is asked
+                    // for the lane it knows (while the blocks waiting for the lane wait on).
+                    debug!(%peer, "asking for an AES-256-GCM lane instead");
+                    self.lane_aes.insert(peer);
+                    self.ask_lane(peer, Cipher::Aes256Gcm);
+                    return None;
+                }
+                if let Some(pending) = pending {
                     return self.on_response(peer, pending, Response::NotHere, ctx);
                 }
             }
@@ -1446,8 +1487,8 @@ impl P2p {
         match pending {
             Pending::Manifest { download } => return self.on_manifest(download, response),
             Pending::Claim { download } => return self.on_claim(download, response),
-            Pending::Lane { secret } => {
-                self.on_lane(ctx, from, secret, response);
+            Pending::Lane { secret, cipher } => {
+                self.on_lane(ctx, from, (secret, cipher), response);
                 return None;
             }
             _ => {}
@@ -2149,7 +2190,7 @@ pub(crate) fn answer(
         | Request::CoFetchers { content }
         | Request::Near { content } => ContentId::from_bytes(*content),
         // (The actor answers lane requests at once.)
-        Request::Lane { .. } => return Response::NotHere,
+        Request::Lane { .. } | Request::AegisLane { .. } => return Response::NotHere,
         Request::Claim { .. } if !claims => return Response::NotHere,
         Request::Claim {
             url,
@@ -2184,7 +2225,8 @@ pub(crate) fn answer(
         | Request::Claim { .. }
         | Request::CoFetchers { .. }
         | Request::Near { .. }
-        | Request::Lane { .. } => Ok(Response::NotHere),
+        | Request::Lane { .. }
+        | Request::AegisLane { .. } => Ok(Response::NotHere),
         Request::Have { .. } => store.verified(id).map(|set| Response::Have(runs(set))),
         Request::Status { .. } => store.verified(id).map(|set| Response::Status {
             have: runs(set),

@@ -118,6 +118,13 @@ pub enum Request {
         /// The asker's secret, drawn fresh for this lane.
         secret: [u8; crate::lane::SECRET_LEN],
     },
+    /// Open a data lane sealed with AEGIS-128L ([`crate::lane::Cipher::Aegis128L`]), answered
+    /// like [`Request::Lane`]. A peer that predates it fails it: it is then asked for a
+    /// [`Request::Lane`].
+    AegisLane {
+        /// The asker's secret, drawn fresh for this lane.
+        secret: [u8; crate::lane::SECRET_LEN],
+    },
 }
 
 /// Most block hashes one [`Response::Hashes`] carries.
@@ -425,6 +432,7 @@ mod tests {
             any::<[u8; 32]>().prop_map(|content| Request::CoFetchers { content }),
             any::<[u8; 32]>().prop_map(|content| Request::Near { content }),
             any::<[u8; 32]>().prop_map(|secret| Request::Lane { secret }),
+            any::<[u8; 32]>().prop_map(|secret| Request::AegisLane { secret }),
             (any::<[u8; 32]>(), any::<u64>())
                 .prop_map(|(content, first)| Request::Hashes { content, first }),
             (

@@ -4,7 +4,7 @@
 #![no_main]
 
 use do_p2p::lane::{
-    Direction, HEADER_LEN, LaneAnswer, LaneRequest, Opener, SECRET_LEN, Sealer, TICKET_LEN,
+    Cipher, Direction, HEADER_LEN, LaneAnswer, LaneRequest, Opener, SECRET_LEN, Sealer, TICKET_LEN,
     frame_len,
 };
 use libfuzzer_sys::fuzz_target;
@@ -21,15 +21,19 @@ fuzz_target!(|data: &[u8]| {
     if data.len() >= HEADER_LEN {
         let header: [u8; HEADER_LEN] = data[..HEADER_LEN].try_into().unwrap();
         let _ = frame_len(header);
-        let mut body = data[HEADER_LEN..].to_vec();
-        let mut opener = Opener::new(&secret, &ticket, Direction::ToAsker);
-        let _ = opener.open(header, &mut body);
+        for cipher in [Cipher::Aegis128L, Cipher::Aes256Gcm] {
+            let mut body = data[HEADER_LEN..].to_vec();
+            let mut opener = Opener::new(cipher, &secret, &ticket, Direction::ToAsker);
+            let _ = opener.open(header, &mut body);
+        }
     }
-    let mut sealer = Sealer::new(&secret, &ticket, Direction::ToServer);
-    let mut opener = Opener::new(&secret, &ticket, Direction::ToServer);
-    let frame = sealer.seal_frame(data).unwrap();
-    let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
-    let mut body = frame[HEADER_LEN..].to_vec();
-    let len = opener.open(header, &mut body).unwrap();
-    assert_eq!(&body[..len], data);
+    for cipher in [Cipher::Aegis128L, Cipher::Aes256Gcm] {
+        let mut sealer = Sealer::new(cipher, &secret, &ticket, Direction::ToServer);
+        let mut opener = Opener::new(cipher, &secret, &ticket, Direction::ToServer);
+        let frame = sealer.seal_frame(data).unwrap();
+        let header: [u8; HEADER_LEN] = frame[..HEADER_LEN].try_into().unwrap();
+        let mut body = frame[HEADER_LEN..].to_vec();
+        let len = opener.open(header, &mut body).unwrap();
+        assert_eq!(&body[..len], data);
+    }
 });
