@@ -73,7 +73,7 @@ pub(crate) struct Args {
     #[arg(long, value_name = "PORT")]
     p2p_port: Option<u16>,
     /// Ask peers for blocks over libp2p only, and offer them no data lanes (direct TCP
-    /// connections sealed with AES-256-GCM) [default: lanes on].
+    /// connections sealed with AEGIS-128L) [default: lanes on].
     #[arg(long)]
     no_data_lanes: bool,
     /// The TCP port the node's data lanes are opened at; 0: any free port [default: 0].

@@ -96,7 +96,7 @@ pub struct P2pConfig {
     /// in Internet mode and in Group mode (where they must be members). Default none.
     pub bootstrap: Vec<libp2p::Multiaddr>,
     /// Carry block requests to peers on data lanes (direct TCP connections sealed with
-    /// AES-256-GCM under keys agreed over libp2p; see `do_p2p::lane`), and offer lanes to
+    /// AEGIS-128L under keys agreed over libp2p; see `do_p2p::lane`), and offer lanes to
     /// peers; libp2p carries them when a peer offers none. Default true.
     pub data_lanes: bool,
     /// Where the lane server listens. Default all IPv4 addresses, a free TCP port (told to
