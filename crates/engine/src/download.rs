@@ -62,6 +62,10 @@ pub(crate) struct Download {
     pub(crate) fetches: BTreeMap<RequestId, RangeSet>,
     /// The requests among `fetches` that went to peers.
     pub(crate) peer_requests: BTreeMap<RequestId, PeerRequest>,
+    /// Origin fetches cut down to the blocks of this node's share they are bringing (their
+    /// span left the share): each is cancelled once those are in, so that none of the bytes
+    /// of the block in flight are lost.
+    pub(crate) trimmed: BTreeSet<RequestId>,
     /// Endgame pairs: a slow peer request and the copy of it sent to another peer, each
     /// mapped to the other. The blocks one brings are struck from the other's; the one left
     /// owing nothing is cancelled. A request has at most one copy.
@@ -169,6 +173,7 @@ impl Download {
             needed_bits: BlockBits::default(),
             fetches: BTreeMap::new(),
             peer_requests: BTreeMap::new(),
+            trimmed: BTreeSet::new(),
             twins: BTreeMap::new(),
             endgame: false,
             haves: BTreeMap::new(),
@@ -348,6 +353,36 @@ impl Download {
     pub(crate) fn begin_fetch(&mut self, request: RequestId, blocks: Range<u64>) {
         self.fetches
             .insert(request, std::iter::once(blocks).collect());
+    }
+
+    /// Cuts origin fetch `request` down to the run of its owed blocks inside `share` that
+    /// starts with the block it brings now (an origin fetch brings its span in order), and
+    /// returns the rest it owed. `None`, and nothing cut: the block it brings now lies outside
+    /// `share` (it is to be cancelled).
+    pub(crate) fn trim_fetch(&mut self, request: RequestId, share: &RangeSet) -> Option<RangeSet> {
+        let owed = self.fetches.get_mut(&request)?;
+        let first = owed.runs().next()?;
+        let keep = share
+            .clipped(first.start, first.end)
+            .runs()
+            .next()
+            .filter(|r| r.start == first.start)?;
+        let mut rest = std::mem::take(owed);
+        rest.remove(keep.start, keep.end);
+        owed.insert(keep.start, keep.end);
+        self.trimmed.insert(request);
+        Some(rest)
+    }
+
+    /// A trimmed origin fetch (see [`Download::trim_fetch`]) that now owes nothing: it is
+    /// ended here, to be cancelled.
+    pub(crate) fn end_if_trimmed_and_done(&mut self, request: RequestId) -> bool {
+        let done = self.trimmed.contains(&request)
+            && self.fetches.get(&request).is_none_or(RangeSet::is_empty);
+        if done {
+            self.end_fetch(request);
+        }
+        done
     }
 
     /// A block arrived for `request`: its twin (if any) no longer owes it. Returns the twin
@@ -551,6 +586,7 @@ impl Download {
     pub(crate) fn end_fetch(&mut self, request: RequestId) {
         self.fetches.remove(&request);
         self.peer_requests.remove(&request);
+        self.trimmed.remove(&request);
         if let Some(twin) = self.twins.remove(&request) {
             self.twins.remove(&twin);
         }

@@ -927,6 +927,13 @@ impl Engine {
         // Endgame: the block's twin request no longer owes it; a twin that owes nothing is
         // cancelled, and its peer's slot is free for the next pass.
         let mut freed = false;
+        // An origin fetch cut down to this block is done: its connection is free.
+        if d.end_if_trimmed_and_done(request) {
+            self.requests.remove(&request);
+            self.actions.push_back(Action::Cancel { request });
+            freed = true;
+        }
+        let d = self.downloads.get_mut(&id).expect("live");
         if let Some(twin) = d.strike_from_twin(request, block.0) {
             d.end_fetch(twin);
             self.requests.remove(&twin);

@@ -644,10 +644,14 @@ impl Engine {
         Some(missing)
     }
 
-    /// Cancels the origin fetches that bring blocks outside this node's share (the share
-    /// shrank: a co-fetcher joined and takes them over); their unfetched blocks go back to
-    /// `missing`, and what lies inside the share is asked for again. Without this, every node
-    /// that started before the others came would fetch its first, larger share to the end.
+    /// Cuts down or cancels the origin fetches that bring blocks outside this node's share
+    /// (the share shrank: a co-fetcher joined and takes them over). A fetch whose block in
+    /// flight is still in the share goes on through the share's blocks that follow it, then
+    /// is cancelled: cancelling it at once threw away the part of that block that had come,
+    /// and asked again for the rest. A fetch whose block in flight left the share is
+    /// cancelled at once. What they owed beyond goes back to `missing`, and what lies inside
+    /// the share is asked for again. Without this, every node that started before the others
+    /// came would fetch its first, larger share to the end.
     pub(crate) fn cancel_stray_origin_fetches(&mut self, id: DownloadId, missing: &mut BlockBits) {
         let d = self.downloads.get_mut(&id).expect("live");
         // Only when the share may have moved: computing it can sweep every peer's holdings.
@@ -668,8 +672,20 @@ impl Engine {
             .filter(|(_, owed)| !owed.difference(share).is_empty())
             .map(|(&r, _)| r)
             .collect();
+        let share = share.clone();
         for request in stray {
             let d = self.downloads.get_mut(&id).expect("live");
+            if let Some(rest) = d.trim_fetch(request, &share) {
+                for run in rest.runs() {
+                    missing.insert(run);
+                }
+                debug!(
+                    download = id.0,
+                    request = request.0,
+                    "origin fetch beyond the share: cut to the share's blocks it brings next"
+                );
+                continue;
+            }
             if let Some(owed) = d.fetches.get(&request) {
                 for run in owed.runs() {
                     missing.insert(run);

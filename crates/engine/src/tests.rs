@@ -1998,11 +1998,10 @@ proptest! {
     }
 }
 
-#[test]
-fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
-    // Alone at first, this node asks the origin for the whole file; when a peer starts the
-    // same file, the fetches outside this node's half are cancelled (else both would fetch
-    // that half), and what lies inside it is asked for again.
+/// A node alone asks the origin for the whole file on one connection; blocks `0..arrived`
+/// come, then a co-fetcher (key 8) starts the same file. The harness, the fetch, and this
+/// node's part of the file (key 5).
+fn joined_while_fetching(arrived: u64) -> (Harness, RequestId, RangeSet) {
     let config = Config {
         node_key: 5,
         origin_connections: 1,
@@ -2023,10 +2022,10 @@ fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
         .collect();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].1.blocks(), 0..90, "alone: the whole file");
-    // Ten blocks arrive, then a peer starts the file: this node keeps only its pieces.
-    for b in 0..10 {
+    let request = first[0].0;
+    for b in 0..arrived {
         h.input(Input::Block {
-            request: first[0].0,
+            request,
             block: BlockIndex(b),
         });
     }
@@ -2037,28 +2036,90 @@ fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
     h.input(Input::PeerFetching {
         id: ID,
         peer: PeerId(1),
-        key: 9,
+        key: 8,
     });
-    let actions = h.take();
-    assert!(
-        actions.contains(&Action::Cancel {
-            request: first[0].0
-        }),
-        "the whole-file fetch is cancelled: {actions:?}"
-    );
-    let again: Vec<std::ops::Range<u64>> = actions
+    let mine = parts(&[5, 8], 90).remove(&5).expect("a member");
+    (h, request, mine)
+}
+
+fn fetched_spans(actions: &[Action]) -> Vec<std::ops::Range<u64>> {
+    actions
         .iter()
         .filter_map(|a| match a {
             Action::Fetch { range, .. } => Some(range.blocks()),
             _ => None,
         })
-        .collect();
-    let mut rest = parts(&[5, 9], 90).remove(&5).expect("a member");
-    rest.remove(0, 10);
+        .collect()
+}
+
+#[test]
+fn a_co_fetcher_that_joins_late_takes_over_its_part_of_the_origin_work() {
+    // Alone at first, this node asks the origin for the whole file. When a peer starts the
+    // same file while the block in flight is in this node's part, the fetch goes on through
+    // that run of its part (the block in flight is not thrown away), then is cancelled, and
+    // the rest of its part is asked for again; nothing of the peer's part is fetched.
+    // (This node's part: 0..12, 64..75 and 79..90.)
+    let mine = parts(&[5, 8], 90).remove(&5).expect("a member");
+    let run = mine
+        .runs()
+        .find(|r| r.start > 0 && r.end < 90)
+        .expect("a run of this node's part inside the file");
+    let (mut h, request, mine) = joined_while_fetching(run.start);
+    let actions = h.take();
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Cancel { .. } | Action::Fetch { .. })),
+        "the fetch goes on (and holds the only connection): {actions:?}"
+    );
+    assert_eq!(
+        h.engine.downloads[&ID].fetches[&request],
+        std::iter::once(run.clone()).collect::<RangeSet>(),
+        "it owes the run of this node's part it is in"
+    );
+    for b in run.clone() {
+        h.input(Input::Block {
+            request,
+            block: BlockIndex(b),
+        });
+    }
+    let actions = h.take();
+    assert!(
+        actions.contains(&Action::Cancel { request }),
+        "the run in, the fetch is cancelled: {actions:?}"
+    );
+    let mut rest = mine.clone();
+    rest.remove(0, run.end);
     assert!(!rest.is_empty());
     assert_eq!(
-        again,
-        rest.runs().collect::<Vec<_>>(),
+        fetched_spans(&actions),
+        rest.runs().take(1).collect::<Vec<_>>(),
+        "the rest of this node's part only, its first run on the one connection"
+    );
+}
+
+#[test]
+fn a_fetch_whose_block_in_flight_left_the_share_is_cancelled_at_once() {
+    // The block in flight is in the peer's part: the fetch is cancelled at once (else both
+    // would fetch the peer's part), and the rest of this node's part is asked for.
+    let mine = parts(&[5, 8], 90).remove(&5).expect("a member");
+    let gap = mine
+        .runs()
+        .map(|r| r.end)
+        .find(|&e| e < 90)
+        .expect("a block of the peer's part after one of this node's");
+    assert!(!mine.contains(gap));
+    let (mut h, request, mine) = joined_while_fetching(gap);
+    let actions = h.take();
+    assert!(
+        actions.contains(&Action::Cancel { request }),
+        "the fetch is cancelled: {actions:?}"
+    );
+    let mut rest = mine.clone();
+    rest.remove(0, gap);
+    assert_eq!(
+        fetched_spans(&actions),
+        rest.runs().take(1).collect::<Vec<_>>(),
         "the rest of this node's part only"
     );
 }
