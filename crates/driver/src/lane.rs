@@ -41,6 +41,9 @@ use crate::{
 const TICKET_LIFETIME: Duration = Duration::from_secs(30);
 /// How long a lane's connection and its ticket may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A lane idle this long is closed ([`Dial::idle`]): a node that took a file from hundreds of
+/// peers keeps no connection to each of them.
+pub(crate) const LANE_IDLE: Duration = Duration::from_secs(60);
 /// Answers a lane computes ahead of the one being sent.
 const READ_AHEAD: usize = 1;
 /// Block requests a lane holds before they are written (the engine keeps fewer than this in
@@ -316,26 +319,44 @@ pub(crate) enum LaneEvent {
         pending: Pending,
         response: Response,
     },
-    /// The lane is down (it could not connect, the peer closed it, or a frame failed): the
-    /// requests it had not answered, to be failed.
+    /// The lane is down (it could not connect, the peer closed it, or a frame failed; or,
+    /// `idle`, it carried nothing for [`Dial::idle`] and was closed): the requests it had not
+    /// answered, to be asked again.
     Down {
         peer: libp2p::PeerId,
         lane: u64,
         lost: Vec<Pending>,
+        idle: bool,
     },
 }
 
-/// Opens a lane to `peer` at `addr` with the ticket it issued for `secret` and `cipher`, and
-/// carries the jobs sent on the returned channel until the channel is dropped or the lane
-/// fails.
-#[allow(clippy::too_many_arguments)]
+/// Where and how to open a lane: the peer's lane address, and the ticket it issued for
+/// `secret` and `cipher`.
+pub(crate) struct Dial {
+    pub(crate) addr: SocketAddr,
+    pub(crate) cipher: Cipher,
+    pub(crate) secret: [u8; SECRET_LEN],
+    pub(crate) ticket: [u8; TICKET_LEN],
+    /// A lane given no request for this long while none is in flight is closed (its
+    /// connection and tasks, and the peer's, are freed; a new lane is opened when blocks are
+    /// asked of the peer again).
+    pub(crate) idle: Duration,
+}
+
+/// How a lane ended without failing.
+enum Closed {
+    /// The actor dropped it.
+    Dropped,
+    /// Nothing to carry for [`Dial::idle`].
+    Idle,
+}
+
+/// Opens a lane to `peer` as `dial` says, and carries the jobs sent on the returned channel
+/// until the channel is dropped, the lane idles out or it fails.
 pub(crate) fn open(
     peer: libp2p::PeerId,
     lane: u64,
-    addr: SocketAddr,
-    cipher: Cipher,
-    secret: [u8; SECRET_LEN],
-    ticket: [u8; TICKET_LEN],
+    dial: Dial,
     events: mpsc::Sender<LaneEvent>,
     counters: Arc<LaneCounters>,
 ) -> (mpsc::Sender<Job>, JoinHandle<()>) {
@@ -343,31 +364,44 @@ pub(crate) fn open(
     let task = tokio::spawn(async move {
         // Sent and not yet answered, oldest first (answers come in order).
         let asked: Mutex<VecDeque<Pending>> = Mutex::default();
-        let keys = (cipher, &secret, &ticket);
-        let result = carry(peer, addr, keys, &mut jobs, &asked, &events, &counters).await;
-        if let Err(e) = &result {
-            debug!(%peer, %addr, error = %e, "data lane down");
+        let result = carry(peer, &dial, &mut jobs, &asked, &events, &counters).await;
+        let idle = matches!(result, Ok(Closed::Idle));
+        match &result {
+            Err(e) => debug!(%peer, addr = %dial.addr, error = %e, "data lane down"),
+            Ok(Closed::Idle) => debug!(%peer, addr = %dial.addr, "idle data lane closed"),
+            Ok(Closed::Dropped) => {}
         }
         jobs.close();
         let mut lost: Vec<Pending> = asked.into_inner().expect("asked").into();
         while let Ok(job) = jobs.try_recv() {
             lost.push(job.pending);
         }
-        let _ = events.send(LaneEvent::Down { peer, lane, lost }).await;
+        let down = LaneEvent::Down {
+            peer,
+            lane,
+            lost,
+            idle,
+        };
+        let _ = events.send(down).await;
     });
     (tx, task)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn carry(
     peer: libp2p::PeerId,
-    addr: SocketAddr,
-    (cipher, secret, ticket): (Cipher, &[u8; SECRET_LEN], &[u8; TICKET_LEN]),
+    dial: &Dial,
     jobs: &mut mpsc::Receiver<Job>,
     asked: &Mutex<VecDeque<Pending>>,
     events: &mpsc::Sender<LaneEvent>,
     counters: &LaneCounters,
-) -> std::io::Result<()> {
+) -> std::io::Result<Closed> {
+    let Dial {
+        addr,
+        cipher,
+        ref secret,
+        ref ticket,
+        idle,
+    } = *dial;
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
@@ -379,13 +413,19 @@ async fn carry(
     let mut opener = Opener::new(cipher, secret, ticket, Direction::ToAsker);
     let (mut rd, mut wr) = stream.into_split();
     let writer = async {
-        while let Some(job) = jobs.recv().await {
+        loop {
+            let job = match tokio::time::timeout(idle, jobs.recv()).await {
+                Ok(Some(job)) => job,
+                // The actor dropped the lane.
+                Ok(None) => return Ok::<_, std::io::Error>(Closed::Dropped),
+                Err(_) if asked.lock().expect("asked").is_empty() => return Ok(Closed::Idle),
+                // Answers are still to come (a slow peer: the engine's stall timeout decides).
+                Err(_) => continue,
+            };
             asked.lock().expect("asked").push_back(job.pending);
             let frame = sealer.seal_frame(&job.request.encode()).map_err(invalid)?;
             wr.write_all(&frame).await?;
         }
-        // The actor dropped the lane.
-        Ok::<_, std::io::Error>(())
     };
     let reader = async {
         loop {
@@ -414,7 +454,7 @@ async fn carry(
                 response,
             };
             if events.send(answer).await.is_err() {
-                return Ok(());
+                return Ok(Closed::Dropped);
             }
         }
     };
@@ -508,10 +548,7 @@ mod tests {
         let (jobs, _task) = open(
             peer,
             3,
-            addr,
-            Cipher::Aegis128L,
-            secret,
-            ticket,
+            dial(addr, Cipher::Aegis128L, secret, ticket),
             events_tx,
             counters,
         );
@@ -522,6 +559,66 @@ mod tests {
                 assert_eq!(lost.iter().map(request_of).collect::<Vec<_>>(), [1]);
             }
             _ => panic!("the lane is down, its request lost"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_with_nothing_to_carry_closes_as_idle_and_takes_no_more_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = file(4 * BLOCK_SIZE);
+        let (store, content) = store_with(dir.path(), &data);
+        let (serving, tickets, _) = serving(store, 2);
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
+        let peer = libp2p::PeerId::random();
+        let secret = [42u8; SECRET_LEN];
+        let ticket = tickets.issue(secret, Cipher::Aegis128L, peer, PeerClass::Lan);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+        let idle = Duration::from_millis(300);
+        let dial = Dial {
+            idle,
+            ..dial(addr, Cipher::Aegis128L, secret, ticket)
+        };
+        let started = Instant::now();
+        let (jobs, task) = open(peer, 5, dial, events_tx, Arc::default());
+        jobs.try_send(blocks_job(content, 1, 0, 4)).ok().unwrap();
+        match events.recv().await {
+            Some(LaneEvent::Answer { response, .. }) => {
+                assert!(matches!(response, Response::Blocks { .. }), "{response:?}");
+            }
+            _ => panic!("an answer"),
+        }
+        match events.recv().await {
+            Some(LaneEvent::Down {
+                lane,
+                lost,
+                idle: true,
+                ..
+            }) => {
+                assert_eq!(lane, 5);
+                assert!(lost.is_empty());
+            }
+            _ => panic!("the lane closes as idle"),
+        }
+        assert!(started.elapsed() >= idle);
+        task.await.unwrap();
+        // The lane's channel is closed: the actor's next request goes to a new lane.
+        assert!(jobs.try_send(blocks_job(content, 2, 0, 1)).is_err());
+    }
+
+    /// How the tests open lanes (idle lanes close after a minute, as in the node).
+    fn dial(
+        addr: SocketAddr,
+        cipher: Cipher,
+        secret: [u8; SECRET_LEN],
+        ticket: [u8; TICKET_LEN],
+    ) -> Dial {
+        Dial {
+            addr,
+            cipher,
+            secret,
+            ticket,
+            idle: LANE_IDLE,
         }
     }
 
@@ -541,10 +638,7 @@ mod tests {
         let (jobs, _task) = open(
             peer,
             7,
-            addr,
-            cipher,
-            secret,
-            ticket,
+            dial(addr, cipher, secret, ticket),
             events_tx,
             Arc::clone(&lane_counters),
         );
@@ -590,10 +684,7 @@ mod tests {
         let (jobs, _task) = open(
             peer,
             8,
-            addr,
-            cipher,
-            secret,
-            ticket,
+            dial(addr, cipher, secret, ticket),
             events_tx,
             lane_counters,
         );
@@ -649,10 +740,7 @@ mod tests {
         let (jobs, _task) = open(
             peer,
             1,
-            proxy_addr,
-            Cipher::Aegis128L,
-            secret,
-            ticket,
+            dial(proxy_addr, Cipher::Aegis128L, secret, ticket),
             events_tx,
             Arc::default(),
         );
@@ -683,10 +771,7 @@ mod tests {
         let (jobs, _t) = open(
             peer,
             1,
-            addr,
-            Cipher::Aegis128L,
-            secret,
-            [0; TICKET_LEN],
+            dial(addr, Cipher::Aegis128L, secret, [0; TICKET_LEN]),
             events_tx,
             Arc::default(),
         );
@@ -699,10 +784,7 @@ mod tests {
         let (jobs, _t) = open(
             peer,
             2,
-            addr,
-            Cipher::Aegis128L,
-            secret,
-            ticket,
+            dial(addr, Cipher::Aegis128L, secret, ticket),
             events_tx,
             Arc::default(),
         );

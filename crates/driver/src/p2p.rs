@@ -911,13 +911,17 @@ impl P2p {
                 let id = self.next_lane;
                 self.next_lane += 1;
                 let addr = std::net::SocketAddr::new(ip, port);
-                let (jobs, _task) = lane::open(
-                    from,
-                    id,
+                let dial = lane::Dial {
                     addr,
                     cipher,
                     secret,
                     ticket,
+                    idle: lane::LANE_IDLE,
+                };
+                let (jobs, _task) = lane::open(
+                    from,
+                    id,
+                    dial,
                     self.lane_tx.clone(),
                     Arc::clone(&self.lane_counters),
                 );
@@ -1008,11 +1012,21 @@ impl P2p {
                 self.lane_failures.remove(&peer);
                 self.on_response(peer, pending, response, ctx)
             }
-            P2pEvent::Lane(LaneEvent::Down { peer, lane, lost }) => {
+            P2pEvent::Lane(LaneEvent::Down {
+                peer,
+                lane,
+                lost,
+                idle,
+            }) => {
                 if let Some(Lane::Up { id, .. }) = self.lanes.get(&peer)
                     && *id == lane
                 {
-                    self.lane_failed(peer, ctx.now);
+                    if idle {
+                        // Closed for want of work: the next request opens another at once.
+                        self.lanes.remove(&peer);
+                    } else {
+                        self.lane_failed(peer, ctx.now);
+                    }
                 }
                 self.resend(ctx, peer, lost);
                 None
