@@ -94,7 +94,8 @@ pub(crate) struct Download {
     /// (a timer then, to ask it once the wait is over).
     pub(crate) near_until: Option<Instant>,
     /// Peers fetching this file at the same time, who split the origin's work with this node.
-    pub(crate) co_fetchers: BTreeMap<PeerId, CoFetcher>,
+    /// (Changed only through the methods below, which keep `co_stall_due` true.)
+    co_fetchers: BTreeMap<PeerId, CoFetcher>,
     /// When the first co-fetcher still growing would be judged stalled, as last computed from
     /// `co_fetchers` (`None`: to compute again; every change to them clears it: see
     /// [`Download::co_fetchers_changed`]). The driver asks for timers after every input.
@@ -411,8 +412,59 @@ impl Download {
 
     /// `co_fetchers` changed (one came, went, grew or stalled): when the next one stalls is
     /// computed again.
-    pub(crate) fn co_fetchers_changed(&self) {
+    fn co_fetchers_changed(&self) {
         self.co_stall_due.set(None);
+    }
+
+    /// The peers fetching the same file.
+    pub(crate) fn co_fetchers(&self) -> &BTreeMap<PeerId, CoFetcher> {
+        &self.co_fetchers
+    }
+
+    /// `peer` fetches the same file (kept as it was if known already): the shares may move.
+    pub(crate) fn add_co_fetcher(&mut self, peer: PeerId, co: CoFetcher) {
+        self.co_fetchers.entry(peer).or_insert(co);
+        self.co_fetchers_changed();
+        self.move_shares();
+    }
+
+    /// `peer` fetches the file no more (as far as this node is concerned): the shares move if
+    /// it did.
+    pub(crate) fn remove_co_fetcher(&mut self, peer: PeerId) {
+        if self.co_fetchers.remove(&peer).is_some() {
+            self.co_fetchers_changed();
+            self.move_shares();
+        }
+    }
+
+    /// Marks the co-fetchers that have not grown since `timeout` before `now` as stalled (the
+    /// shares move if any was); returns them.
+    pub(crate) fn mark_stalled_co_fetchers(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<PeerId> {
+        let mut marked = Vec::new();
+        for (peer, co) in &mut self.co_fetchers {
+            if !co.stalled && now >= co.last_grew + timeout {
+                co.stalled = true;
+                marked.push(*peer);
+            }
+        }
+        if !marked.is_empty() {
+            self.co_fetchers_changed();
+            self.move_shares();
+        }
+        marked
+    }
+
+    /// Gives every co-fetcher a fresh stall clock from `now` (bytes flow again after a pause
+    /// of this node's own).
+    pub(crate) fn restart_co_fetcher_clocks(&mut self, now: Instant) {
+        for co in self.co_fetchers.values_mut() {
+            co.last_grew = now;
+        }
+        self.co_fetchers_changed();
     }
 
     /// When the first co-fetcher still growing is judged stalled, `timeout` after it last grew.

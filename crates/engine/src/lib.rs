@@ -945,10 +945,7 @@ impl Engine {
             d.last_progress = now;
             if d.failures > 0 {
                 // Bytes flow again: co-fetchers get a fresh stall clock from now.
-                for co in d.co_fetchers.values_mut() {
-                    co.last_grew = now;
-                }
-                d.co_fetchers_changed();
+                d.restart_co_fetcher_clocks(now);
             }
             d.failures = 0;
             if d.state == State::Paused && !d.user_paused && d.error == 0 {

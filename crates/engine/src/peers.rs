@@ -136,14 +136,15 @@ impl Engine {
                     && !d.dropped.contains(&peer)
                 {
                     let held = d.haves.get(&peer).map_or(0, BlockBits::count);
-                    d.co_fetchers.entry(peer).or_insert(CoFetcher {
-                        key,
-                        held,
-                        last_grew: now,
-                        stalled: false,
-                    });
-                    d.co_fetchers_changed();
-                    d.move_shares();
+                    d.add_co_fetcher(
+                        peer,
+                        CoFetcher {
+                            key,
+                            held,
+                            last_grew: now,
+                            stalled: false,
+                        },
+                    );
                 }
             }
             Input::PeerCoFetchers { id, peer, keys } => {
@@ -215,10 +216,7 @@ impl Engine {
         let mut cancelled = Vec::new();
         for d in self.downloads.values_mut() {
             d.remove_have(peer);
-            if d.co_fetchers.remove(&peer).is_some() {
-                d.co_fetchers_changed();
-                d.move_shares();
-            }
+            d.remove_co_fetcher(peer);
             let mine: Vec<RequestId> = d
                 .peer_requests
                 .iter()
@@ -246,21 +244,14 @@ impl Engine {
             // none is judged stalled (else every part is cut again when the origin returns,
             // and the whole crowd asks it for everything at once).
             let origin_failing = d.failures > 0;
-            let mut moved = false;
-            for (peer, co) in &mut d.co_fetchers {
-                if !origin_failing && !co.stalled && now >= co.last_grew + timeout {
+            if !origin_failing {
+                for peer in d.mark_stalled_co_fetchers(now, timeout) {
                     debug!(
                         download = id.0,
                         peer = peer.0,
                         "co-fetching peer stopped growing"
                     );
-                    co.stalled = true;
-                    moved = true;
                 }
-            }
-            if moved {
-                d.co_fetchers_changed();
-                d.move_shares();
             }
             let late: Vec<(RequestId, PeerId)> = d
                 .peer_requests
@@ -276,10 +267,7 @@ impl Engine {
                 );
                 d.end_fetch(request);
                 d.remove_have(peer);
-                if d.co_fetchers.remove(&peer).is_some() {
-                    d.co_fetchers_changed();
-                    d.move_shares();
-                }
+                d.remove_co_fetcher(peer);
                 d.dropped.insert(peer);
                 stalled.push(request);
             }
@@ -740,7 +728,7 @@ impl Engine {
         let blocks = d.info.as_ref().map(|i| do_content::block_count(i.len))?;
         let own = self.config.node_key;
         let mut direct: Vec<(u64, bool)> = d
-            .co_fetchers
+            .co_fetchers()
             .iter()
             .filter(|(p, co)| co.key != own && self.peers.get(p).is_some_and(|i| !i.banned))
             .map(|(_, co)| (co.key, co.stalled))
@@ -818,7 +806,7 @@ impl Engine {
         }
         let own = self.config.node_key;
         let mut lan: Vec<u64> = d
-            .co_fetchers
+            .co_fetchers()
             .iter()
             .filter(|(p, co)| {
                 !co.stalled
