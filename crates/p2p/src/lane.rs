@@ -199,11 +199,35 @@ pub fn frame_len(header: [u8; HEADER_LEN]) -> Result<usize, LaneError> {
     }
 }
 
-/// Seals the frames of one direction.
-pub struct Sealer {
+/// One direction's key and the counter of its next frame.
+struct Frames {
     key: Key,
     next: u64,
 }
+
+impl Frames {
+    fn new(
+        cipher: Cipher,
+        secret: &[u8; SECRET_LEN],
+        ticket: &[u8; TICKET_LEN],
+        direction: Direction,
+    ) -> Self {
+        Self {
+            key: Key::new(cipher, secret, ticket, direction),
+            next: 0,
+        }
+    }
+
+    /// The next frame's counter.
+    fn count(&mut self) -> Result<u64, LaneError> {
+        let counter = self.next;
+        self.next = self.next.checked_add(1).ok_or(LaneError::Exhausted)?;
+        Ok(counter)
+    }
+}
+
+/// Seals the frames of one direction.
+pub struct Sealer(Frames);
 
 impl Sealer {
     /// The sealer for `direction` of the lane opened with `secret` and `ticket`, sealing with
@@ -214,10 +238,7 @@ impl Sealer {
         ticket: &[u8; TICKET_LEN],
         direction: Direction,
     ) -> Self {
-        Self {
-            key: Key::new(cipher, secret, ticket, direction),
-            next: 0,
-        }
+        Self(Frames::new(cipher, secret, ticket, direction))
     }
 
     /// Encrypts `plain` in place; returns the frame's length prefix and its tag. The frame
@@ -231,9 +252,8 @@ impl Sealer {
             return Err(LaneError::FrameLength(len));
         }
         let header = (len as u32).to_be_bytes();
-        let counter = self.next;
-        self.next = self.next.checked_add(1).ok_or(LaneError::Exhausted)?;
-        Ok((header, self.key.seal(counter, header, plain)?))
+        let counter = self.0.count()?;
+        Ok((header, self.0.key.seal(counter, header, plain)?))
     }
 
     /// A whole small frame: prefix, ciphertext and tag in one buffer.
@@ -249,10 +269,7 @@ impl Sealer {
 }
 
 /// Opens the frames of one direction, in the order they were sealed.
-pub struct Opener {
-    key: Key,
-    next: u64,
-}
+pub struct Opener(Frames);
 
 impl Opener {
     /// The opener for `direction` of the lane opened with `secret` and `ticket`, sealed with
@@ -263,10 +280,7 @@ impl Opener {
         ticket: &[u8; TICKET_LEN],
         direction: Direction,
     ) -> Self {
-        Self {
-            key: Key::new(cipher, secret, ticket, direction),
-            next: 0,
-        }
+        Self(Frames::new(cipher, secret, ticket, direction))
     }
 
     /// Decrypts a frame (`frame`: ciphertext then tag, as long as `header` announced) in
@@ -276,9 +290,8 @@ impl Opener {
         if frame_len(header)? != frame.len() {
             return Err(LaneError::FrameLength(frame.len()));
         }
-        let counter = self.next;
-        self.next = self.next.checked_add(1).ok_or(LaneError::Exhausted)?;
-        self.key.open(counter, header, frame)
+        let counter = self.0.count()?;
+        self.0.key.open(counter, header, frame)
     }
 }
 
