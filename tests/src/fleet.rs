@@ -50,6 +50,10 @@ pub struct Fleet {
     /// Every daemon (and its commands) runs in host 2's namespace, each with its own
     /// directories: the daemons reach each other over loopback. Set before starting them.
     pub colocated: bool,
+    /// The `donode` binary a host runs (its daemon and its commands), where it is not this
+    /// build's: another version, to check that versions work together. Set before starting
+    /// the daemons.
+    pub bins: std::collections::BTreeMap<usize, PathBuf>,
     /// The namespaces (last: they go after everything running in them).
     pub lan: Lan,
 }
@@ -97,6 +101,7 @@ impl Fleet {
             work,
             nodes,
             colocated: false,
+            bins: Default::default(),
             lan,
         }
     }
@@ -123,7 +128,7 @@ impl Fleet {
         let log = std::fs::File::create(self.dir(host, "daemon.log")).unwrap();
         let child = self
             .lan
-            .command(self.namespace(host), donode_bin())
+            .command(self.namespace(host), self.bin(host))
             .args(["run", "--p2p", "--cache-dir"])
             .arg(self.dir(host, "cache"))
             .arg("--run-dir")
@@ -139,9 +144,14 @@ impl Fleet {
         self.lan.children.push(child);
     }
 
+    /// The `donode` binary `host` runs.
+    fn bin(&self, host: usize) -> PathBuf {
+        self.bins.get(&host).cloned().unwrap_or_else(donode_bin)
+    }
+
     /// `donode ARGS --run-dir RUN` on `host`, against its daemon.
     pub fn cli(&self, host: usize, args: &[&str]) -> Command {
-        let mut c = self.lan.command(self.namespace(host), donode_bin());
+        let mut c = self.lan.command(self.namespace(host), self.bin(host));
         c.args(args).arg("--run-dir").arg(self.dir(host, "run"));
         c
     }

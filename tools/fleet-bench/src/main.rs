@@ -59,6 +59,14 @@ struct Args {
     /// loopback), and curl from nginx inside the origin's namespace. With `--pair-only`.
     #[arg(long, requires = "pair_only")]
     loopback: bool,
+    /// In the two-node run, the serving node (the first to take the file) runs this `donode`
+    /// binary instead of the one beside this tool: another version, to measure a pair across
+    /// versions (and check that they find a data lane both know). With `--pair-only`.
+    #[arg(long, value_name = "PATH", requires = "pair_only")]
+    serving_donode: Option<std::path::PathBuf>,
+    /// The same for the receiving node.
+    #[arg(long, value_name = "PATH", requires = "pair_only")]
+    receiving_donode: Option<std::path::PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +127,11 @@ fn pair(args: &Args) -> anyhow::Result<f64> {
                 remote_hosts: 0,
             });
             fleet.colocated = args.loopback;
+            for (host, bin) in [(2, &args.serving_donode), (3, &args.receiving_donode)] {
+                if let Some(bin) = bin {
+                    fleet.bins.insert(host, std::fs::canonicalize(bin)?);
+                }
+            }
             let mut daemons = Vec::new();
             for host in 2..=3 {
                 let mut flags = vec!["--transport", transport];
