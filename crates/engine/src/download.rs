@@ -375,15 +375,10 @@ impl Download {
         Some(rest)
     }
 
-    /// A trimmed origin fetch (see [`Download::trim_fetch`]) that now owes nothing: it is
-    /// ended here, to be cancelled.
-    pub(crate) fn end_if_trimmed_and_done(&mut self, request: RequestId) -> bool {
-        let done = self.trimmed.contains(&request)
-            && self.fetches.get(&request).is_none_or(RangeSet::is_empty);
-        if done {
-            self.end_fetch(request);
-        }
-        done
+    /// Whether `request` is a trimmed origin fetch (see [`Download::trim_fetch`]) that owes
+    /// nothing more: it is to be cancelled.
+    pub(crate) fn trimmed_and_done(&self, request: RequestId) -> bool {
+        self.trimmed.contains(&request) && self.fetches.get(&request).is_none_or(RangeSet::is_empty)
     }
 
     /// A block arrived for `request`: its twin (if any) no longer owes it. Returns the twin

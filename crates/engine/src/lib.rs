@@ -927,17 +927,15 @@ impl Engine {
         // Endgame: the block's twin request no longer owes it; a twin that owes nothing is
         // cancelled, and its peer's slot is free for the next pass.
         let mut freed = false;
-        // An origin fetch cut down to this block is done: its connection is free.
-        if d.end_if_trimmed_and_done(request) {
-            self.requests.remove(&request);
-            self.actions.push_back(Action::Cancel { request });
+        // An origin fetch cut down to the share's blocks it was bringing has brought them: its
+        // connection is free.
+        if d.trimmed_and_done(request) {
+            self.cancel_fetch(id, request);
             freed = true;
         }
         let d = self.downloads.get_mut(&id).expect("live");
         if let Some(twin) = d.strike_from_twin(request, block.0) {
-            d.end_fetch(twin);
-            self.requests.remove(&twin);
-            self.actions.push_back(Action::Cancel { request: twin });
+            self.cancel_fetch(id, twin);
             freed = true;
         }
         let d = self.downloads.get_mut(&id).expect("live");
@@ -1211,6 +1209,15 @@ impl Engine {
             "download failed"
         );
         self.set_state(id, State::Paused);
+    }
+
+    /// Ends fetch `request` of download `id` and tells the driver to cancel it.
+    fn cancel_fetch(&mut self, id: DownloadId, request: RequestId) {
+        if let Some(d) = self.downloads.get_mut(&id) {
+            d.end_fetch(request);
+        }
+        self.requests.remove(&request);
+        self.actions.push_back(Action::Cancel { request });
     }
 
     fn cancel_all(&mut self, id: DownloadId) {

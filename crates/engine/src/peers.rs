@@ -683,9 +683,7 @@ impl Engine {
                 request = request.0,
                 "origin fetch outside the share: cancelled"
             );
-            d.end_fetch(request);
-            self.requests.remove(&request);
-            self.actions.push_back(Action::Cancel { request });
+            self.cancel_fetch(id, request);
         }
     }
 
