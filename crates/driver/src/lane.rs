@@ -1,9 +1,9 @@
 //! Data lanes (see [`do_p2p::lane`]): block requests and their answers on a direct TCP
-//! connection beside libp2p, sealed with AEGIS-128L (or AES-256-GCM). The server side accepts lanes opened by
-//! tickets it issued over libp2p and answers their requests from the cache, sharing the
-//! node's upload slots and rate cap with the libp2p path; the asker's side carries the
-//! engine's block requests to one peer and hands each answer back to the actor, which verifies
-//! it like any other peer answer.
+//! connection beside libp2p, sealed with AEGIS-128L (or AES-256-GCM). The server side accepts
+//! lanes opened by tickets it issued over libp2p and answers their requests from the cache,
+//! sharing the node's upload slots and rate cap with the libp2p path; the asker's side carries
+//! the engine's block requests to one peer and hands each answer back to the actor, which
+//! verifies it like any other peer answer.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},

@@ -873,11 +873,11 @@ impl P2p {
     /// Sends `peer` a lane request for `cipher`, with a fresh secret.
     fn ask_lane(&mut self, peer: libp2p::PeerId, cipher: Cipher) {
         let secret: [u8; do_p2p::lane::SECRET_LEN] = rand::random();
-        let request = match cipher {
-            Cipher::Aegis128L => Request::AegisLane { secret },
-            Cipher::Aes256Gcm => Request::Lane { secret },
-        };
-        self.ask(&peer, request, Pending::Lane { secret, cipher });
+        self.ask(
+            &peer,
+            Request::lane(cipher, secret),
+            Pending::Lane { secret, cipher },
+        );
     }
 
     /// A peer answered a lane request: the lane is opened to its address at the port it
@@ -1285,12 +1285,7 @@ impl P2p {
                 ..
             } => {
                 // A lane is offered at once: a ticket for the asker's secret.
-                let lane = match request {
-                    Request::AegisLane { secret } => Some((secret, Cipher::Aegis128L)),
-                    Request::Lane { secret } => Some((secret, Cipher::Aes256Gcm)),
-                    _ => None,
-                };
-                if let Some((secret, cipher)) = lane {
+                if let Some((secret, cipher)) = request.as_lane() {
                     let response = match (&self.lane_server, self.peers.get(&peer)) {
                         (Some(server), Some(known)) if !self.banned.contains(&peer) => {
                             let ticket = self.tickets.issue(secret, cipher, peer, known.class);

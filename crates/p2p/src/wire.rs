@@ -127,6 +127,25 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request for a data lane sealed with `cipher`, under `secret`.
+    pub fn lane(cipher: crate::lane::Cipher, secret: [u8; crate::lane::SECRET_LEN]) -> Self {
+        match cipher {
+            crate::lane::Cipher::Aegis128L => Self::AegisLane { secret },
+            crate::lane::Cipher::Aes256Gcm => Self::Lane { secret },
+        }
+    }
+
+    /// A lane request's secret and cipher; `None` for any other request.
+    pub fn as_lane(&self) -> Option<([u8; crate::lane::SECRET_LEN], crate::lane::Cipher)> {
+        match *self {
+            Self::AegisLane { secret } => Some((secret, crate::lane::Cipher::Aegis128L)),
+            Self::Lane { secret } => Some((secret, crate::lane::Cipher::Aes256Gcm)),
+            _ => None,
+        }
+    }
+}
+
 /// Most block hashes one [`Response::Hashes`] carries.
 pub const MAX_HASHES: usize = 65_536;
 
@@ -416,6 +435,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_lane_request_names_its_cipher_both_ways() {
+        use crate::lane::Cipher;
+        for cipher in [Cipher::Aegis128L, Cipher::Aes256Gcm] {
+            assert_eq!(
+                Request::lane(cipher, [3; 32]).as_lane(),
+                Some(([3; 32], cipher))
+            );
+        }
+        assert!(matches!(
+            Request::lane(Cipher::Aes256Gcm, [3; 32]),
+            Request::Lane { .. }
+        ));
+        assert_eq!(Request::Have { content: [0; 32] }.as_lane(), None);
+    }
 
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
