@@ -471,28 +471,51 @@ mod tests {
 
     use super::*;
 
-    /// A store holding `data` complete; its content id.
-    fn store_with(dir: &std::path::Path, data: &[u8]) -> (Arc<Store>, ContentId) {
-        let store = Store::open(dir, do_store::Config::default()).unwrap();
-        let (_, content) = crate::p2p::tests::entry(&store, "http://o/f", data, true);
-        (Arc::new(store), content)
+    /// A lane server on loopback, answering from a store that holds `data` complete, with 2
+    /// upload slots.
+    struct Lab {
+        data: Vec<u8>,
+        content: ContentId,
+        tickets: Arc<Tickets>,
+        counters: Arc<Counters>,
+        banned: Arc<Mutex<HashSet<libp2p::PeerId>>>,
+        addr: SocketAddr,
+        _server: Server,
+        _dir: tempfile::TempDir,
     }
 
-    fn serving(store: Arc<Store>, slots: usize) -> (Serving, Arc<Tickets>, Arc<Counters>) {
-        let tickets = Arc::new(Tickets::default());
-        let counters = Arc::new(Counters::default());
-        let serving = Serving {
-            store,
-            active: ActiveMap::default(),
-            slots: Arc::new(Semaphore::new(slots)),
-            slot_freed: Arc::default(),
-            shaper: None,
-            counters: Arc::clone(&counters),
-            lanes: Arc::default(),
-            banned: Arc::default(),
-            tickets: Arc::clone(&tickets),
-        };
-        (serving, tickets, counters)
+    impl Lab {
+        fn new(len: u64) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let data = file(len);
+            let store = Store::open(dir.path(), do_store::Config::default()).unwrap();
+            let (_, content) = crate::p2p::tests::entry(&store, "http://o/f", &data, true);
+            let tickets = Arc::new(Tickets::default());
+            let counters = Arc::new(Counters::default());
+            let banned = Arc::default();
+            let serving = Serving {
+                store: Arc::new(store),
+                active: ActiveMap::default(),
+                slots: Arc::new(Semaphore::new(2)),
+                slot_freed: Arc::default(),
+                shaper: None,
+                counters: Arc::clone(&counters),
+                lanes: Arc::default(),
+                banned: Arc::clone(&banned),
+                tickets: Arc::clone(&tickets),
+            };
+            let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
+            Self {
+                data,
+                content,
+                tickets,
+                counters,
+                banned,
+                addr: SocketAddr::from(([127, 0, 0, 1], server.port)),
+                _server: server,
+                _dir: dir,
+            }
+        }
     }
 
     fn blocks_job(content: ContentId, n: u64, first: u64, count: u32) -> Job {
@@ -534,16 +557,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_lane_whose_two_ends_use_different_ciphers_goes_down_with_nothing_handed_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = file(8 * BLOCK_SIZE);
-        let (store, content) = store_with(dir.path(), &data);
-        let (serving, tickets, _) = serving(store, 2);
-        let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
+        let Lab {
+            content,
+            tickets,
+            addr,
+            ..
+        } = &Lab::new(8 * BLOCK_SIZE);
+        let (content, addr) = (*content, *addr);
         let peer = libp2p::PeerId::random();
         let secret = [42u8; SECRET_LEN];
         let ticket = tickets.issue(secret, Cipher::Aes256Gcm, peer, PeerClass::Lan);
         let (events_tx, mut events) = mpsc::channel(16);
-        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
         let counters = Arc::new(LaneCounters::default());
         let (jobs, _task) = open(
             peer,
@@ -564,16 +588,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_lane_with_nothing_to_carry_closes_as_idle_and_takes_no_more_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = file(4 * BLOCK_SIZE);
-        let (store, content) = store_with(dir.path(), &data);
-        let (serving, tickets, _) = serving(store, 2);
-        let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
+        let Lab {
+            content,
+            tickets,
+            addr,
+            ..
+        } = &Lab::new(4 * BLOCK_SIZE);
+        let (content, addr) = (*content, *addr);
         let peer = libp2p::PeerId::random();
         let secret = [42u8; SECRET_LEN];
         let ticket = tickets.issue(secret, Cipher::Aegis128L, peer, PeerClass::Lan);
         let (events_tx, mut events) = mpsc::channel(16);
-        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
         let idle = Duration::from_millis(300);
         let dial = Dial {
             idle,
@@ -624,17 +649,20 @@ mod tests {
 
     /// A lane sealed with `cipher` carries requests in order and counts what it served.
     async fn carries_in_order(cipher: Cipher) {
-        let dir = tempfile::tempdir().unwrap();
-        let data = file(70 * BLOCK_SIZE + 123);
-        let (store, content) = store_with(dir.path(), &data);
-        let (serving, tickets, counters) = serving(store, 2);
-        let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
+        let Lab {
+            data,
+            content,
+            tickets,
+            counters,
+            addr,
+            ..
+        } = &Lab::new(70 * BLOCK_SIZE + 123);
+        let (content, addr) = (*content, *addr);
         let peer = libp2p::PeerId::random();
         let secret = [42u8; SECRET_LEN];
         let ticket = tickets.issue(secret, cipher, peer, PeerClass::Lan);
         let (events_tx, mut events) = mpsc::channel(16);
         let lane_counters = Arc::new(LaneCounters::default());
-        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
         let (jobs, _task) = open(
             peer,
             7,
@@ -668,7 +696,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert_eq!(got, data);
+        assert_eq!(&got, data);
         assert_eq!(
             counters.bytes_to_lan_peers.load(Ordering::Relaxed),
             data.len() as u64
@@ -700,15 +728,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_byte_changed_on_the_wire_brings_the_lane_down_and_is_never_handed_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = file(8 * BLOCK_SIZE);
-        let (store, content) = store_with(dir.path(), &data);
-        let (serving, tickets, _) = serving(store, 2);
-        let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
+        let Lab {
+            content,
+            tickets,
+            addr,
+            ..
+        } = &Lab::new(8 * BLOCK_SIZE);
+        let content = *content;
         // A proxy between the two that flips one bit deep in the server's data.
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = proxy.local_addr().unwrap();
-        let upstream = SocketAddr::from(([127, 0, 0, 1], server.port));
+        let upstream = *addr;
         tokio::spawn(async move {
             let (mut client, _) = proxy.accept().await.unwrap();
             let mut server = TcpStream::connect(upstream).await.unwrap();
@@ -756,13 +786,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_banned_peer_is_served_no_more_and_an_unknown_ticket_opens_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let data = file(2 * BLOCK_SIZE);
-        let (store, content) = store_with(dir.path(), &data);
-        let (serving, tickets, counters) = serving(store, 2);
-        let banned = Arc::clone(&serving.banned);
-        let server = Server::start("127.0.0.1:0".parse().unwrap(), serving).unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+        let Lab {
+            content,
+            tickets,
+            counters,
+            banned,
+            addr,
+            ..
+        } = &Lab::new(2 * BLOCK_SIZE);
+        let (content, addr) = (*content, *addr);
         let peer = libp2p::PeerId::random();
         let secret = [5u8; SECRET_LEN];
 
