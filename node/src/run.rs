@@ -79,6 +79,10 @@ pub(crate) struct Args {
     /// The TCP port the node's data lanes are opened at; 0: any free port [default: 0].
     #[arg(long, value_name = "PORT")]
     data_lane_port: Option<u16>,
+    /// The most peers a download polls for what they hold; 0: every connected peer
+    /// [default: 64].
+    #[arg(long, value_name = "N")]
+    poll_peers: Option<usize>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -180,6 +184,9 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
         p2p.data_lanes = !args.no_data_lanes && file.data_lanes.unwrap_or(true);
         if let Some(port) = args.data_lane_port.or(file.data_lane_port) {
             p2p.data_lane_listen.set_port(port);
+        }
+        if let Some(n) = args.poll_peers.or(file.poll_peers) {
+            p2p.poll_peers = n;
         }
         p2p.upload_max_rate = args
             .upload_max_rate

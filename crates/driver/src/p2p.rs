@@ -39,6 +39,8 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+use crate::polled::Polled;
+
 use crate::{
     actor::{Found, IoEvent},
     dialer::Dialer,
@@ -123,6 +125,8 @@ struct Swarming {
     writes: Arc<Mutex<()>>,
     /// Peers asked for their status and not yet answered.
     polling: HashSet<libp2p::PeerId>,
+    /// The peers polled (a bounded set on a large LAN).
+    polled: Polled<libp2p::PeerId>,
     /// Peers asked for hashes and not yet answered.
     hashing: HashSet<libp2p::PeerId>,
     /// Peers already reported to the engine as fetching this file too.
@@ -285,6 +289,8 @@ pub(crate) struct P2p {
     slot_freed: Arc<Notify>,
     /// Data lanes: offered to peers (when on), and to each peer.
     lanes_on: bool,
+    /// The most peers a download polls (0: all).
+    poll_peers: usize,
     lane_listen: std::net::SocketAddr,
     lane_server: Option<lane::Server>,
     tickets: Arc<Tickets>,
@@ -393,6 +399,7 @@ impl P2p {
             slots: Arc::new(Semaphore::new(config.upload_slots.max(1))),
             slot_freed: Arc::default(),
             lanes_on: config.data_lanes,
+            poll_peers: config.poll_peers,
             lane_listen: config.data_lane_listen,
             lane_server: None,
             tickets: Arc::default(),
@@ -684,6 +691,7 @@ impl P2p {
                 unchecked: BTreeMap::new(),
                 writes: Arc::default(),
                 polling: HashSet::new(),
+                polled: Polled::new(self.poll_peers),
                 hashing: HashSet::new(),
                 co_fetchers: HashSet::new(),
                 asking_co: HashSet::new(),
@@ -1299,6 +1307,14 @@ impl P2p {
                     self.respond(channel, response);
                     return None;
                 }
+                // A peer that asks what this node holds of a file it downloads too is polled
+                // in turn (on a LAN larger than the polled set, it comes first).
+                if let Request::Status { content } = &request {
+                    let content = ContentId::from_bytes(*content);
+                    for s in self.swarms.values_mut().filter(|s| s.content == content) {
+                        s.polled.asked_by(peer);
+                    }
+                }
                 // What a download in progress collected is in memory: answered here, at once.
                 if let Some(response) = self.answer_swarming(ctx.engine, &peer, &request) {
                     self.respond(channel, response);
@@ -1521,6 +1537,7 @@ impl P2p {
                 let blocks = runs_to_set(&have, block_count(s.len));
                 // A peer that may serve this download gets a lane before it is asked for blocks.
                 let source = fetching || !have.is_empty();
+                s.polled.answered(from, source);
                 // Until the manifest is trusted, every peer is asked for the hashes it can
                 // tell: of what it verified, and of what it collected from its own peers.
                 let first_lacking = s
@@ -1817,15 +1834,17 @@ impl P2p {
 
     /// Asks every connected peer (not already asked) what it holds of the download's file.
     fn poll_peers(&mut self, download: DownloadId) {
-        let Some(s) = self.swarms.get(&download) else {
+        let connected: HashSet<libp2p::PeerId> = self.peers.keys().copied().collect();
+        let rotate = self.polls.is_multiple_of(crate::POLL_ROTATION);
+        let Some(s) = self.swarms.get_mut(&download) else {
             return;
         };
         let content = *s.content.as_bytes();
-        let targets: Vec<libp2p::PeerId> = self
-            .peers
-            .keys()
+        let targets: Vec<libp2p::PeerId> = s
+            .polled
+            .choose(&connected, rotate, &mut rand::rng())
+            .into_iter()
             .filter(|p| !s.polling.contains(p))
-            .copied()
             .collect();
         for peer in targets {
             self.ask(
