@@ -6,6 +6,11 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use do_sim::{Scenario, plot, shipped};
 
+/// The simulator allocates and frees many small sets per event (have-maps, runs, request
+/// lists): mimalloc serves them faster than the system allocator, with the same results.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command line.
 #[derive(Parser)]
 #[command(
