@@ -155,6 +155,47 @@ fn a_node_without_data_lanes_exchanges_with_one_that_has_them_over_libp2p() {
 }
 
 #[test]
+fn a_download_polls_no_more_peers_than_it_is_given() {
+    let _alone = one_at_a_time();
+    // Four daemons that each poll one peer per download: host 2 holds the file, hosts 4
+    // and 5 hold nothing.
+    let mut fleet = Fleet::without_daemons(options(4, 0));
+    for host in 2..=5 {
+        fleet.start_daemon_with(host, &["--poll-peers", "1"]);
+    }
+    fleet.wait_for_mesh();
+    let out = fleet.spawn_get(2).wait_with_output().unwrap();
+    fleet.check(2, &out);
+    let asker = peer_id(&fleet, 3);
+    let before: Vec<usize> = (2..=5).map(|h| fleet.log(h).len()).collect();
+    let started = Instant::now();
+    let out = fleet.spawn_get(3).wait_with_output().unwrap();
+    let took = started.elapsed();
+    fleet.check(3, &out);
+    // Which of the three peers host 3 asked what they hold.
+    let polled: Vec<usize> = [2, 4, 5]
+        .into_iter()
+        .filter(|&h| {
+            fleet.log(h)[before[h - 2]..]
+                .lines()
+                .any(|l| l.contains("peer request") && l.contains(&asker) && l.contains("Status"))
+        })
+        .collect();
+    assert!(!polled.is_empty(), "host 3 polled nobody");
+    // One peer at a time, and a member that offered nothing is swapped for another at most
+    // once every 10 polls (5 s): in less than that, at most two of the three were asked
+    // (with no bound, all three are, at once).
+    assert!(
+        took < Duration::from_millis(4500),
+        "the download took {took:?}: too long to tell"
+    );
+    assert!(
+        polled.len() <= 2,
+        "host 3 polled hosts {polled:?}, more than its one peer and one swap"
+    );
+}
+
+#[test]
 fn nodes_that_dial_quic_first_exchange_the_file_over_quic() {
     let _alone = one_at_a_time();
     let mut fleet = Fleet::without_daemons(options(2, 0));
