@@ -663,20 +663,21 @@ impl Engine {
         let share = share.clone();
         for request in stray {
             let d = self.downloads.get_mut(&id).expect("live");
-            let (rest, cut) = match d.trim_fetch(request, &share) {
-                Some(rest) => (rest, true),
-                None => (d.fetches.get(&request).cloned().unwrap_or_default(), false),
-            };
-            for run in rest.runs() {
-                missing.insert(run);
-            }
-            if cut {
+            if let Some(rest) = d.trim_fetch(request, &share) {
+                for run in rest.runs() {
+                    missing.insert(run);
+                }
                 debug!(
                     download = id.0,
                     request = request.0,
                     "origin fetch beyond the share: cut to the share's blocks it brings next"
                 );
                 continue;
+            }
+            if let Some(owed) = d.fetches.get(&request) {
+                for run in owed.runs() {
+                    missing.insert(run);
+                }
             }
             debug!(
                 download = id.0,
