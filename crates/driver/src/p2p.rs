@@ -39,12 +39,11 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::polled::Polled;
-
 use crate::{
     actor::{Found, IoEvent},
     dialer::Dialer,
     lane::{self, LaneCounters, LaneEvent, Tickets},
+    polled::Polled,
     shaper::Shaper,
 };
 
@@ -1832,7 +1831,8 @@ impl P2p {
         }
     }
 
-    /// Asks every connected peer (not already asked) what it holds of the download's file.
+    /// Asks the download's polled peers (every connected peer, up to its bound: see
+    /// [`Polled`]) not already asked what they hold of its file.
     fn poll_peers(&mut self, download: DownloadId) {
         let connected: HashSet<libp2p::PeerId> = self.peers.keys().copied().collect();
         let rotate = self.polls.is_multiple_of(crate::POLL_ROTATION);
