@@ -640,6 +640,12 @@ impl Drop for Pin {
     }
 }
 
+/// The most bytes one `pwrite` of [`Writer::write_at`] carries. A single write of 2 MiB or more
+/// lets the page cache build huge folios, and copying into them is several times slower than
+/// into smaller ones: 1 GiB written in 4 MiB writes took 2.07 s of system time here, the same
+/// buffer written in 1 MiB pieces 0.34 s (Linux 6.18, ext4).
+pub const WRITE_PIECE: usize = 1 << 20;
+
 /// Positioned writes into one entry's data file; clonable and usable from many threads.
 #[derive(Clone)]
 pub struct Writer {
@@ -648,11 +654,17 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writes `data` at byte `offset` (pwrite). A full disk is reported as [`Error::DiskFull`].
+    /// Writes `data` at byte `offset` (pwrite), at most [`WRITE_PIECE`] bytes per call. A full
+    /// disk is reported as [`Error::DiskFull`].
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| Error::io(&self.path, e))
+        let mut at = offset;
+        for piece in data.chunks(WRITE_PIECE) {
+            self.file
+                .write_all_at(piece, at)
+                .map_err(|e| Error::io(&self.path, e))?;
+            at += piece.len() as u64;
+        }
+        Ok(())
     }
 
     /// Sets the data file's length (sparse), so that reads of the tail never come up short.

@@ -315,3 +315,24 @@ fn read_verified_of_a_data_file_cut_short_is_an_error_not_short_bytes() {
         "what is still there is served"
     );
 }
+
+#[test]
+fn a_write_larger_than_a_piece_lands_whole_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), Config::default()).unwrap();
+    let data = sample(2 * WRITE_PIECE + 12_345);
+    let id = store
+        .create_entry(EntryMeta::new(
+            "http://x/w",
+            3 * WRITE_PIECE as u64,
+            None,
+            None,
+        ))
+        .unwrap();
+    let offset = 777;
+    store.writer(id).unwrap().write_at(offset, &data).unwrap();
+    let bytes = fs::read(store.data_path(id)).unwrap();
+    assert_eq!(bytes.len(), offset as usize + data.len());
+    assert!(bytes[..offset as usize].iter().all(|&b| b == 0));
+    assert_eq!(&bytes[offset as usize..], &data[..]);
+}
