@@ -31,6 +31,8 @@ pub mod hresult;
 mod peers;
 mod rng;
 
+pub use crate::peers::SplitRing;
+
 use std::{
     collections::{BTreeMap, VecDeque},
     fmt,

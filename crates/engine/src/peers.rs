@@ -883,7 +883,7 @@ fn is_lan(peers: &BTreeMap<PeerId, Peer>, peer: PeerId) -> bool {
 
 /// The arcs of `key` on a ring of `points` ([`ring`]) over `blocks` blocks: from each of its
 /// points up to the next point.
-fn arcs(points: &[(u64, u64)], key: u64, blocks: u64) -> RangeSet {
+pub(crate) fn arcs(points: &[(u64, u64)], key: u64, blocks: u64) -> RangeSet {
     let mut set = RangeSet::new();
     for (i, &(start, k)) in points.iter().enumerate() {
         if k != key {
@@ -930,7 +930,7 @@ pub(crate) fn successors(told: &[(u64, u64, u8)], asker: u64, blocks: u64) -> Ve
 }
 
 /// Every point of `members` on the ring of a file of `blocks` blocks, in order, with its key.
-fn ring(members: &[u64], blocks: u64) -> Vec<(u64, u64)> {
+pub(crate) fn ring(members: &[u64], blocks: u64) -> Vec<(u64, u64)> {
     let mut ring: Vec<(u64, u64)> = members
         .iter()
         .flat_map(|&k| (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, blocks), k)))
@@ -938,6 +938,61 @@ fn ring(members: &[u64], blocks: u64) -> Vec<(u64, u64)> {
     ring.sort_unstable();
     ring.dedup();
     ring
+}
+
+/// The points of many nodes' keys on the ring of one file's split ([`Engine::split`]), ordered
+/// as the split orders them, to find each node's ring neighbours: the nodes whose points come
+/// right after its own, which bound its arcs. A node that polls them learns where its arcs end
+/// in the view of the whole swarm, however large the swarm and however few peers it polls.
+#[derive(Debug, Clone)]
+pub struct SplitRing {
+    points: Vec<(u64, u64)>,
+    blocks: u64,
+}
+
+impl SplitRing {
+    /// The ring of `keys` (rank keys, [`Config::node_key`](crate::Config::node_key)) for a
+    /// file of `blocks` blocks.
+    pub fn new(keys: &[u64], blocks: u64) -> Self {
+        let mut keys = keys.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        let blocks = blocks.max(1);
+        Self {
+            points: ring(&keys, blocks),
+            blocks,
+        }
+    }
+
+    /// For each of `own`'s points, the keys of the first `per_point` other nodes whose points
+    /// follow it on the ring; each key once, sorted. `own` need not be on the ring.
+    pub fn successors(&self, own: u64, per_point: usize) -> Vec<u64> {
+        let others = self.points.iter().filter(|&&(_, k)| k != own).count();
+        let mut keys = Vec::new();
+        if others == 0 || per_point == 0 {
+            return keys;
+        }
+        let len = self.points.len();
+        for v in 0..SPLIT_POINTS {
+            let at = (ring_point(own, v, self.blocks), own);
+            let from = self.points.partition_point(|&p| p <= at);
+            let mut found = 0;
+            for i in 0..len {
+                let (_, k) = self.points[(from + i) % len];
+                if k == own {
+                    continue;
+                }
+                keys.push(k);
+                found += 1;
+                if found == per_point {
+                    break;
+                }
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
 }
 
 /// A well-mixed hash of `key` and `n`.

@@ -6,7 +6,7 @@ use do_content::BLOCK_SIZE;
 use proptest::prelude::*;
 
 use super::*;
-use crate::peers::{SPLIT_POINTS, ring_point};
+use crate::peers::{SPLIT_POINTS, arcs, ring, ring_point};
 
 const ID: DownloadId = DownloadId(1);
 
@@ -2157,4 +2157,49 @@ proptest! {
         }
         prop_assert_eq!(whole.take(), gains.take());
     }
+}
+
+proptest! {
+    /// A node that knows only its ring neighbours (the first other node after each of its
+    /// points) has the arcs it has in the view of the whole swarm.
+    #[test]
+    fn ring_neighbours_alone_give_a_node_its_arcs_in_the_whole_swarm(
+        keys in proptest::collection::btree_set(any::<u64>(), 2..300),
+        blocks in 1u64..20_000,
+    ) {
+        let keys: Vec<u64> = keys.into_iter().collect();
+        let whole = ring(&keys, blocks);
+        let split = SplitRing::new(&keys, blocks);
+        for &own in keys.iter().take(20) {
+            let mut seen = split.successors(own, 1);
+            prop_assert!(!seen.contains(&own));
+            prop_assert!(seen.len() <= SPLIT_POINTS as usize);
+            seen.push(own);
+            seen.sort_unstable();
+            prop_assert_eq!(
+                arcs(&ring(&seen, blocks), own, blocks),
+                arcs(&whole, own, blocks)
+            );
+        }
+    }
+}
+
+#[test]
+fn ring_neighbours_are_the_next_keys_after_each_point_and_more_with_a_wider_count() {
+    let keys: Vec<u64> = (1..=50).map(|k| k * 0x1234_5678_9abc).collect();
+    let blocks = 1 << 14;
+    let split = SplitRing::new(&keys, blocks);
+    let own = keys[7];
+    let one = split.successors(own, 1);
+    let three = split.successors(own, 3);
+    assert!(!one.is_empty() && one.len() <= 4);
+    assert!(
+        one.iter().all(|k| three.contains(k)),
+        "a wider count keeps the nearest"
+    );
+    assert!(three.len() > one.len() && three.len() <= 12);
+    // A node not on the ring gets its neighbours too; a ring of itself alone gives none.
+    assert!(!split.successors(7, 2).is_empty());
+    assert!(SplitRing::new(&[own], blocks).successors(own, 2).is_empty());
+    assert!(split.successors(own, 0).is_empty());
 }
