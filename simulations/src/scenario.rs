@@ -265,6 +265,12 @@ pub struct EngineKnobs {
     /// crowd to peers that mostly have not started yet (see the docs).
     #[serde(default)]
     pub peer_sample: PeerSample,
+    /// With `peers_per_node` set, each node is also linked to its ring neighbours on its
+    /// own site: for each of its points on the split's ring of each file, the first this many
+    /// other nodes whose points follow it (`do_engine::SplitRing`), as the node's polled set
+    /// holds them (`donode run --ring-peers`). 0 (the default): the random sample alone.
+    #[serde(default)]
+    pub ring_peers: usize,
     /// Peers a node is connected to on other sites (Group and Internet mode: peers a WAN
     /// discovery would find). Default 4.
     #[serde(default = "four")]
@@ -359,6 +365,7 @@ impl Default for EngineKnobs {
         Self {
             peers_per_node: 0,
             peer_sample: PeerSample::Uniform,
+            ring_peers: 0,
             wan_peers_per_node: 4,
             origin_fallback_delay_s: 1.0,
             upload_slots: None,

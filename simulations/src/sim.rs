@@ -18,7 +18,7 @@ use std::{
 use do_content::{BlockBits, BlockIndex, ContentId, RangeSet, block_count};
 use do_engine::{
     Action, Command, Config, DownloadId, Engine, Event, Failure, FileInfo, Input, PeerClass,
-    PeerId, RequestId, Spec, State,
+    PeerId, RequestId, Spec, SplitRing, State,
 };
 
 use crate::{
@@ -544,6 +544,26 @@ impl Sim {
                     for _ in 0..k.div_ceil(2) {
                         let b = local[rng.below(local.len() as u64) as usize];
                         link(&mut edges, a, b);
+                    }
+                }
+            }
+        }
+        let ring_peers = self.sc.engine.ring_peers;
+        if k > 0 && ring_peers > 0 {
+            // Each file's ring (files of one length share it).
+            let mut lens = self.engine_len.clone();
+            lens.sort_unstable();
+            lens.dedup();
+            for local in by_site.iter().filter(|local| local.len() > k + 1) {
+                let keys: Vec<u64> = local.iter().map(|&a| self.nodes[a as usize].key).collect();
+                let by_key: BTreeMap<u64, u32> =
+                    keys.iter().copied().zip(local.iter().copied()).collect();
+                for &len in &lens {
+                    let ring = SplitRing::new(&keys, block_count(len));
+                    for &a in local {
+                        for key in ring.successors(self.nodes[a as usize].key, ring_peers) {
+                            link(&mut edges, a, by_key[&key]);
+                        }
                     }
                 }
             }

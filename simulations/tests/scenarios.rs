@@ -223,12 +223,34 @@ fn a_crowd_arriving_over_time_in_a_partial_mesh_takes_the_file_about_once_from_t
     // for them (1.08 copies; 1.47 without, `engine.near_wait_s = 0`).
     let mut sc = small("flash-crowd-lan", 100, 128.0);
     sc.engine.peers_per_node = 32;
+    // (The random sample alone: ring neighbours would show a node where its arcs end.)
+    sc.engine.ring_peers = 0;
     let s = run(&sc, 1);
     check_healthy(&s);
     assert!(s.origin_copies < 1.2, "{s}");
     sc.engine.near_wait_s = 0.0;
     let without = run(&sc, 1);
     assert!(without.origin_copies > s.origin_copies + 0.2, "{without}");
+}
+
+#[test]
+fn ring_neighbours_let_a_sparse_crowd_take_the_file_once_from_the_origin() {
+    // 300 nodes seeing 8 each (two hops: about a fifth of the crowd), all starting at once.
+    // Split among the co-fetchers it hears of, each node takes arcs that are others' in the
+    // view of the whole crowd (2.88 copies); linked to its ring neighbours too (the peers
+    // whose points follow its own, as the node polls them), it sees where its arcs end
+    // (1.000 copies).
+    let mut sc = small("flash-crowd-lan", 300, 32.0);
+    sc.engine.peers_per_node = 8;
+    sc.arrivals.window_s = 0.0;
+    sc.engine.ring_peers = 2;
+    let ring = run(&sc, 1);
+    check_healthy(&ring);
+    assert!(ring.origin_copies < 1.1, "{ring}");
+    sc.engine.ring_peers = 0;
+    let without = run(&sc, 1);
+    check_healthy(&without);
+    assert!(without.origin_copies > 2.0, "{without}");
 }
 
 #[test]
@@ -263,6 +285,8 @@ fn a_crowd_whose_peers_are_sampled_from_the_swarm_takes_the_file_about_once_from
     // it, as a full mesh would show the crowd, 1.06.
     let mut sc = small("flash-crowd-lan", 150, 64.0);
     sc.engine.peers_per_node = 16;
+    // (The samples alone: ring neighbours would show a node where its arcs end.)
+    sc.engine.ring_peers = 0;
     let uniform = run(&sc, 1);
     sc.engine.peer_sample = do_sim::scenario::PeerSample::Swarm;
     let swarm = run(&sc, 1);
