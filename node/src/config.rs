@@ -26,6 +26,7 @@ pub(crate) struct File {
     pub(crate) data_lanes: Option<bool>,
     pub(crate) data_lane_port: Option<u16>,
     pub(crate) poll_peers: Option<usize>,
+    pub(crate) ring_peers: Option<usize>,
     #[serde(default)]
     pub(crate) group: Group,
     #[serde(default)]
@@ -177,6 +178,7 @@ mod tests {
         assert_eq!(file.data_lanes, Some(p2p.data_lanes));
         assert_eq!(file.data_lane_port, Some(p2p.data_lane_listen.port()));
         assert_eq!(file.poll_peers, Some(p2p.poll_peers));
+        assert_eq!(file.ring_peers, Some(p2p.ring_peers));
     }
 
     #[test]

@@ -83,6 +83,11 @@ pub(crate) struct Args {
     /// [default: 64].
     #[arg(long, value_name = "N")]
     poll_peers: Option<usize>,
+    /// On a LAN larger than `--poll-peers`, a download also polls its ring neighbours: for
+    /// each of its points on the file's split ring, the first N LAN peers whose points follow
+    /// it (they bound the share of the origin's work it takes); 0: none [default: 2].
+    #[arg(long, value_name = "N")]
+    ring_peers: Option<usize>,
 }
 
 /// Runs until SIGTERM or SIGINT; SIGHUP reloads the admin config.
@@ -187,6 +192,9 @@ pub(crate) async fn run(args: Args, log: Option<String>) -> anyhow::Result<ExitC
         }
         if let Some(n) = args.poll_peers.or(file.poll_peers) {
             p2p.poll_peers = n;
+        }
+        if let Some(n) = args.ring_peers.or(file.ring_peers) {
+            p2p.ring_peers = n;
         }
         p2p.upload_max_rate = args
             .upload_max_rate

@@ -154,14 +154,13 @@ fn a_node_without_data_lanes_exchanges_with_one_that_has_them_over_libp2p() {
     );
 }
 
-#[test]
-fn a_download_polls_no_more_peers_than_it_is_given() {
-    let _alone = one_at_a_time();
-    // Four daemons that each poll one peer per download: host 2 holds the file, hosts 4
-    // and 5 hold nothing.
+/// Four daemons run with `args`: host 2 takes the file from the origin, then host 3 from
+/// its peers (hosts 4 and 5 hold nothing). Returns the hosts that host 3 asked what they hold
+/// (read from their logs), and how long its download took.
+fn hosts_polled_by_host_3(args: &[&str]) -> (Vec<usize>, Duration) {
     let mut fleet = Fleet::without_daemons(options(4, 0));
     for host in 2..=5 {
-        fleet.start_daemon_with(host, &["--poll-peers", "1"]);
+        fleet.start_daemon_with(host, args);
     }
     fleet.wait_for_mesh();
     let out = fleet.spawn_get(2).wait_with_output().unwrap();
@@ -172,7 +171,6 @@ fn a_download_polls_no_more_peers_than_it_is_given() {
     let out = fleet.spawn_get(3).wait_with_output().unwrap();
     let took = started.elapsed();
     fleet.check(3, &out);
-    // Which of the three peers host 3 asked what they hold.
     let polled: Vec<usize> = [2, 4, 5]
         .into_iter()
         .filter(|&h| {
@@ -181,6 +179,14 @@ fn a_download_polls_no_more_peers_than_it_is_given() {
                 .any(|l| l.contains("peer request") && l.contains(&asker) && l.contains("Status"))
         })
         .collect();
+    (polled, took)
+}
+
+#[test]
+fn a_download_polls_no_more_peers_than_it_is_given() {
+    let _alone = one_at_a_time();
+    // Each daemon polls one peer per download, and no ring neighbours.
+    let (polled, took) = hosts_polled_by_host_3(&["--poll-peers", "1", "--ring-peers", "0"]);
     assert!(!polled.is_empty(), "host 3 polled nobody");
     // One peer at a time, and a member that offered nothing is swapped for another at most
     // once every 10 polls (5 s): in less than that, at most two of the three were asked
@@ -193,6 +199,15 @@ fn a_download_polls_no_more_peers_than_it_is_given() {
         polled.len() <= 2,
         "host 3 polled hosts {polled:?}, more than its one peer and one swap"
     );
+}
+
+#[test]
+fn a_download_polls_its_ring_neighbours_beyond_its_bound() {
+    let _alone = one_at_a_time();
+    // One peer per download, and four ring neighbours after each of the node's four points:
+    // on a LAN of three peers, every peer is a ring neighbour, so all three are asked.
+    let (polled, _) = hosts_polled_by_host_3(&["--poll-peers", "1", "--ring-peers", "4"]);
+    assert_eq!(polled, vec![2, 4, 5], "host 3 polled hosts {polled:?}");
 }
 
 #[test]

@@ -107,6 +107,12 @@ pub struct P2pConfig {
     /// [`POLL_ROTATION`] a few that offered nothing are swapped for others; peers that ask
     /// about the same file come first). 0: every connected peer. Default [`POLL_PEERS`].
     pub poll_peers: usize,
+    /// Ring neighbours a download polls on top of `poll_peers`: for each of this node's points
+    /// on the file's split ring, the first this many LAN peers whose points follow it
+    /// (`do_engine::SplitRing`). They bound the arcs of the origin's work this node takes, so
+    /// with them a node sees where its arcs end however few of the crowd it polls. 0: none.
+    /// Default [`RING_PEERS`].
+    pub ring_peers: usize,
 }
 
 /// The default bound on the peers a download polls: on a LAN of hundreds of nodes, polling
@@ -114,6 +120,10 @@ pub struct P2pConfig {
 /// fleet. 64 is what the simulator's flash crowd of 1,000 nodes gives each node
 /// (`peers_per_node`), where the crowd finishes within 0.93 of its bound.
 pub const POLL_PEERS: usize = 64;
+
+/// The default count of ring neighbours per point a download polls (see
+/// [`P2pConfig::ring_peers`]): up to 8 peers more than [`POLL_PEERS`].
+pub const RING_PEERS: usize = 2;
 
 /// How often a download's polled set lets peers that offered nothing go: every 10 polls (5 s).
 pub const POLL_ROTATION: u64 = 10;
@@ -175,6 +185,7 @@ impl Default for P2pConfig {
             data_lanes: true,
             data_lane_listen: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             poll_peers: POLL_PEERS,
+            ring_peers: RING_PEERS,
         }
     }
 }

@@ -18,7 +18,7 @@ use do_content::{
     BlockBits, BlockHash, BlockIndex, ContentId, Manifest, RangeSet, block_count, block_range,
     hash_block,
 };
-use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId};
+use do_engine::{DownloadId, Engine, Failure, Input, PeerClass, PeerId, RequestId, SplitRing};
 use do_origin::Validators;
 use do_p2p::{
     BehaviourEvent,
@@ -290,6 +290,8 @@ pub(crate) struct P2p {
     lanes_on: bool,
     /// The most peers a download polls (0: all).
     poll_peers: usize,
+    /// Ring neighbours per point a download polls besides (see `P2pConfig::ring_peers`).
+    ring_peers: usize,
     lane_listen: std::net::SocketAddr,
     lane_server: Option<lane::Server>,
     tickets: Arc<Tickets>,
@@ -399,6 +401,7 @@ impl P2p {
             slot_freed: Arc::default(),
             lanes_on: config.data_lanes,
             poll_peers: config.poll_peers,
+            ring_peers: config.ring_peers,
             lane_listen: config.data_lane_listen,
             lane_server: None,
             tickets: Arc::default(),
@@ -1840,9 +1843,15 @@ impl P2p {
             return;
         };
         let content = *s.content.as_bytes();
+        let ring =
+            if self.ring_peers > 0 && self.poll_peers > 0 && connected.len() > self.poll_peers {
+                ring_neighbours(&self.peers, self.key, s.len, self.ring_peers)
+            } else {
+                Vec::new()
+            };
         let targets: Vec<libp2p::PeerId> = s
             .polled
-            .choose(&connected, rotate, &mut rand::rng())
+            .choose(&connected, &ring, rotate, &mut rand::rng())
             .into_iter()
             .filter(|p| !s.polling.contains(p))
             .collect();
@@ -2092,6 +2101,28 @@ struct Target<'a> {
     store: &'a Store,
     entry: EntryId,
     writes: &'a Mutex<()>,
+}
+
+/// The LAN peers among `peers` that are ring neighbours of the node of rank key `own` on the
+/// split ring of a file of `len` bytes: for each of its points, the first `per_point` peers
+/// whose points follow it.
+fn ring_neighbours(
+    peers: &HashMap<libp2p::PeerId, Known>,
+    own: u64,
+    len: u64,
+    per_point: usize,
+) -> Vec<libp2p::PeerId> {
+    let lan: HashMap<u64, libp2p::PeerId> = peers
+        .iter()
+        .filter(|(_, k)| k.class == PeerClass::Lan)
+        .map(|(p, _)| (do_p2p::rank_key(p), *p))
+        .collect();
+    let keys: Vec<u64> = lan.keys().copied().collect();
+    SplitRing::new(&keys, block_count(len))
+        .successors(own, per_point)
+        .into_iter()
+        .map(|k| lan[&k])
+        .collect()
 }
 
 fn write_peer_blocks(

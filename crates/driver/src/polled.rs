@@ -51,12 +51,14 @@ impl<P: Copy + Eq + Hash + Ord> Polled<P> {
         }
     }
 
-    /// Chooses the set among the `connected` peers and returns it, sorted. Members that left
-    /// go; with `rotate`, up to a quarter of the limit (at least one) of the idle members go
-    /// too. The places free are filled by askers first, then by peers drawn with `rng`.
+    /// Chooses the set among the `connected` peers and returns it with the `ring` neighbours
+    /// (polled on top of the limit, never rotated out), sorted. Members that left go; with
+    /// `rotate`, up to a quarter of the limit (at least one) of the idle members go too. The
+    /// places free are filled by askers first, then by peers drawn with `rng`.
     pub(crate) fn choose(
         &mut self,
         connected: &HashSet<P>,
+        ring: &[P],
         rotate: bool,
         rng: &mut impl Rng,
     ) -> Vec<P> {
@@ -100,7 +102,9 @@ impl<P: Copy + Eq + Hash + Ord> Polled<P> {
         self.askers.retain(|p| !self.members.contains(p));
         self.idle.retain(|p| self.members.contains(p));
         let mut members: Vec<P> = self.members.iter().copied().collect();
+        members.extend(ring.iter().filter(|p| connected.contains(p)));
         members.sort_unstable();
+        members.dedup();
         members
     }
 }
@@ -120,11 +124,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let mut small = Polled::new(8);
         assert_eq!(
-            small.choose(&peers(0..5), false, &mut rng),
+            small.choose(&peers(0..5), &[], false, &mut rng),
             vec![0, 1, 2, 3, 4]
         );
         let mut unbounded = Polled::new(0);
-        assert_eq!(unbounded.choose(&peers(0..100), true, &mut rng).len(), 100);
+        assert_eq!(
+            unbounded.choose(&peers(0..100), &[], true, &mut rng).len(),
+            100
+        );
     }
 
     #[test]
@@ -132,14 +139,14 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(2);
         let mut polled = Polled::new(8);
         let connected = peers(0..100);
-        let first = polled.choose(&connected, false, &mut rng);
+        let first = polled.choose(&connected, &[], false, &mut rng);
         assert_eq!(first.len(), 8);
         assert!(first.iter().all(|p| connected.contains(p)));
         for p in &first {
             polled.answered(*p, false);
         }
         // Idle members stay until a rotation.
-        assert_eq!(polled.choose(&connected, false, &mut rng), first);
+        assert_eq!(polled.choose(&connected, &[], false, &mut rng), first);
     }
 
     #[test]
@@ -147,7 +154,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let mut polled = Polled::new(8);
         let connected = peers(0..100);
-        let first = polled.choose(&connected, false, &mut rng);
+        let first = polled.choose(&connected, &[], false, &mut rng);
         // Two members hold the file; the other six answered with nothing.
         for (i, p) in first.iter().enumerate() {
             polled.answered(*p, i < 2);
@@ -157,7 +164,7 @@ mod tests {
             polled.asked_by(a);
         }
         // A rotation lets two idle members go (a quarter of 8): two askers take their places.
-        let second = polled.choose(&connected, true, &mut rng);
+        let second = polled.choose(&connected, &[], true, &mut rng);
         assert_eq!(second.len(), 8);
         assert!(second.contains(&first[0]) && second.contains(&first[1]));
         let gone: Vec<&u32> = first.iter().filter(|p| !second.contains(p)).collect();
@@ -166,7 +173,7 @@ mod tests {
         assert!(askers[..2].iter().all(|a| second.contains(a)));
         // The third asker waits for the next free place.
         assert!(!second.contains(&askers[2]));
-        let third = polled.choose(&connected, true, &mut rng);
+        let third = polled.choose(&connected, &[], true, &mut rng);
         assert!(third.contains(&askers[2]), "{third:?}");
     }
 
@@ -175,20 +182,38 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(4);
         let mut polled = Polled::new(8);
         let mut connected = peers(0..40);
-        let first = polled.choose(&connected, false, &mut rng);
+        let first = polled.choose(&connected, &[], false, &mut rng);
         connected.remove(&first[0]);
-        let second = polled.choose(&connected, false, &mut rng);
+        let second = polled.choose(&connected, &[], false, &mut rng);
         assert_eq!(second.len(), 8);
         assert!(!second.contains(&first[0]));
         // With every member idle, rotations reach every connected peer.
         let mut seen: HashSet<u32> = HashSet::new();
         for _ in 0..200 {
-            let set = polled.choose(&connected, true, &mut rng);
+            let set = polled.choose(&connected, &[], true, &mut rng);
             for &p in &set {
                 polled.answered(p, false);
             }
             seen.extend(set);
         }
         assert_eq!(seen, connected);
+    }
+
+    #[test]
+    fn ring_neighbours_are_polled_on_top_of_the_limit_and_never_rotated_out() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut polled = Polled::new(8);
+        let connected = peers(0..100);
+        // 200 is not connected (it left): it is not polled.
+        let ring = [97, 98, 99, 200];
+        for _ in 0..20 {
+            let set = polled.choose(&connected, &ring, true, &mut rng);
+            assert!(ring[..3].iter().all(|p| set.contains(p)), "{set:?}");
+            assert!(!set.contains(&200));
+            assert!(set.len() <= 8 + 3);
+            for &p in &set {
+                polled.answered(p, false);
+            }
+        }
     }
 }
