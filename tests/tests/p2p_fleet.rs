@@ -14,6 +14,9 @@ use do_tests::{Fleet, FleetOptions, donode_bin};
 /// The test file's size. Large enough that peers, not start-up, dominate.
 const FILE: u64 = 64 << 20;
 
+/// The file of the sequential fleet (five nodes one after another).
+const SEQUENTIAL_FILE: u64 = 256 << 20;
+
 /// Fleets run one at a time: each keeps both cores busy, and timings (a peer killed
 /// mid-transfer, a crowd's completion time) mean something only on an otherwise idle machine.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -73,14 +76,20 @@ fn ratio(bytes: u64) -> f64 {
 #[test]
 fn nodes_fetching_one_after_another_take_the_file_from_each_other() {
     let _alone = one_at_a_time();
-    let fleet = fleet(5, 0);
+    // The size for this scenario: 256 MiB (the other fleets use 64 MiB).
+    let file = SEQUENTIAL_FILE;
+    let fleet = Fleet::start(FleetOptions {
+        file_bytes: file,
+        ..options(5, 0)
+    });
+    let ratio = |bytes: u64| bytes as f64 / file as f64;
     for host in 2..=6 {
         let out = fleet.spawn_get(host).wait_with_output().unwrap();
         let summary = fleet.check(host, &out);
         if host > 2 {
             assert_eq!(
                 summary["BytesFromLanPeers"].as_u64(),
-                Some(FILE),
+                Some(file),
                 "host {host} took every byte from peers: {summary}"
             );
         }
@@ -103,8 +112,8 @@ fn nodes_fetching_one_after_another_take_the_file_from_each_other() {
     // Each of the four took the file from peers (checked above); anything beyond that is a
     // block taken twice (a request that stalled and was asked elsewhere): under 1 %.
     assert!(
-        received >= 4 * FILE && received - 4 * FILE <= 4 * FILE / 100,
-        "peers received {received} bytes for four copies of {FILE}"
+        received >= 4 * file && received - 4 * file <= 4 * file / 100,
+        "peers received {received} bytes for four copies of {file}"
     );
     // The blocks travelled on data lanes (a peer's lane opens when it first says it holds
     // something; a request sent before that goes over libp2p).
