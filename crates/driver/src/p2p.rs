@@ -143,6 +143,8 @@ struct Known {
     /// LAN (found by mDNS, in every mode), Group (a member beyond the LAN, in Group mode) or
     /// Internet (beyond the LAN, in Internet mode).
     class: PeerClass,
+    /// Its rank key (`do_p2p::rank_key`): where its points are on a split's ring.
+    key: u64,
 }
 
 /// A download whose origin could not be reached, asking peers for the file's manifest.
@@ -1145,7 +1147,16 @@ impl P2p {
                     (false, _, true) => PeerClass::Internet,
                     _ => PeerClass::Lan,
                 };
-                self.peers.insert(peer_id, Known { id, addr, class });
+                let key = do_p2p::rank_key(&peer_id);
+                self.peers.insert(
+                    peer_id,
+                    Known {
+                        id,
+                        addr,
+                        class,
+                        key,
+                    },
+                );
                 self.by_engine.insert(id, peer_id);
                 info!(peer = %peer_id, ?class, "peer connected");
                 ctx.engine
@@ -2115,7 +2126,7 @@ fn ring_neighbours(
     let lan: HashMap<u64, libp2p::PeerId> = peers
         .iter()
         .filter(|(_, k)| k.class == PeerClass::Lan)
-        .map(|(p, _)| (do_p2p::rank_key(p), *p))
+        .map(|(p, k)| (k.key, *p))
         .collect();
     let keys: Vec<u64> = lan.keys().copied().collect();
     SplitRing::new(&keys, block_count(len))
