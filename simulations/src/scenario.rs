@@ -271,6 +271,14 @@ pub struct EngineKnobs {
     /// holds them (`donode run --ring-peers`). 0 (the default): the random sample alone.
     #[serde(default)]
     pub ring_peers: usize,
+    /// With `peers_per_node` set, a node that comes up with fewer than this many of its
+    /// sampled peers online on its site is linked to nodes of its site that are up, drawn at
+    /// random, until it has that many (or every node up): the node finds every host that is
+    /// up through mDNS and polls them while they are fewer than its bound, where a sample
+    /// drawn before the run leaves the first nodes of a crowd alone, and so not peering, and
+    /// at the origin at once. 0 (the default): the sample alone.
+    #[serde(default)]
+    pub online_peers: usize,
     /// Peers a node is connected to on other sites (Group and Internet mode: peers a WAN
     /// discovery would find). Default 4.
     #[serde(default = "four")]
@@ -366,6 +374,7 @@ impl Default for EngineKnobs {
             peers_per_node: 0,
             peer_sample: PeerSample::Uniform,
             ring_peers: 0,
+            online_peers: 0,
             wan_peers_per_node: 4,
             origin_fallback_delay_s: 1.0,
             upload_slots: None,

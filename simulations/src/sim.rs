@@ -319,6 +319,10 @@ pub struct Sim {
     poll_scheduled: bool,
     /// The run's seed.
     seed: u64,
+    /// Per site, the nodes that have come up, in order (for `online_peers`).
+    up: Vec<Vec<u32>>,
+    /// Per node, whether it is in `up`.
+    been_up: Vec<bool>,
 }
 
 fn mbit(x: f64) -> f64 {
@@ -466,6 +470,8 @@ impl Sim {
             have_poll_ns: ns(sc.engine.have_interval_s),
             poll_scheduled: false,
             seed,
+            up: vec![Vec::new(); sc.sites.len()],
+            been_up: vec![false; n],
             sc,
         };
         sim.build_neighbors(&mut topo);
@@ -708,8 +714,46 @@ impl Sim {
         self.ensure_poll();
     }
 
+    /// Links `i`, which comes up, to nodes of its site that are up until it has
+    /// `online_peers` online neighbors there (see `EngineKnobs::online_peers`).
+    fn link_online(&mut self, i: u32) {
+        let want = self.sc.engine.online_peers;
+        let site = self.nodes[i as usize].site;
+        if want > 0 && self.sc.engine.peers_per_node > 0 {
+            let mut online = self.nodes[i as usize]
+                .neighbors
+                .iter()
+                .filter(|&&j| {
+                    let n = &self.nodes[j as usize];
+                    n.online && n.site == site
+                })
+                .count();
+            let mut rng = Rng::new(self.seed, 0x6f6e_6c69_6e65 ^ u64::from(i));
+            let up = &self.up[site];
+            let mut tries = 0;
+            while online < want && tries < 4 * want && !up.is_empty() {
+                tries += 1;
+                let j = up[rng.below(up.len() as u64) as usize];
+                let node = &self.nodes[i as usize];
+                if j == i || !self.nodes[j as usize].online || node.neighbors.contains(&j) {
+                    continue;
+                }
+                for (a, b) in [(i, j), (j, i)] {
+                    let list = &mut self.nodes[a as usize].neighbors;
+                    let at = list.partition_point(|&x| x < b);
+                    list.insert(at, b);
+                }
+                online += 1;
+            }
+        }
+        if !std::mem::replace(&mut self.been_up[i as usize], true) {
+            self.up[site].push(i);
+        }
+    }
+
     /// Tells `i`'s engine about its online neighbors, and them about `i`.
     fn connect(&mut self, i: u32) {
+        self.link_online(i);
         let neighbors = self.nodes[i as usize].neighbors.clone();
         let now = self.instant();
         for j in neighbors {

@@ -223,8 +223,10 @@ fn a_crowd_arriving_over_time_in_a_partial_mesh_takes_the_file_about_once_from_t
     // for them (1.08 copies; 1.47 without, `engine.near_wait_s = 0`).
     let mut sc = small("flash-crowd-lan", 100, 128.0);
     sc.engine.peers_per_node = 32;
-    // (The random sample alone: ring neighbours would show a node where its arcs end.)
+    // (The random sample alone: ring neighbours would show a node where its arcs end, and
+    // links to the hosts up would give the first nodes peers.)
     sc.engine.ring_peers = 0;
+    sc.engine.online_peers = 0;
     let s = run(&sc, 1);
     check_healthy(&s);
     assert!(s.origin_copies < 1.2, "{s}");
@@ -251,6 +253,24 @@ fn ring_neighbours_let_a_sparse_crowd_take_the_file_once_from_the_origin() {
     let without = run(&sc, 1);
     check_healthy(&without);
     assert!(without.origin_copies > 2.0, "{without}");
+}
+
+#[test]
+fn the_first_nodes_of_a_crowd_link_to_the_hosts_already_up() {
+    // 200 nodes seeing 16 each arrive over 10 s. From a sample drawn before the run, the
+    // first ones find none of their peers up, so they are not peering and go to the origin at
+    // once, each for the whole file (1.56 copies); linked to 4 hosts already up, as the node
+    // finds them through mDNS, they wait the fallback delay and split the work (1.14).
+    let mut sc = small("flash-crowd-lan", 200, 128.0);
+    sc.engine.peers_per_node = 16;
+    sc.engine.online_peers = 4;
+    let linked = run(&sc, 1);
+    check_healthy(&linked);
+    assert!(linked.origin_copies < 1.25, "{linked}");
+    sc.engine.online_peers = 0;
+    let alone = run(&sc, 1);
+    check_healthy(&alone);
+    assert!(alone.origin_copies > 1.4, "{alone}");
 }
 
 #[test]
@@ -285,8 +305,10 @@ fn a_crowd_whose_peers_are_sampled_from_the_swarm_takes_the_file_about_once_from
     // it, as a full mesh would show the crowd, 1.06.
     let mut sc = small("flash-crowd-lan", 150, 64.0);
     sc.engine.peers_per_node = 16;
-    // (The samples alone: ring neighbours would show a node where its arcs end.)
+    // (The samples alone: ring neighbours would show a node where its arcs end, and links
+    // to the hosts up would give the first nodes peers.)
     sc.engine.ring_peers = 0;
+    sc.engine.online_peers = 0;
     let uniform = run(&sc, 1);
     sc.engine.peer_sample = do_sim::scenario::PeerSample::Swarm;
     let swarm = run(&sc, 1);
