@@ -954,12 +954,9 @@ impl SplitRing {
     /// The ring of `keys` (rank keys, [`Config::node_key`](crate::Config::node_key)) for a
     /// file of `blocks` blocks.
     pub fn new(keys: &[u64], blocks: u64) -> Self {
-        let mut keys = keys.to_vec();
-        keys.sort_unstable();
-        keys.dedup();
         let blocks = blocks.max(1);
         Self {
-            points: ring(&keys, blocks),
+            points: ring(keys, blocks),
             blocks,
         }
     }
@@ -967,9 +964,8 @@ impl SplitRing {
     /// For each of `own`'s points, the keys of the first `per_point` other nodes whose points
     /// follow it on the ring; each key once, sorted. `own` need not be on the ring.
     pub fn successors(&self, own: u64, per_point: usize) -> Vec<u64> {
-        let others = self.points.iter().filter(|&&(_, k)| k != own).count();
         let mut keys = Vec::new();
-        if others == 0 || per_point == 0 {
+        if per_point == 0 || self.points.iter().all(|&(_, k)| k == own) {
             return keys;
         }
         let len = self.points.len();
