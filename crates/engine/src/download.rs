@@ -110,8 +110,11 @@ pub(crate) struct Download {
     /// How the origin's work is split, as last computed (see `Engine::split`); `None` when
     /// the shares may have moved since.
     pub(crate) split: Option<Option<Split>>,
-    /// Which computation `split` is (`Engine::split_version`).
+    /// Which version of what the split tells `split` is (`Engine::split_version`).
     pub(crate) split_version: u64,
+    /// What the split at `split_version` tells (`Split::told`; empty with no split): a split
+    /// computed again that tells the same keeps its version.
+    pub(crate) split_told: Vec<(u64, u64, u8)>,
     /// Peers whose requests for this file stalled: what they say they hold is ignored until
     /// they reconnect, so their blocks come from elsewhere (the origin if need be).
     pub(crate) dropped: BTreeSet<PeerId>,
@@ -191,6 +194,7 @@ impl Download {
             shares_moved: false,
             split: None,
             split_version: 0,
+            split_told: Vec::new(),
             dropped: BTreeSet::new(),
             manifest_trusted: false,
             unchecked: BTreeMap::new(),

@@ -579,7 +579,7 @@ pub struct Engine {
     /// Which download each outstanding request belongs to.
     requests: BTreeMap<RequestId, DownloadId>,
     next_request: u64,
-    /// Counts the splits computed (see [`Engine::split_version`]).
+    /// Counts the changes of what splits tell (see [`Engine::split_version`]).
     splits_made: u64,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
@@ -827,9 +827,10 @@ impl Engine {
         peers::successors(&split.told, asker, do_content::block_count(info.len))
     }
 
-    /// Which computation of a download's split is current: it changes whenever the split is
-    /// computed again (and never repeats), so what [`Engine::co_fetchers_for`] tells an asker
-    /// can have changed only if this did. `None`: no such download.
+    /// Which version of what a download's split tells is current: it changes whenever a split
+    /// computed again tells other keys or distances (and never repeats), so what
+    /// [`Engine::co_fetchers_for`] tells an asker can have changed only if this did. `None`: no
+    /// such download.
     pub fn split_version(&mut self, id: DownloadId) -> Option<u64> {
         self.refresh_split(id);
         self.downloads.get(&id).map(|d| d.split_version)

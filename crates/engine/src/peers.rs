@@ -702,10 +702,16 @@ impl Engine {
         };
         if d.split.is_none() {
             let split = self.split(d);
-            self.splits_made += 1;
+            let told = split.as_ref().map_or(&[][..], |s| &s.told[..]);
+            let moved = told != d.split_told;
+            let told = moved.then(|| told.to_vec());
             let d = self.downloads.get_mut(&id).expect("live");
+            if let Some(told) = told {
+                self.splits_made += 1;
+                d.split_version = self.splits_made;
+                d.split_told = told;
+            }
             d.split = Some(split);
-            d.split_version = self.splits_made;
         }
     }
 
