@@ -12,6 +12,10 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     ("churn", include_str!("../scenarios/churn.toml")),
     (
+        "flash-crowd-100k",
+        include_str!("../scenarios/flash-crowd-100k.toml"),
+    ),
+    (
         "flash-crowd-lan",
         include_str!("../scenarios/flash-crowd-lan.toml"),
     ),
