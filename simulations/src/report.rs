@@ -69,6 +69,11 @@ pub struct Summary {
     /// Origin bytes sent to well-behaved nodes / `file_bytes` (the misbehaving ones, once
     /// banned, take the rest of their file from the origin).
     pub origin_copies_honest: f64,
+    /// Of `origin_copies`, the blocks cut off in flight (a fetch cancelled or ended by an
+    /// outage in the middle of a block) / `file_bytes`. With blocks coarser than the node's
+    /// (`block_kib`), most of these bytes are whole 64 KiB blocks that the node would have
+    /// kept.
+    pub origin_cut_copies: f64,
     /// The least `origin_copies` can be (1 with peers across sites, one per site in LAN mode).
     pub min_origin_copies: f64,
     /// Verified bytes from peers.
@@ -202,6 +207,7 @@ pub fn summarise(sc: &Scenario, seed: u64, o: &Outcome, wall_s: f64) -> Summary 
         origin_bytes: o.origin_bytes,
         origin_copies: o.origin_bytes as f64 / per_file,
         origin_copies_honest: (o.origin_bytes - o.origin_bytes_to_faulty) as f64 / per_file,
+        origin_cut_copies: o.origin_cut_bytes as f64 / per_file,
         min_origin_copies: b.min_origin_bytes / per_file,
         bytes_from_peers: peers,
         bytes_from_lan_peers: o.peer_bytes[0],
@@ -255,11 +261,13 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  origin sent {:.3} copies (least possible {:.0}; {:.3} to well-behaved nodes); \
-             peers gave {:.2} GiB (LAN {:.2}, group {:.2}, internet {:.2}); {:.1}% saved",
+            "  origin sent {:.3} copies (least possible {:.0}; {:.3} to well-behaved nodes; \
+             {:.3} in blocks cut off in flight); peers gave {:.2} GiB (LAN {:.2}, group {:.2}, \
+             internet {:.2}); {:.1}% saved",
             self.origin_copies,
             self.min_origin_copies,
             self.origin_copies_honest,
+            self.origin_cut_copies,
             gib(self.bytes_from_peers),
             gib(self.bytes_from_lan_peers),
             gib(self.bytes_from_group_peers),

@@ -250,6 +250,9 @@ pub struct Outcome {
     pub corrupt_bytes_committed: u64,
     /// Bytes moved and not kept: corrupt, cancelled mid-chunk, or duplicates.
     pub wasted_bytes: u64,
+    /// Of the origin's bytes, those of blocks cut off in flight (a fetch cancelled, or ended
+    /// by an outage, in the middle of a block).
+    pub origin_cut_bytes: u64,
     /// Files evicted from nodes' caches under the quota, and their bytes.
     pub evictions: u64,
     /// Bytes of the files evicted.
@@ -1578,6 +1581,9 @@ impl Sim {
         {
             let carried = self.end_flow(flow);
             self.out.wasted_bytes += carried;
+            if open.server.is_none() {
+                self.out.origin_cut_bytes += carried;
+            }
         }
         // A queued request leaves the server's queue lazily (skipped when its turn comes).
     }
@@ -1692,6 +1698,7 @@ impl Sim {
         for (i, request, flow) in origin_flows {
             let carried = self.end_flow(flow);
             self.out.wasted_bytes += carried;
+            self.out.origin_cut_bytes += carried;
             self.nodes[i as usize].open.remove(&request);
             let result = Err(Failure::Transient(HTTP_503));
             self.feed(i, Input::FetchEnded { request, result });

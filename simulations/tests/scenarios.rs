@@ -32,6 +32,10 @@ fn check_healthy(s: &Summary) {
         s.origin_copies + 1e-9 >= s.min_origin_copies,
         "the origin sent less than the least possible: {s}"
     );
+    assert!(
+        (0.0..=s.origin_copies + 1e-9).contains(&s.origin_cut_copies),
+        "blocks cut off are part of what the origin sent: {s}"
+    );
 }
 
 fn count_files(s: &Summary) -> usize {
@@ -163,6 +167,8 @@ fn an_origin_outage_delays_but_does_not_fail_the_fleet() {
     check_healthy(&s);
     // The outage lasts to 60 s and one copy cannot have left the origin before it began.
     assert!(s.makespan_s > 6.0, "{s}");
+    // The outage cut the origin's flows in the middle of their blocks.
+    assert!(s.origin_cut_copies > 0.0, "{s}");
 }
 
 #[test]

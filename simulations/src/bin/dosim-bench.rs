@@ -224,7 +224,9 @@ fn main() -> anyhow::Result<()> {
             );
         }
         print!(
-            "; origin copies {copies:.3} [target ≤ {:.2}: {}]",
+            "; origin copies {copies:.3}, {:.3} of them in blocks cut off in flight \
+             [target ≤ {:.2}: {}]",
+            num("origin_cut_copies"),
             case.max_copies,
             verdict(copies <= case.max_copies)
         );
