@@ -112,9 +112,10 @@ pub(crate) struct Download {
     pub(crate) split: Option<Option<Split>>,
     /// Which version of what the split tells `split` is (`Engine::split_version`).
     pub(crate) split_version: u64,
-    /// What the split at `split_version` tells (`Split::told`; empty with no split): a split
-    /// computed again that tells the same keeps its version.
-    pub(crate) split_told: Vec<(u64, u64, u8)>,
+    /// What the last split computed told (`Split::told`; empty with no split), kept from the
+    /// moment the shares may have moved until the split is computed again: one that tells the
+    /// same keeps its version.
+    pub(crate) told_before: Option<Vec<(u64, u64, u8)>>,
     /// Peers whose requests for this file stalled: what they say they hold is ignored until
     /// they reconnect, so their blocks come from elsewhere (the origin if need be).
     pub(crate) dropped: BTreeSet<PeerId>,
@@ -194,7 +195,7 @@ impl Download {
             shares_moved: false,
             split: None,
             split_version: 0,
-            split_told: Vec::new(),
+            told_before: None,
             dropped: BTreeSet::new(),
             manifest_trusted: false,
             unchecked: BTreeMap::new(),
@@ -556,7 +557,9 @@ impl Download {
     /// needed, and origin fetches outside this node's share are looked for.
     pub(crate) fn move_shares(&mut self) {
         self.shares_moved = true;
-        self.split = None;
+        if let Some(split) = self.split.take() {
+            self.told_before = Some(split.map(|s| s.told).unwrap_or_default());
+        }
     }
 
     /// Whether the shares may have moved since the last look for stray origin fetches;
@@ -759,6 +762,8 @@ impl Download {
         self.near = None;
         self.near_until = None;
         self.move_shares();
+        // (A split computed again after this one tells others in any case.)
+        self.told_before = None;
     }
 
     /// The origin's file changed: everything known about the old version goes.

@@ -702,14 +702,11 @@ impl Engine {
         };
         if d.split.is_none() {
             let split = self.split(d);
-            let told = split.as_ref().map_or(&[][..], |s| &s.told[..]);
-            let moved = told != d.split_told;
-            let told = moved.then(|| told.to_vec());
             let d = self.downloads.get_mut(&id).expect("live");
-            if let Some(told) = told {
+            let before = d.told_before.take().unwrap_or_default();
+            if split.as_ref().map_or(&[][..], |s| &s.told[..]) != before {
                 self.splits_made += 1;
                 d.split_version = self.splits_made;
-                d.split_told = told;
             }
             d.split = Some(split);
         }
