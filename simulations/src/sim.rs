@@ -949,7 +949,7 @@ impl Sim {
                         Input::PeerGained { id, peer, blocks }
                     });
                 }
-                // What can come through a LAN co-fetcher: what its own LAN peers hold (told
+                // What can come through a LAN co-fetcher: what its own peers hold (told
                 // when it changed, and again after a refresh: the engine forgets it with the
                 // peer's holdings).
                 let (near, version) = &self.nodes[ju].near[f];

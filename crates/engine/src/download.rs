@@ -78,15 +78,18 @@ pub(crate) struct Download {
     pub(crate) haves: BTreeMap<PeerId, BlockBits>,
     /// How many of `haves` hold each block.
     availability: Vec<u32>,
-    /// What the LAN peers among `haves` hold, all in one: kept up as they gain blocks, and
-    /// computed again when next asked (`None`) after one lost some or left.
-    lan_held: Option<BlockBits>,
-    /// What can come through each usable peer: the blocks its own LAN peers hold, as it last
+    /// What the peers in `haves` hold, all in one: kept up as they gain blocks, and computed
+    /// again when next asked (`None`) after one lost some or left.
+    peers_held: Option<BlockBits>,
+    /// What can come through each usable LAN peer: the blocks its own peers hold, as it last
     /// said (`Input::PeerNear`); and all of them in one set, computed again when one changed
     /// (`None`). They are left to come through the peers while peers keep bringing blocks (see
     /// `Config::near_wait`).
     near_by: BTreeMap<PeerId, BlockBits>,
     near: Option<BlockBits>,
+    /// What this node last told can come through it (`Engine::held_by_peers`): its LAN
+    /// co-fetchers split what crosses the WAN by it (`Engine::far_take`).
+    pub(crate) told_near: Option<BlockBits>,
     /// When `near` last grew, and when a peer last brought a block.
     near_grew: Instant,
     pub(crate) peer_block_at: Instant,
@@ -183,7 +186,8 @@ impl Download {
             endgame: false,
             haves: BTreeMap::new(),
             availability: Vec::new(),
-            lan_held: None,
+            peers_held: None,
+            told_near: None,
             near_by: BTreeMap::new(),
             near: None,
             near_grew: now,
@@ -395,14 +399,14 @@ impl Download {
         owed.is_empty().then_some(twin)
     }
 
-    /// Records what `peer`, a LAN peer if `lan`, holds now (replacing what it said before).
-    pub(crate) fn set_have(&mut self, peer: PeerId, blocks: &RangeSet, lan: bool) {
+    /// Records what `peer` holds now (replacing what it said before).
+    pub(crate) fn set_have(&mut self, peer: PeerId, blocks: &RangeSet) {
         let new = BlockBits::from_set(blocks);
         let old = self.haves.remove(&peer);
-        match (&mut self.lan_held, &old) {
-            // Nothing said before, or not a LAN peer: the LAN's holdings only grow.
-            (Some(held), None) if lan => held.union_with(&new),
-            (Some(_), _) if lan => self.lan_held = None,
+        match (&mut self.peers_held, &old) {
+            // Nothing said before: the peers' holdings only grow.
+            (Some(held), None) => held.union_with(&new),
+            (Some(_), Some(_)) => self.peers_held = None,
             _ => {}
         }
         old.unwrap_or_default()
@@ -504,37 +508,30 @@ impl Download {
         }
     }
 
-    /// Adds `blocks` to what `peer`, a LAN peer if `lan`, holds.
-    pub(crate) fn add_have(&mut self, peer: PeerId, blocks: &RangeSet, lan: bool) {
+    /// Adds `blocks` to what `peer` holds.
+    pub(crate) fn add_have(&mut self, peer: PeerId, blocks: &RangeSet) {
         let availability = &mut self.availability;
         self.haves
             .entry(peer)
             .or_default()
             .add_new(blocks, |b| count_in(availability, b, true));
-        if let (true, Some(held)) = (lan, &mut self.lan_held) {
+        if let Some(held) = &mut self.peers_held {
             for run in blocks.runs() {
                 held.insert(run);
             }
         }
     }
 
-    /// What the LAN peers among `haves` hold; `is_lan` tells which peers are.
-    pub(crate) fn lan_held(&mut self, is_lan: impl Fn(PeerId) -> bool) -> &BlockBits {
+    /// What the peers in `haves` hold, all in one.
+    pub(crate) fn peers_held(&mut self) -> &BlockBits {
         let haves = &self.haves;
-        self.lan_held.get_or_insert_with(|| {
+        self.peers_held.get_or_insert_with(|| {
             let mut held = BlockBits::default();
-            for (&peer, bits) in haves {
-                if is_lan(peer) {
-                    held.union_with(bits);
-                }
+            for bits in haves.values() {
+                held.union_with(bits);
             }
             held
         })
-    }
-
-    /// Which peers are on the LAN may have changed: what they hold is computed again.
-    pub(crate) fn forget_lan_held(&mut self) {
-        self.lan_held = None;
     }
 
     /// Forgets what `peer` holds, and the co-fetchers it reported.
@@ -543,7 +540,7 @@ impl Download {
             for block in old.iter() {
                 self.count(block, false);
             }
-            self.lan_held = None;
+            self.peers_held = None;
         }
         if self.near_by.remove(&peer).is_some() {
             self.near = None;
@@ -603,6 +600,11 @@ impl Download {
         self.near_by.insert(peer, blocks);
         self.near = None;
         lost
+    }
+
+    /// What can come through LAN peer `peer`, as it last said (`None`: it did not say).
+    pub(crate) fn near_of(&self, peer: PeerId) -> Option<&BlockBits> {
+        self.near_by.get(&peer)
     }
 
     /// Until when the origin is kept from what can come through the peers: while peers keep
@@ -754,7 +756,7 @@ impl Download {
     pub(crate) fn release_peers(&mut self) {
         self.haves = BTreeMap::new();
         self.availability = Vec::new();
-        self.lan_held = None;
+        self.peers_held = None;
         self.co_fetchers = BTreeMap::new();
         self.co_fetchers_changed();
         self.reported = BTreeMap::new();

@@ -36,14 +36,17 @@ impl Engine {
             .filter(|d| usable && !d.dropped.contains(&peer))
     }
 
-    /// The blocks of a download's file that this node's usable LAN peers hold: what it tells
-    /// a peer that asks what can come through it ([`Input::PeerNear`] there).
+    /// The blocks of a download's file that this node's usable peers hold, on the LAN and
+    /// beyond: what it tells a peer that asks what can come through it ([`Input::PeerNear`]
+    /// there). What its peers beyond the LAN hold tells its LAN co-fetchers which blocks it
+    /// can bring across the WAN (see [`Engine::far_take`]).
     pub fn held_by_peers(&mut self, id: DownloadId) -> BlockBits {
-        let peers = &self.peers;
-        self.downloads
-            .get_mut(&id)
-            .map(|d| d.lan_held(|p| is_lan(peers, p)).clone())
-            .unwrap_or_default()
+        let Some(d) = self.downloads.get_mut(&id) else {
+            return BlockBits::default();
+        };
+        let held = d.peers_held().clone();
+        d.told_near = Some(held.clone());
+        held
     }
 
     /// Schedules the downloads `affected` names.
@@ -79,14 +82,11 @@ impl Engine {
                     banned: false,
                     max_blocks: u64::MAX,
                 });
-                if known.class != class {
-                    known.class = class;
-                    for d in self.downloads.values_mut() {
-                        d.forget_lan_held();
-                    }
-                }
-                // A peer beyond the LAN: the LAN's co-fetchers now split what crosses the WAN.
-                if class != PeerClass::Lan {
+                let moved = known.class != class;
+                known.class = class;
+                // A peer beyond the LAN: the LAN's co-fetchers now split what crosses the WAN
+                // (and a co-fetcher that moved in or out of the LAN joins or leaves them).
+                if moved || class != PeerClass::Lan {
                     for d in self.downloads.values_mut() {
                         d.move_shares();
                     }
@@ -106,16 +106,14 @@ impl Engine {
                 }
             }
             Input::PeerHas { id, peer, blocks } => {
-                let lan = is_lan(&self.peers, peer);
                 if let Some(d) = self.usable_download(id, peer) {
                     d.note_growth(peer, blocks.count(), now);
-                    d.set_have(peer, &blocks, lan);
+                    d.set_have(peer, &blocks);
                 }
             }
             Input::PeerGained { id, peer, blocks } => {
-                let lan = is_lan(&self.peers, peer);
                 if let Some(d) = self.usable_download(id, peer) {
-                    d.add_have(peer, &blocks, lan);
+                    d.add_have(peer, &blocks);
                     let held = d.haves.get(&peer).map_or(0, BlockBits::count);
                     d.note_growth(peer, held, now);
                 }
@@ -530,8 +528,8 @@ impl Engine {
             // other co-fetchers bring the rest across the WAN, each block once per site.
             if !far_applied && class != PeerClass::Lan {
                 far_applied = true;
-                if let Some(Some(Split { far: Some(far), .. })) = &self.downloads[&id].split {
-                    wanted.intersect_with(far);
+                if let Some(take) = self.far_take(&self.downloads[&id], &wanted) {
+                    wanted = take;
                 }
             }
             let turn = (self.rng.next_u64() % peers.len() as u64) as usize;
@@ -785,7 +783,7 @@ impl Engine {
                     return Some(Split {
                         mine: part(own),
                         told,
-                        far: self.far_share(d, blocks),
+                        far: self.far_ring(d, blocks),
                         left_out: !out.is_empty(),
                     });
                 }
@@ -798,15 +796,16 @@ impl Engine {
         self.peers.values().any(|p| p.class != PeerClass::Lan)
     }
 
-    /// With peers beyond the LAN: the blocks this node brings across the WAN for its LAN, its
-    /// arcs on the ring of itself and its LAN co-fetchers that still grow (a stalled one's go
-    /// to the others). `None`: no peer beyond the LAN, or no LAN co-fetcher to share with.
-    fn far_share(&self, d: &Download, blocks: u64) -> Option<BlockBits> {
+    /// With peers beyond the LAN: the ring on which this node and its LAN co-fetchers that
+    /// still grow (a stalled one's blocks go to the others) split what crosses the WAN (see
+    /// [`Engine::far_take`]). `None`: no peer beyond the LAN, or no LAN co-fetcher to share
+    /// with.
+    fn far_ring(&self, d: &Download, blocks: u64) -> Option<FarRing> {
         if !self.knows_far_peers() {
             return None;
         }
         let own = self.config.node_key;
-        let mut lan: Vec<u64> = d
+        let mut lan: Vec<(u64, Option<PeerId>)> = d
             .co_fetchers()
             .iter()
             .filter(|(p, co)| {
@@ -817,15 +816,77 @@ impl Engine {
                         .get(p)
                         .is_some_and(|i| !i.banned && i.class == PeerClass::Lan)
             })
-            .map(|(_, co)| co.key)
+            .map(|(&p, co)| (co.key, Some(p)))
             .collect();
         if lan.is_empty() {
             return None;
         }
-        lan.push(own);
+        lan.push((own, None));
         lan.sort_unstable();
-        lan.dedup();
-        Some(BlockBits::from_set(&arcs(&ring(&lan, blocks), own, blocks)))
+        lan.dedup_by_key(|m| m.0);
+        let keys: Vec<u64> = lan.iter().map(|m| m.0).collect();
+        let points = ring(&keys, blocks)
+            .into_iter()
+            .map(|(point, k)| (point, keys.binary_search(&k).expect("a member's key")))
+            .collect();
+        Some(FarRing {
+            points,
+            members: lan.into_iter().map(|m| m.1).collect(),
+        })
+    }
+
+    /// The blocks of `wanted` this node brings across the WAN for its LAN, with peers beyond
+    /// the LAN and LAN co-fetchers to share with (`None` otherwise: it takes what it wants).
+    /// Each block goes to one member of the download's [`FarRing`] that can bring it: the
+    /// block's arc's owner if it can, else the first after it on the ring that can. This node
+    /// can bring what its peers beyond the LAN hold, as far as it last told its co-fetchers
+    /// ([`Engine::held_by_peers`]: so that they judge it from what it judges them, the same
+    /// news); a co-fetcher, what it last said can come through it ([`Input::PeerNear`]: its
+    /// own peers' blocks, on its LAN and beyond; the LAN's are not wanted across the WAN). So
+    /// no block waits on a co-fetcher whose peers beyond the LAN lack it while another one's
+    /// hold it, and each crosses the WAN once. Before this node trusts a manifest, each
+    /// member keeps its own arcs: blocks from peers come unchecked and are not told, so no
+    /// co-fetcher could see that another had already brought the block it would take over.
+    /// (In `sites-group`: 169 s and 1.22 origin copies with arcs only; 104 s and 1.09 so.)
+    fn far_take(&self, d: &Download, wanted: &BlockBits) -> Option<BlockBits> {
+        let Some(Some(Split { far: Some(far), .. })) = &d.split else {
+            return None;
+        };
+        let mut reach = BlockBits::default();
+        for (p, have) in &d.haves {
+            if !is_lan(&self.peers, *p) {
+                reach.union_with(have);
+            }
+        }
+        if let Some(told) = &d.told_near {
+            reach.intersect_with(told);
+        }
+        let can: Vec<Option<&BlockBits>> = far
+            .members
+            .iter()
+            .map(|m| match m {
+                None => Some(&reach),
+                Some(peer) => d.near_of(*peer),
+            })
+            .collect();
+        let mut take = wanted.clone();
+        take.intersect_with(&reach);
+        let mut mine = BlockBits::default();
+        let n = far.points.len();
+        for block in take.iter() {
+            let arc = (far.points.partition_point(|&(p, _)| p <= block) + n - 1) % n;
+            let bringer = if d.manifest_trusted {
+                (0..n)
+                    .map(|s| far.points[(arc + s) % n].1)
+                    .find(|&m| can[m].is_some_and(|c| c.contains(block)))
+            } else {
+                Some(far.points[arc].1)
+            };
+            if bringer.is_some_and(|m| far.members[m].is_none()) {
+                mine.insert(block..block + 1);
+            }
+        }
+        Some(mine)
     }
 
     /// True when peers could help this download: it knows the content id it must hash to (so
@@ -855,14 +916,24 @@ pub(crate) enum Affects {
 pub(crate) struct Split {
     /// The blocks this node fetches from the origin.
     pub(crate) mine: RangeSet,
-    /// The blocks this node fetches from peers beyond the LAN ([`Engine::far_share`]).
-    pub(crate) far: Option<BlockBits>,
+    /// The ring on which this node and its LAN co-fetchers split what crosses the WAN
+    /// ([`Engine::far_ring`]).
+    pub(crate) far: Option<FarRing>,
     /// The ring of this node, its own co-fetchers among those it splits with, and the
     /// reported ones at most [`TOLD_HOPS`] away, as `(point, key, distance)`: what
     /// [`Engine::co_fetchers_for`] answers from.
     pub(crate) told: Vec<(u64, u64, u8)>,
     /// Some stalled co-fetcher was left out because its arcs held blocks no peer holds.
     pub(crate) left_out: bool,
+}
+
+/// The ring of this node and its LAN co-fetchers that still grow, on which they split what
+/// crosses the WAN ([`Engine::far_take`]).
+pub(crate) struct FarRing {
+    /// Every point of the members, in order, as (point, index into `members`).
+    points: Vec<(u64, usize)>,
+    /// The members, ordered by key: `None` for this node, else the co-fetcher.
+    members: Vec<Option<PeerId>>,
 }
 
 /// Longest pause, in rate windows, before a download whose origin top-ups did not help is

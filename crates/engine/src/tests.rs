@@ -1234,7 +1234,7 @@ fn what_comes_through_a_peer_beyond_the_lan_does_not_keep_the_origin_waiting() {
 }
 
 #[test]
-fn a_node_tells_what_its_lan_peers_hold() {
+fn a_node_tells_what_its_peers_hold() {
     let mut h = with_peers(
         Config::default(),
         100,
@@ -1244,10 +1244,17 @@ fn a_node_tells_what_its_lan_peers_hold() {
             (3, PeerClass::Internet, std::iter::once(60..70).collect()),
         ],
     );
+    // On the LAN and beyond: what can come through this node.
     let told = h.engine.held_by_peers(ID).to_set();
-    assert_eq!(told, [(0..20), (40..50)].into_iter().collect::<RangeSet>());
+    assert_eq!(
+        told,
+        [(0..20), (40..50), (60..70)]
+            .into_iter()
+            .collect::<RangeSet>()
+    );
     // A peer that goes is no longer counted.
     h.input(Input::PeerRemoved { peer: PeerId(2) });
+    h.input(Input::PeerRemoved { peer: PeerId(3) });
     assert_eq!(
         h.engine.held_by_peers(ID).to_set(),
         std::iter::once(0..10).collect()
@@ -1256,7 +1263,7 @@ fn a_node_tells_what_its_lan_peers_hold() {
 }
 
 #[test]
-fn what_a_node_tells_of_its_lan_peers_follows_their_news() {
+fn what_a_node_tells_of_its_peers_follows_their_news() {
     let set = |runs: &[(u64, u64)]| runs.iter().map(|&(a, b)| a..b).collect::<RangeSet>();
     let mut h = with_peers(
         Config::default(),
@@ -1266,8 +1273,11 @@ fn what_a_node_tells_of_its_lan_peers_follows_their_news() {
             (2, PeerClass::Internet, set(&[(60, 70)])),
         ],
     );
-    assert_eq!(h.engine.held_by_peers(ID).to_set(), set(&[(0, 10)]));
-    // What a LAN peer gains is told; what a peer beyond the LAN gains is not.
+    assert_eq!(
+        h.engine.held_by_peers(ID).to_set(),
+        set(&[(0, 10), (60, 70)])
+    );
+    // What a peer gains is told, on the LAN or beyond.
     for (peer, blocks) in [(1, set(&[(20, 25)])), (2, set(&[(80, 90)]))] {
         h.input(Input::PeerGained {
             id: ID,
@@ -1277,19 +1287,13 @@ fn what_a_node_tells_of_its_lan_peers_follows_their_news() {
     }
     assert_eq!(
         h.engine.held_by_peers(ID).to_set(),
-        set(&[(0, 10), (20, 25)])
+        set(&[(0, 10), (20, 25), (60, 70), (80, 90)])
     );
-    // A LAN peer that now says it holds less: only what it holds now is told.
+    // A peer that now says it holds less: only what it holds now is told.
     h.input(Input::PeerHas {
         id: ID,
         peer: PeerId(1),
         blocks: set(&[(5, 10)]),
-    });
-    assert_eq!(h.engine.held_by_peers(ID).to_set(), set(&[(5, 10)]));
-    // A peer found to be on the LAN after all: what it holds is told.
-    h.input(Input::PeerAdded {
-        peer: PeerId(2),
-        class: PeerClass::Lan,
     });
     assert_eq!(
         h.engine.held_by_peers(ID).to_set(),
@@ -1503,12 +1507,11 @@ fn co_fetching() -> Harness {
     h
 }
 
-#[test]
-fn co_fetchers_on_a_lan_split_what_they_take_from_a_peer_beyond_it() {
-    // Peers 1 and 2 (keys 1 and 9) fetch the file on this node's LAN and hold nothing yet;
-    // peer 3, beyond the LAN, holds it all. This node takes from peer 3 its own arcs of the
-    // LAN's ring only: the others bring theirs, so each block crosses the WAN once.
-    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+/// Node five with LAN co-fetchers peers 1 and 2 (keys 1 and 9), which hold nothing yet and
+/// say what can come through them (`near`: for peers 1 and 2; `None`, nothing said), and peer
+/// 3, beyond the LAN, which holds the whole file: what it gets from whom, with a trusted
+/// manifest or (`trusted` false) before one.
+fn far_sources(near: [Option<RangeSet>; 2], trusted: bool) -> BTreeMap<Option<u64>, Vec<u64>> {
     let mut h = node_five();
     for (peer, class) in [
         (1, PeerClass::Lan),
@@ -1527,22 +1530,89 @@ fn co_fetchers_on_a_lan_split_what_they_take_from_a_peer_beyond_it() {
             key,
         });
     }
+    for (peer, near) in [1, 2].into_iter().zip(near) {
+        if let Some(blocks) = near {
+            h.input(Input::PeerNear {
+                id: ID,
+                peer: PeerId(peer),
+                blocks: BlockBits::from_set(&blocks),
+            });
+        }
+    }
     h.input(Input::PeerHas {
         id: ID,
         peer: PeerId(3),
         blocks: all(SPLIT_BLOCKS),
     });
+    if !trusted {
+        h.answer_stat(Ok(info(SPLIT_BLOCKS * BLOCK_SIZE)));
+        return serve_unchecked(&mut h);
+    }
     h.input(Input::ManifestTrusted {
         id: ID,
         refuted: RangeSet::new(),
         lost: RangeSet::new(),
     });
     h.answer_stat(Ok(info(SPLIT_BLOCKS * BLOCK_SIZE)));
-    let got = serve_sources(&mut h, &[]);
+    serve_sources(&mut h, &[])
+}
+
+#[test]
+fn co_fetchers_on_a_lan_split_what_they_take_from_a_peer_beyond_it() {
+    // Both co-fetchers can bring every block across the WAN (peer 3 is their peer too). This
+    // node takes from peer 3 its own arcs of the LAN's ring only: the others bring theirs, so
+    // each block crosses the WAN once.
+    let p = parts(&[1, 5, 9], SPLIT_BLOCKS);
+    let got = far_sources([Some(all(SPLIT_BLOCKS)), Some(all(SPLIT_BLOCKS))], true);
     let mut far = got.get(&Some(3)).cloned().unwrap_or_default();
     far.sort_unstable();
     assert_eq!(far, blocks_of(&p[&5]), "{got:?}");
     assert_eq!(got.len(), 1, "nothing from the origin or the LAN: {got:?}");
+}
+
+#[test]
+fn a_block_a_lan_co_fetcher_cannot_bring_across_goes_to_the_next_that_can() {
+    // Peer 2 (key 9) can bring nothing across the WAN: each of its arcs' blocks goes to the
+    // member whose point comes next on the ring (peer 1 and this node can bring them all).
+    let blocks = SPLIT_BLOCKS;
+    let p = parts(&[1, 5, 9], blocks);
+    let mut points: Vec<(u64, u64)> = [1u64, 5, 9]
+        .iter()
+        .flat_map(|&k| (0..SPLIT_POINTS).map(move |v| (ring_point(k, v, blocks), k)))
+        .collect();
+    points.sort_unstable();
+    let next_owner = |b: u64| {
+        let at = points
+            .iter()
+            .rposition(|&(point, _)| point <= b)
+            .unwrap_or(points.len() - 1);
+        (1..points.len())
+            .map(|s| points[(at + s) % points.len()].1)
+            .find(|&k| k != 9)
+            .expect("another key")
+    };
+    let mut want = blocks_of(&p[&5]);
+    want.extend(p[&9].iter().filter(|&b| next_owner(b) == 5));
+    want.sort_unstable();
+    assert!(
+        want.len() > blocks_of(&p[&5]).len(),
+        "some come to this node"
+    );
+    assert!(want.len() < blocks as usize, "some go to peer 1");
+    let got = far_sources([Some(all(blocks)), Some(RangeSet::new())], true);
+    let mut far = got.get(&Some(3)).cloned().unwrap_or_default();
+    far.sort_unstable();
+    assert_eq!(far, want, "{got:?}");
+    // Neither co-fetcher said what can come through it: this node brings every block.
+    let got = far_sources([None, None], true);
+    let mut far = got.get(&Some(3)).cloned().unwrap_or_default();
+    far.sort_unstable();
+    assert_eq!(far, (0..blocks).collect::<Vec<_>>(), "{got:?}");
+    // Before a manifest is trusted, each keeps its own arcs, whoever can bring what.
+    let got = far_sources([None, None], false);
+    let mut far = got.get(&Some(3)).cloned().unwrap_or_default();
+    far.sort_unstable();
+    assert_eq!(far, blocks_of(&p[&5]), "{got:?}");
 }
 
 #[test]
