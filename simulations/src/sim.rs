@@ -916,7 +916,6 @@ impl Sim {
                 let refresh = self.nodes[iu].refresh_all || self.nodes[iu].refresh.contains(&j);
                 let node = &self.nodes[ju];
                 let report = changed.map_or(node.changed[f], |c| c[ju].changed[f]);
-                let lan = self.class(i as u32, j) == PeerClass::Lan;
                 if (report || refresh) && !node.held[f].is_empty() {
                     // The whole holdings to an engine that lacks them (it never had them, or
                     // forgot them: a request failed, the peer was gone); to the others what
@@ -949,12 +948,11 @@ impl Sim {
                         Input::PeerGained { id, peer, blocks }
                     });
                 }
-                // What can come through a LAN co-fetcher: what its own peers hold (told
+                // What can come through a co-fetcher: what its own peers hold (told
                 // when it changed, and again after a refresh: the engine forgets it with the
                 // peer's holdings).
                 let (near, version) = &self.nodes[ju].near[f];
-                if lan
-                    && matches!(self.nodes[ju].jobs[f], Job::Active(_))
+                if matches!(self.nodes[ju].jobs[f], Job::Active(_))
                     && (refresh || self.nodes[iu].told_near[f].get(&j) != Some(version))
                 {
                     let (blocks, version) = (near.clone(), *version);

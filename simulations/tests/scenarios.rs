@@ -178,9 +178,9 @@ fn sites_in_group_mode_import_the_file_about_once_each() {
     let s = run(&small("sites-group", 50, 64.0), 1);
     check_healthy(&s);
     assert!(s.bytes_from_group_peers > 0, "{s}");
-    // Each site's co-fetchers split what they take across the WAN (1.01-1.04 copies in
+    // Each site's co-fetchers split what they take across the WAN (1.01-1.03 copies in
     // each; each fetching what its LAN lacked took 1.3-3.9), and the origin's work is split
-    // across the sites (1.27 copies here, 1.09 at 200 nodes × 256 MiB; 1.42 here when each
+    // across the sites (1.22 copies here, 1.07 at 200 nodes × 256 MiB; 1.42 here when each
     // kept its arcs of what crosses the WAN, even those its peers beyond the LAN lacked; 3.7
     // with 1 MiB requests across the WAN, which stalled on the shared uplinks).
     for site in &s.sites {

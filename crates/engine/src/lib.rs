@@ -371,13 +371,13 @@ pub enum Input {
         blocks: RangeSet,
     },
     /// Blocks a peer's own peers hold, on its LAN and beyond (as far as it knows; replaces
-    /// what it said before): they can come through it. Heeded from LAN peers only. The origin
-    /// is not asked for them while peers keep bringing blocks (see [`Config::near_wait`]), so
-    /// a node that sees part of a crowd does not take again from the origin what a co-fetcher
-    /// it does not see took before it came, nor what another site holds; and a LAN
-    /// co-fetcher that says it can bring a block across the WAN may be left to bring it (see
-    /// [`Engine::held_by_peers`]). A peer that lies here delays, never corrupts: the wait ends
-    /// when peers stop bringing blocks, and a co-fetcher that stops growing loses its part.
+    /// what it said before): they can come through it. The origin is not asked for them while
+    /// peers keep bringing blocks (see [`Config::near_wait`]), so a node that sees part of a
+    /// crowd does not take again from the origin what a co-fetcher it does not see took before
+    /// it came, nor what another site holds; and a LAN co-fetcher that says it can bring a
+    /// block across the WAN may be left to bring it (see [`Engine::held_by_peers`]). A peer
+    /// that lies here delays, never corrupts: the wait ends when peers stop bringing blocks,
+    /// and a co-fetcher that stops growing loses its part.
     PeerNear {
         /// The download.
         id: DownloadId,
