@@ -81,7 +81,7 @@ pub(crate) struct Download {
     /// What the peers in `haves` hold, all in one: kept up as they gain blocks, and computed
     /// again when next asked (`None`) after one lost some or left.
     peers_held: Option<BlockBits>,
-    /// What can come through each usable LAN peer: the blocks its own peers hold, as it last
+    /// What can come through each usable peer: the blocks its own peers hold, as it last
     /// said (`Input::PeerNear`); and all of them in one set, computed again when one changed
     /// (`None`). They are left to come through the peers while peers keep bringing blocks (see
     /// `Config::near_wait`).
@@ -602,7 +602,7 @@ impl Download {
         lost
     }
 
-    /// What can come through LAN peer `peer`, as it last said (`None`: it did not say).
+    /// What can come through `peer`, as it last said (`None`: it did not say).
     pub(crate) fn near_of(&self, peer: PeerId) -> Option<&BlockBits> {
         self.near_by.get(&peer)
     }
@@ -757,6 +757,7 @@ impl Download {
         self.haves = BTreeMap::new();
         self.availability = Vec::new();
         self.peers_held = None;
+        self.told_near = None;
         self.co_fetchers = BTreeMap::new();
         self.co_fetchers_changed();
         self.reported = BTreeMap::new();

@@ -120,8 +120,8 @@ impl Engine {
             }
             Input::PeerNear { id, peer, blocks } => {
                 // From a peer beyond the LAN too: in Group mode the sites' links, not the
-                // origin's, are what the file is to cross (with them, sites-group took 1.054-1.067
-                // origin copies instead of 1.068-1.086, seeds 1-3).
+                // origin's, are what the file is to cross (with them, sites-group took
+                // 1.054-1.067 origin copies instead of 1.068-1.086, seeds 1-3).
                 if let Some(d) = self.usable_download(id, peer)
                     && d.set_near(peer, blocks, now)
                 {
@@ -847,7 +847,7 @@ impl Engine {
     /// hold it, and each crosses the WAN once. Before this node trusts a manifest, each
     /// member keeps its own arcs: blocks from peers come unchecked and are not told, so no
     /// co-fetcher could see that another had already brought the block it would take over.
-    /// (In `sites-group`: 169 s and 1.22 origin copies with arcs only; 104 s and 1.09 so.)
+    /// (In `sites-group`: 169 s and 1.22 origin copies with arcs only; 104 s and 1.07 so.)
     fn far_take(&self, d: &Download, wanted: &BlockBits) -> Option<BlockBits> {
         let Some(Some(Split { far: Some(far), .. })) = &d.split else {
             return None;
