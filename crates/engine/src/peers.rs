@@ -39,7 +39,8 @@ impl Engine {
     /// The blocks of a download's file that this node's usable peers hold, on the LAN and
     /// beyond: what it tells a peer that asks what can come through it ([`Input::PeerNear`]
     /// there). What its peers beyond the LAN hold tells its LAN co-fetchers which blocks it
-    /// can bring across the WAN (see [`Engine::far_take`]).
+    /// can bring across the WAN; so the answer is kept as what this node last told, and
+    /// [`Engine::far_take`] judges this node by it, as they do.
     pub fn held_by_peers(&mut self, id: DownloadId) -> BlockBits {
         let Some(d) = self.downloads.get_mut(&id) else {
             return BlockBits::default();
